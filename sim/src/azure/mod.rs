@@ -1,0 +1,1 @@
+//! azure-sim: see sim/README.md.

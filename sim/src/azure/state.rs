@@ -1,0 +1,598 @@
+//! Mutable simulator state: JIT policies and requests, PIM requests, schedules/instances, the
+//! call log, faults and throttle buckets. One `Mutex<State>`; never held across an await.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::arm::{last_segment, normalize_scope, scope_kind, stable_guid, subscription_of};
+use super::time::{fmt_time, parse_duration, parse_time};
+use super::world::{ThrottleSettings, World};
+
+#[derive(Debug, Clone)]
+pub struct JitPolicy {
+    pub subscription: String,
+    pub resource_group: String,
+    pub location: String,
+    pub name: String,
+    pub kind: String,
+    /// Canonical `virtualMachines` array (camelCase).
+    pub virtual_machines: Value,
+    pub requests: Vec<Value>,
+}
+
+impl JitPolicy {
+    pub fn id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Security/locations/{}/jitNetworkAccessPolicies/{}",
+            self.subscription, self.resource_group, self.location, self.name
+        )
+    }
+    pub fn to_json(&self) -> Value {
+        json!({
+            "kind": self.kind,
+            "properties": {
+                "virtualMachines": self.virtual_machines,
+                "requests": self.requests,
+                "provisioningState": "Succeeded",
+            },
+            "id": self.id(),
+            "name": self.name,
+            "type": "Microsoft.Security/locations/jitNetworkAccessPolicies",
+            "location": self.location,
+        })
+    }
+    /// Flips `Initiated` ports whose `endTimeUtc` passed to `Revoked`/`Expired`.
+    pub fn expire(&mut self, now: DateTime<Utc>) {
+        for r in &mut self.requests {
+            for port in ports_mut(r) {
+                let active = port
+                    .get("status")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s == "Initiated" || s == "Initiating");
+                let ended = port
+                    .get("endTimeUtc")
+                    .and_then(Value::as_str)
+                    .and_then(parse_time)
+                    .is_some_and(|t| t <= now);
+                if active && ended {
+                    port["status"] = json!("Revoked");
+                    port["statusReason"] = json!("Expired");
+                }
+            }
+        }
+    }
+}
+
+/// Mutable references to every port object of a JIT request.
+pub fn ports_mut(request: &mut Value) -> Vec<&mut Value> {
+    let mut out = Vec::new();
+    if let Some(vms) = request
+        .get_mut("virtualMachines")
+        .and_then(Value::as_array_mut)
+    {
+        for vm in vms {
+            if let Some(ports) = vm.get_mut("ports").and_then(Value::as_array_mut) {
+                out.extend(ports.iter_mut());
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PimRequest {
+    pub name: String,
+    pub scope: String,
+    pub principal_id: String,
+    pub principal_type: String,
+    pub role_guid: String,
+    pub role_definition_id: String,
+    pub request_type: String,
+    pub status: String,
+    pub approval_id: Option<String>,
+    pub start: DateTime<Utc>,
+    pub expiration_type: String,
+    pub duration: Option<String>,
+    pub end_date_time: Option<DateTime<Utc>>,
+    pub justification: Option<String>,
+    pub ticket_number: Option<String>,
+    pub ticket_system: Option<String>,
+    pub requestor_id: String,
+    pub created_on: DateTime<Utc>,
+    pub condition: Option<String>,
+    pub condition_version: Option<String>,
+    pub linked_eligibility_id: Option<String>,
+    pub target_schedule_id: Option<String>,
+    pub target_instance_id: Option<String>,
+    /// Effective end computed at creation (for approval and scheduled starts).
+    pub planned_end: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    pub schedule_name: String,
+    pub instance_name: String,
+    pub scope: String,
+    pub role_guid: String,
+    pub role_definition_id: String,
+    pub principal_id: String,
+    pub principal_type: String,
+    pub assignment_type: String,
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+    pub request_id: Option<String>,
+    pub linked_eligibility_id: Option<String>,
+    pub linked_eligibility_instance_id: Option<String>,
+    pub condition: Option<String>,
+    pub condition_version: Option<String>,
+    pub created_on: DateTime<Utc>,
+    pub updated_on: DateTime<Utc>,
+}
+
+impl Assignment {
+    pub fn active(&self, now: DateTime<Utc>) -> bool {
+        self.start <= now && self.end.is_none_or(|e| e > now)
+    }
+    pub fn schedule_id(&self) -> String {
+        arm_child(
+            &self.scope,
+            "RoleAssignmentSchedules",
+            &self.schedule_name,
+        )
+    }
+    pub fn instance_id(&self) -> String {
+        arm_child(
+            &self.scope,
+            "RoleAssignmentScheduleInstances",
+            &self.instance_name,
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EligibilityState {
+    pub name: String,
+    pub instance_name: String,
+    pub scope: String,
+    pub role_guid: String,
+    pub role_definition_id: String,
+    pub principal_id: String,
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+    pub condition: Option<String>,
+    pub condition_version: Option<String>,
+    pub request_id: String,
+}
+
+impl EligibilityState {
+    pub fn active(&self, now: DateTime<Utc>) -> bool {
+        self.start <= now && self.end.is_none_or(|e| e > now)
+    }
+    pub fn schedule_id(&self) -> String {
+        arm_child(&self.scope, "RoleEligibilitySchedules", &self.name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallRecord {
+    pub time: String,
+    pub caller: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub operation: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fault {
+    pub id: String,
+    pub operation: String,
+    pub subscription: Option<String>,
+    pub kind: String,
+    pub status: u16,
+    pub retry_after_seconds: Option<u64>,
+    pub latency_ms: u64,
+    pub count: Option<u64>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum OpClass {
+    Read,
+    Write,
+    Delete,
+}
+
+impl OpClass {
+    pub fn header_word(self) -> &'static str {
+        match self {
+            OpClass::Read => "reads",
+            OpClass::Write => "writes",
+            OpClass::Delete => "deletes",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BucketState {
+    pub tokens: f64,
+    pub last: DateTime<Utc>,
+    pub blocked_until: Option<DateTime<Utc>>,
+    pub block_seconds: u64,
+}
+
+pub struct State {
+    pub world: World,
+    pub jit_policies: Vec<JitPolicy>,
+    pub requests: Vec<PimRequest>,
+    pub assignments: Vec<Assignment>,
+    pub eligibilities: Vec<EligibilityState>,
+    pub calls: Vec<CallRecord>,
+    pub faults: Vec<Fault>,
+    pub buckets: HashMap<(String, String, OpClass), BucketState>,
+    pub throttle: ThrottleSettings,
+    pub floor: Duration,
+}
+
+/// `{scope}/providers/Microsoft.Authorization/{kind}/{name}` with `/` scope handled.
+pub fn arm_child(scope: &str, kind: &str, name: &str) -> String {
+    let s = if scope == "/" { "" } else { scope };
+    format!("{s}/providers/Microsoft.Authorization/{kind}/{name}")
+}
+
+/// Full role definition id for a GUID, as seen from a scope (subscription-qualified when the
+/// scope is at or below a subscription, as the examples show).
+pub fn role_definition_id(scope: &str, guid: &str) -> String {
+    match subscription_of(scope) {
+        Some(sub) => {
+            format!("/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}")
+        }
+        None => format!("/providers/Microsoft.Authorization/roleDefinitions/{guid}"),
+    }
+}
+
+impl State {
+    pub fn new(world: World, now: DateTime<Utc>) -> Result<State, String> {
+        let mut jit_policies = Vec::new();
+        for seed in &world.jit_policies {
+            let vms = seed
+                .properties
+                .get("virtualMachines")
+                .cloned()
+                .unwrap_or_else(|| json!([]));
+            let vms = super::jit::canonical_policy_vms(&vms)
+                .map_err(|e| format!("jitPolicies {}: {}", seed.name, e.message))?;
+            let requests = seed
+                .properties
+                .get("requests")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            jit_policies.push(JitPolicy {
+                subscription: seed.subscription_id.clone(),
+                resource_group: seed.resource_group.clone(),
+                location: seed.location.clone(),
+                name: seed.name.clone(),
+                kind: seed.kind.clone().unwrap_or_else(|| "Basic".into()),
+                virtual_machines: vms,
+                requests,
+            });
+        }
+        let mut eligibilities = Vec::new();
+        for e in &world.eligibilities {
+            let role_guid = last_segment(&e.role_definition_id).to_string();
+            let name = e.id.clone().unwrap_or_default();
+            eligibilities.push(EligibilityState {
+                instance_name: e.instance_id.clone().unwrap_or_default(),
+                scope: e.scope.clone(),
+                role_definition_id: role_definition_id(&e.scope, &role_guid),
+                role_guid,
+                principal_id: e.principal_id.clone(),
+                start: e
+                    .start_date_time
+                    .as_deref()
+                    .and_then(parse_time)
+                    .unwrap_or(now - Duration::days(1)),
+                end: e.end_date_time.as_deref().and_then(parse_time),
+                condition: e.condition.clone(),
+                condition_version: e.condition_version.clone(),
+                request_id: arm_child(
+                    &e.scope,
+                    "RoleEligibilityScheduleRequests",
+                    &stable_guid(&format!("eligreq/{name}")),
+                ),
+                name,
+            });
+        }
+        let mut assignments = Vec::new();
+        for a in &world.active_assignments {
+            let role_guid = last_segment(&a.role_definition_id).to_string();
+            let ptype = world
+                .principal(&a.principal_id)
+                .map(|p| p.kind.as_str())
+                .unwrap_or("User");
+            let sched = a.schedule_id.clone().unwrap_or_else(|| {
+                stable_guid(&format!("sched/{}/{}/{}", a.scope, role_guid, a.principal_id))
+            });
+            let linked = a.linked_role_eligibility_schedule_id.clone();
+            let linked_inst = linked.as_deref().and_then(|l| {
+                eligibilities
+                    .iter()
+                    .find(|e| e.name.eq_ignore_ascii_case(last_segment(l)))
+                    .map(|e| e.instance_name.clone())
+            });
+            let start = a
+                .start_date_time
+                .as_deref()
+                .and_then(parse_time)
+                .unwrap_or(now - Duration::hours(1));
+            assignments.push(Assignment {
+                instance_name: a
+                    .instance_id
+                    .clone()
+                    .unwrap_or_else(|| stable_guid(&format!("inst/{sched}"))),
+                schedule_name: sched,
+                scope: a.scope.clone(),
+                role_definition_id: role_definition_id(&a.scope, &role_guid),
+                role_guid,
+                principal_id: a.principal_id.clone(),
+                principal_type: ptype.into(),
+                assignment_type: a.assignment_type.clone().unwrap_or_else(|| "Assigned".into()),
+                start,
+                end: a.end_date_time.as_deref().and_then(parse_time),
+                request_id: a.request_id.clone(),
+                linked_eligibility_id: linked,
+                linked_eligibility_instance_id: linked_inst,
+                condition: a.condition.clone(),
+                condition_version: a.condition_version.clone(),
+                created_on: start,
+                updated_on: start,
+            });
+        }
+        let floor = parse_duration(&world.settings.deactivation_floor)
+            .ok_or_else(|| "settings.deactivationFloor is not a duration".to_string())?;
+        Ok(State {
+            throttle: world.settings.throttle,
+            floor,
+            world,
+            jit_policies,
+            requests: Vec::new(),
+            assignments,
+            eligibilities,
+            calls: Vec::new(),
+            faults: Vec::new(),
+            buckets: HashMap::new(),
+        })
+    }
+
+    /// Lazy expiry: runs before every read and write.
+    pub fn expire(&mut self, now: DateTime<Utc>) {
+        for p in &mut self.jit_policies {
+            p.expire(now);
+        }
+        self.assignments.retain(|a| a.end.is_none_or(|e| e > now));
+        for r in &mut self.requests {
+            // A scheduled activation whose start arrived is now provisioned.
+            if r.status == "ScheduleCreated" && r.start <= now {
+                r.status = "Provisioned".into();
+            }
+        }
+    }
+
+    // ---- expandedProperties ----
+
+    pub fn expanded_scope(&self, scope: &str) -> Value {
+        let kind = scope_kind(scope);
+        let display = match kind {
+            "subscription" => subscription_of(scope)
+                .and_then(|s| self.world.subscription(&s))
+                .and_then(|s| s.display_name.clone())
+                .unwrap_or_else(|| last_segment(scope).to_string()),
+            "tenant" => "Tenant Root".to_string(),
+            _ => last_segment(scope).to_string(),
+        };
+        json!({"id": scope, "displayName": display, "type": kind})
+    }
+
+    pub fn expanded_role(&self, scope: &str, guid: &str) -> Value {
+        let (name, kind) = self
+            .world
+            .role(guid)
+            .map(|r| (r.role_name.clone(), r.kind.clone()))
+            .unwrap_or_else(|| (guid.to_string(), "BuiltInRole".to_string()));
+        json!({"id": role_definition_id(scope, guid), "displayName": name, "type": kind})
+    }
+
+    pub fn expanded_principal(&self, id: &str) -> Value {
+        match self.world.principal(id) {
+            Some(p) => json!({
+                "id": p.object_id,
+                "displayName": p.display_name,
+                "email": p.email,
+                "type": p.kind.as_str(),
+            }),
+            None => json!({"id": id, "displayName": null, "email": null, "type": "User"}),
+        }
+    }
+
+    fn expanded(&self, scope: &str, role: &str, principal: &str) -> Value {
+        json!({
+            "scope": self.expanded_scope(scope),
+            "roleDefinition": self.expanded_role(scope, role),
+            "principal": self.expanded_principal(principal),
+        })
+    }
+
+    // ---- JSON renderers in the shapes of Microsoft's examples ----
+
+    pub fn request_json(&self, r: &PimRequest) -> Value {
+        let mut props = json!({
+            "targetRoleAssignmentScheduleId": r.target_schedule_id,
+            "targetRoleAssignmentScheduleInstanceId": r.target_instance_id,
+            "scope": r.scope,
+            "roleDefinitionId": r.role_definition_id,
+            "principalId": r.principal_id,
+            "principalType": r.principal_type,
+            "requestType": r.request_type,
+            "status": r.status,
+            "approvalId": r.approval_id,
+            "scheduleInfo": {
+                "startDateTime": fmt_time(r.start),
+                "expiration": {
+                    "type": r.expiration_type,
+                    "endDateTime": r.end_date_time.map(fmt_time),
+                    "duration": r.duration,
+                }
+            },
+            "ticketInfo": {"ticketNumber": r.ticket_number, "ticketSystem": r.ticket_system},
+            "justification": r.justification,
+            "requestorId": r.requestor_id,
+            "createdOn": fmt_time(r.created_on),
+            "condition": r.condition,
+            "conditionVersion": r.condition_version,
+            "expandedProperties": self.expanded(&r.scope, &r.role_guid, &r.principal_id),
+        });
+        if let Some(l) = &r.linked_eligibility_id {
+            props["linkedRoleEligibilityScheduleId"] = json!(l);
+        }
+        json!({
+            "properties": props,
+            "name": r.name,
+            "id": arm_child(&r.scope, "RoleAssignmentScheduleRequests", &r.name),
+            "type": "Microsoft.Authorization/RoleAssignmentScheduleRequests",
+        })
+    }
+
+    pub fn schedule_json(&self, a: &Assignment) -> Value {
+        json!({
+            "properties": {
+                "linkedRoleEligibilityScheduleId": a.linked_eligibility_id,
+                "assignmentType": a.assignment_type,
+                "scope": a.scope,
+                "roleDefinitionId": a.role_definition_id,
+                "principalId": a.principal_id,
+                "principalType": a.principal_type,
+                "status": "Provisioned",
+                "roleAssignmentScheduleRequestId": a.request_id,
+                "startDateTime": fmt_time(a.start),
+                "endDateTime": a.end.map(fmt_time),
+                "memberType": "Direct",
+                "createdOn": fmt_time(a.created_on),
+                "updatedOn": fmt_time(a.updated_on),
+                "condition": a.condition,
+                "conditionVersion": a.condition_version,
+                "expandedProperties": self.expanded(&a.scope, &a.role_guid, &a.principal_id),
+            },
+            "name": a.schedule_name,
+            "id": a.schedule_id(),
+            "type": "Microsoft.Authorization/RoleAssignmentSchedules",
+        })
+    }
+
+    pub fn instance_json(&self, a: &Assignment) -> Value {
+        json!({
+            "properties": {
+                "originRoleAssignmentId": arm_child(&a.scope, "roleAssignments", &a.instance_name),
+                "linkedRoleEligibilityScheduleId": a.linked_eligibility_id,
+                "linkedRoleEligibilityScheduleInstanceId": a.linked_eligibility_instance_id,
+                "assignmentType": a.assignment_type,
+                "scope": a.scope,
+                "roleDefinitionId": a.role_definition_id,
+                "principalId": a.principal_id,
+                "principalType": a.principal_type,
+                "status": "Provisioned",
+                "roleAssignmentScheduleId": a.schedule_id(),
+                "startDateTime": fmt_time(a.start),
+                "endDateTime": a.end.map(fmt_time),
+                "memberType": "Direct",
+                "createdOn": fmt_time(a.created_on),
+                "condition": a.condition,
+                "conditionVersion": a.condition_version,
+                "expandedProperties": self.expanded(&a.scope, &a.role_guid, &a.principal_id),
+            },
+            "name": a.instance_name,
+            "id": a.instance_id(),
+            "type": "Microsoft.Authorization/RoleAssignmentScheduleInstances",
+        })
+    }
+
+    pub fn eligibility_json(&self, e: &EligibilityState) -> Value {
+        json!({
+            "properties": {
+                "scope": e.scope,
+                "roleDefinitionId": e.role_definition_id,
+                "principalId": e.principal_id,
+                "principalType": self.principal_type(&e.principal_id),
+                "status": "Provisioned",
+                "roleEligibilityScheduleRequestId": e.request_id,
+                "startDateTime": fmt_time(e.start),
+                "endDateTime": e.end.map(fmt_time),
+                "memberType": "Direct",
+                "createdOn": fmt_time(e.start),
+                "updatedOn": fmt_time(e.start),
+                "condition": e.condition,
+                "conditionVersion": e.condition_version,
+                "expandedProperties": self.expanded(&e.scope, &e.role_guid, &e.principal_id),
+            },
+            "name": e.name,
+            "id": e.schedule_id(),
+            "type": "Microsoft.Authorization/RoleEligibilitySchedules",
+        })
+    }
+
+    pub fn eligibility_instance_json(&self, e: &EligibilityState) -> Value {
+        json!({
+            "properties": {
+                "scope": e.scope,
+                "roleDefinitionId": e.role_definition_id,
+                "principalId": e.principal_id,
+                "principalType": self.principal_type(&e.principal_id),
+                "status": "Provisioned",
+                "roleEligibilityScheduleId": e.schedule_id(),
+                "startDateTime": fmt_time(e.start),
+                "endDateTime": e.end.map(fmt_time),
+                "memberType": "Direct",
+                "createdOn": fmt_time(e.start),
+                "condition": e.condition,
+                "conditionVersion": e.condition_version,
+                "expandedProperties": self.expanded(&e.scope, &e.role_guid, &e.principal_id),
+            },
+            "name": e.instance_name,
+            "id": arm_child(&e.scope, "RoleEligibilityScheduleInstances", &e.instance_name),
+            "type": "Microsoft.Authorization/RoleEligibilityScheduleInstances",
+        })
+    }
+
+    pub fn principal_type(&self, id: &str) -> &'static str {
+        self.world
+            .principal(id)
+            .map(|p| p.kind.as_str())
+            .unwrap_or("User")
+    }
+
+    /// Everything for `GET /_sim/state`.
+    pub fn dump(&self, now: DateTime<Utc>) -> Value {
+        json!({
+            "time": fmt_time(now),
+            "jitPolicies": self.jit_policies.iter().map(JitPolicy::to_json).collect::<Vec<_>>(),
+            "roleAssignmentScheduleRequests": self.requests.iter().map(|r| self.request_json(r)).collect::<Vec<_>>(),
+            "roleAssignmentSchedules": self.assignments.iter().map(|a| self.schedule_json(a)).collect::<Vec<_>>(),
+            "roleAssignmentScheduleInstances": self.assignments.iter().filter(|a| a.active(now)).map(|a| self.instance_json(a)).collect::<Vec<_>>(),
+            "roleEligibilitySchedules": self.eligibilities.iter().map(|e| self.eligibility_json(e)).collect::<Vec<_>>(),
+            "faults": self.faults,
+        })
+    }
+}
+
+pub fn normalize(scope: &str) -> String {
+    normalize_scope(scope)
+}

@@ -1,0 +1,506 @@
+//! Field ownership (`metadata.managedFields`, FieldsV1) and server-side apply.
+//!
+//! Ownership is tracked per leaf field. Lists are atomic unless they are sets
+//! (`metadata.finalizers`, or `x-kubernetes-list-type: set` in a CRD schema), whose elements
+//! are owned individually. Map lists (`x-kubernetes-list-type: map`) are treated as atomic.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Ord, PartialOrd)]
+pub(crate) enum Pe {
+    F(String),
+    /// A set element, as its JSON text.
+    V(String),
+}
+
+pub(crate) type FPath = Vec<Pe>;
+pub(crate) type FieldSet = BTreeSet<FPath>;
+
+/// Which part of the object an operation may touch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The main resource; `with_status` when the kind has no status subresource.
+    Main { with_status: bool },
+    Status,
+}
+
+impl Scope {
+    pub fn subresource(self) -> &'static str {
+        match self {
+            Scope::Main { .. } => "",
+            Scope::Status => "status",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub manager: String,
+    pub operation: String,
+    pub api_version: String,
+    pub time: String,
+    pub subresource: String,
+    pub fields: FieldSet,
+}
+
+pub(crate) fn path_string(p: &FPath) -> String {
+    let mut s = String::new();
+    for e in p {
+        match e {
+            Pe::F(f) => {
+                s.push('.');
+                s.push_str(f);
+            }
+            Pe::V(v) => {
+                s.push_str("[=");
+                s.push_str(v);
+                s.push(']');
+            }
+        }
+    }
+    s
+}
+
+fn fields_to_v1(set: &FieldSet) -> Value {
+    let mut root = Map::new();
+    for p in set {
+        let mut cur = &mut root;
+        for (i, e) in p.iter().enumerate() {
+            let key = match e {
+                Pe::F(f) => format!("f:{f}"),
+                Pe::V(v) => format!("v:{v}"),
+            };
+            let last = i + 1 == p.len();
+            let entry = cur
+                .entry(key)
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !entry.is_object() {
+                *entry = Value::Object(Map::new());
+            }
+            let Some(next) = entry.as_object_mut() else {
+                break;
+            };
+            if last && !next.is_empty() {
+                next.insert(".".into(), json!({}));
+            }
+            cur = next;
+        }
+    }
+    // Mark nodes that are both owned themselves and parents.
+    Value::Object(root)
+}
+
+fn v1_to_fields(v: &Value, prefix: &mut FPath, out: &mut FieldSet) {
+    let Some(m) = v.as_object() else { return };
+    for (k, child) in m {
+        if k == "." {
+            out.insert(prefix.clone());
+            continue;
+        }
+        let pe = if let Some(f) = k.strip_prefix("f:") {
+            Pe::F(f.to_string())
+        } else if let Some(v) = k.strip_prefix("v:") {
+            Pe::V(v.to_string())
+        } else {
+            Pe::F(k.clone())
+        };
+        prefix.push(pe);
+        if child.as_object().is_none_or(|c| c.is_empty()) {
+            out.insert(prefix.clone());
+        } else {
+            v1_to_fields(child, prefix, out);
+        }
+        prefix.pop();
+    }
+}
+
+pub(crate) fn parse_managed(obj: &Value) -> Vec<Entry> {
+    let mut out = vec![];
+    for e in obj["metadata"]["managedFields"].as_array().into_iter().flatten() {
+        let mut fields = FieldSet::new();
+        v1_to_fields(&e["fieldsV1"], &mut vec![], &mut fields);
+        out.push(Entry {
+            manager: e["manager"].as_str().unwrap_or_default().into(),
+            operation: e["operation"].as_str().unwrap_or("Update").into(),
+            api_version: e["apiVersion"].as_str().unwrap_or_default().into(),
+            time: e["time"].as_str().unwrap_or_default().into(),
+            subresource: e["subresource"].as_str().unwrap_or_default().into(),
+            fields,
+        });
+    }
+    out
+}
+
+pub(crate) fn write_managed(obj: &mut Value, entries: &[Entry]) {
+    let list: Vec<Value> = entries
+        .iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(|e| {
+            let mut v = json!({
+                "manager": e.manager,
+                "operation": e.operation,
+                "apiVersion": e.api_version,
+                "time": e.time,
+                "fieldsType": "FieldsV1",
+                "fieldsV1": fields_to_v1(&e.fields),
+            });
+            if !e.subresource.is_empty() {
+                v["subresource"] = json!(e.subresource);
+            }
+            v
+        })
+        .collect();
+    if let Some(md) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        if list.is_empty() {
+            md.remove("managedFields");
+        } else {
+            md.insert("managedFields".into(), Value::Array(list));
+        }
+    }
+}
+
+/// Whether the list at `path` is a set (per-element ownership and union on apply).
+pub(crate) fn is_set_list(schema: Option<&Value>, path: &[Pe]) -> bool {
+    if path == [Pe::F("metadata".into()), Pe::F("finalizers".into())] {
+        return true;
+    }
+    let Some(mut s) = schema else { return false };
+    for e in path {
+        match e {
+            Pe::F(f) => {
+                let next = &s["properties"][f];
+                s = if next.is_object() {
+                    next
+                } else {
+                    &s["additionalProperties"]
+                };
+            }
+            Pe::V(_) => s = &s["items"],
+        }
+    }
+    s["x-kubernetes-list-type"].as_str() == Some("set")
+}
+
+const OWNED_METADATA: [&str; 4] = ["labels", "annotations", "finalizers", "ownerReferences"];
+
+/// The part of `obj` an operation in `scope` may own.
+pub(crate) fn scoped(obj: &Value, scope: Scope) -> Value {
+    let mut out = Map::new();
+    let Some(m) = obj.as_object() else {
+        return Value::Object(out);
+    };
+    for (k, v) in m {
+        match (k.as_str(), scope) {
+            ("apiVersion" | "kind", _) => {}
+            ("metadata", Scope::Main { .. }) => {
+                let mut md = Map::new();
+                for f in OWNED_METADATA {
+                    if let Some(x) = v.get(f)
+                        && !x.is_null()
+                    {
+                        md.insert(f.into(), x.clone());
+                    }
+                }
+                if !md.is_empty() {
+                    out.insert(k.clone(), Value::Object(md));
+                }
+            }
+            ("metadata", Scope::Status) => {}
+            ("status", Scope::Status) => {
+                out.insert(k.clone(), v.clone());
+            }
+            ("status", Scope::Main { with_status }) => {
+                if with_status {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+            (_, Scope::Main { .. }) => {
+                out.insert(k.clone(), v.clone());
+            }
+            (_, Scope::Status) => {}
+        }
+    }
+    Value::Object(out)
+}
+
+fn walk(v: &Value, prefix: &mut FPath, out: &mut FieldSet, schema: Option<&Value>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, cv) in m {
+                prefix.push(Pe::F(k.clone()));
+                walk(cv, prefix, out, schema);
+                prefix.pop();
+            }
+        }
+        Value::Array(a) if !a.is_empty() && is_set_list(schema, prefix) => {
+            for el in a {
+                prefix.push(Pe::V(el.to_string()));
+                out.insert(prefix.clone());
+                prefix.pop();
+            }
+        }
+        _ => {
+            if !prefix.is_empty() {
+                out.insert(prefix.clone());
+            }
+        }
+    }
+}
+
+/// Leaf field paths of an already scoped object.
+pub(crate) fn leaves(scoped_obj: &Value, schema: Option<&Value>) -> FieldSet {
+    let mut out = FieldSet::new();
+    walk(scoped_obj, &mut vec![], &mut out, schema);
+    out
+}
+
+pub(crate) fn value_at<'a>(obj: &'a Value, path: &[Pe]) -> Option<&'a Value> {
+    let mut cur = obj;
+    for e in path {
+        match e {
+            Pe::F(f) => cur = cur.get(f)?,
+            Pe::V(v) => {
+                let want: Value = serde_json::from_str(v).ok()?;
+                cur = cur.as_array()?.iter().find(|x| **x == want)?;
+            }
+        }
+    }
+    Some(cur)
+}
+
+fn remove_path(obj: &mut Value, path: &[Pe]) {
+    let Some((last, parent_path)) = path.split_last() else {
+        return;
+    };
+    let mut cur = obj;
+    for e in parent_path {
+        let next = match e {
+            Pe::F(f) => cur.get_mut(f),
+            Pe::V(_) => None,
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return,
+        }
+    }
+    match last {
+        Pe::F(f) => {
+            if let Some(m) = cur.as_object_mut() {
+                m.remove(f);
+            }
+        }
+        Pe::V(v) => {
+            if let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(v), cur.as_array_mut()) {
+                a.retain(|x| *x != want);
+            }
+        }
+    }
+}
+
+fn merge_into(target: &mut Value, applied: &Value, prefix: &mut FPath, schema: Option<&Value>) {
+    match (target.as_object_mut(), applied) {
+        (Some(tm), Value::Object(am)) => {
+            for (k, av) in am {
+                prefix.push(Pe::F(k.clone()));
+                match tm.get_mut(k) {
+                    Some(tv) => merge_into(tv, av, prefix, schema),
+                    None => {
+                        tm.insert(k.clone(), av.clone());
+                    }
+                }
+                prefix.pop();
+            }
+        }
+        _ => {
+            if let (Some(ta), Some(aa)) = (target.as_array_mut(), applied.as_array())
+                && is_set_list(schema, prefix)
+            {
+                for x in aa {
+                    if !ta.contains(x) {
+                        ta.push(x.clone());
+                    }
+                }
+                return;
+            }
+            *target = applied.clone();
+        }
+    }
+}
+
+fn overlaps(a: &[Pe], b: &[Pe]) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// Records an Update (PUT, or a non-apply patch) by `manager` from `old` to `new` in new's
+/// managedFields. Returns whether anything changed.
+pub(crate) fn record_update(
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    api_version: &str,
+    scope: Scope,
+    schema: Option<&Value>,
+    now: &str,
+) {
+    let mut entries = old.map(parse_managed).unwrap_or_default();
+    let empty = Value::Object(Map::new());
+    let old_scoped = scoped(old.unwrap_or(&empty), scope);
+    let new_scoped = scoped(new, scope);
+    let new_leaves = leaves(&new_scoped, schema);
+    let changed: FieldSet = new_leaves
+        .iter()
+        .filter(|p| value_at(&old_scoped, p) != value_at(&new_scoped, p))
+        .cloned()
+        .collect();
+    let removed: FieldSet = leaves(&old_scoped, schema)
+        .into_iter()
+        .filter(|p| value_at(&new_scoped, p).is_none())
+        .collect();
+    if changed.is_empty() && removed.is_empty() {
+        write_managed(new, &entries);
+        return;
+    }
+    for e in &mut entries {
+        if e.subresource != scope.subresource() && !matches!(scope, Scope::Main { with_status: true }) {
+            // entries of the other scope own disjoint fields
+        }
+        e.fields
+            .retain(|p| !changed.iter().any(|c| overlaps(c, p)) && !removed.contains(p));
+    }
+    let sub = scope.subresource();
+    match entries
+        .iter_mut()
+        .find(|e| e.manager == manager && e.operation == "Update" && e.subresource == sub)
+    {
+        Some(e) => {
+            e.fields.extend(changed);
+            e.time = now.to_string();
+            e.api_version = api_version.to_string();
+        }
+        None => entries.push(Entry {
+            manager: manager.to_string(),
+            operation: "Update".into(),
+            api_version: api_version.to_string(),
+            time: now.to_string(),
+            subresource: sub.to_string(),
+            fields: changed,
+        }),
+    }
+    write_managed(new, &entries);
+}
+
+pub(crate) struct ApplyRequest<'a> {
+    pub manager: &'a str,
+    pub force: bool,
+    pub scope: Scope,
+    pub schema: Option<&'a Value>,
+    pub api_version: &'a str,
+    pub now: &'a str,
+}
+
+/// Server-side apply of `applied` onto `live`. Err carries the conflicts (manager, field).
+pub(crate) fn apply(live: &Value, applied: &Value, req: &ApplyRequest<'_>) -> Result<Value, Vec<(String, String)>> {
+    let mut entries = parse_managed(live);
+    let applied_scoped = scoped(applied, req.scope);
+    let live_scoped = scoped(live, req.scope);
+    let new_set = leaves(&applied_scoped, req.schema);
+    let sub = req.scope.subresource();
+    let is_me = |e: &Entry| e.manager == req.manager && e.operation == "Apply" && e.subresource == sub;
+    let prev_set: FieldSet = entries
+        .iter()
+        .find(|e| is_me(e))
+        .map(|e| e.fields.clone())
+        .unwrap_or_default();
+
+    let mut conflicts: Vec<(String, String)> = vec![];
+    let mut taken: FieldSet = FieldSet::new();
+    for p in &new_set {
+        let live_v = value_at(&live_scoped, p);
+        let applied_v = value_at(&applied_scoped, p);
+        for e in entries.iter().filter(|e| !is_me(e) && e.manager != req.manager) {
+            for q in &e.fields {
+                let conflict = if q == p {
+                    live_v.is_some() && live_v != applied_v
+                } else if p.starts_with(q) {
+                    value_at(&live_scoped, q).is_some_and(|v| !v.is_object())
+                } else {
+                    false
+                };
+                if conflict {
+                    let c = (e.manager.clone(), path_string(q));
+                    if !conflicts.contains(&c) {
+                        conflicts.push(c);
+                    }
+                    taken.insert(q.clone());
+                }
+            }
+        }
+    }
+    if !conflicts.is_empty() && !req.force {
+        return Err(conflicts);
+    }
+
+    let mut result = live.clone();
+    for p in prev_set.difference(&new_set) {
+        let owned_by_other = entries
+            .iter()
+            .filter(|e| !is_me(e))
+            .any(|e| e.fields.iter().any(|q| overlaps(p, q)));
+        if !owned_by_other {
+            remove_path(&mut result, p);
+        }
+    }
+    let mut to_merge = applied_scoped.clone();
+    // Only the owned metadata fields merge; name, namespace, uid ... are the server's.
+    if let Some(md) = to_merge.get("metadata").cloned() {
+        to_merge["metadata"] = md;
+    }
+    if !result.is_object() {
+        result = Value::Object(Map::new());
+    }
+    merge_into(&mut result, &to_merge, &mut vec![], req.schema);
+
+    for e in entries.iter_mut().filter(|e| !is_me(e)) {
+        e.fields.retain(|q| {
+            !taken.contains(q)
+                && !new_set.iter().any(|p| {
+                    overlaps(p, q)
+                        && value_at(&live_scoped, q).is_some()
+                        && value_at(&live_scoped, p) != value_at(&applied_scoped, p)
+                        && p == q
+                })
+        });
+    }
+    match entries.iter_mut().find(|e| is_me(e)) {
+        Some(e) => {
+            if e.fields != new_set || value_changed(live, &result) {
+                e.time = req.now.to_string();
+            }
+            e.fields = new_set;
+            e.api_version = req.api_version.to_string();
+        }
+        None => entries.push(Entry {
+            manager: req.manager.to_string(),
+            operation: "Apply".into(),
+            api_version: req.api_version.to_string(),
+            time: req.now.to_string(),
+            subresource: sub.to_string(),
+            fields: new_set,
+        }),
+    }
+    write_managed(&mut result, &entries);
+    Ok(result)
+}
+
+fn value_changed(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(md) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            md.remove("managedFields");
+        }
+        v
+    };
+    strip(a) != strip(b)
+}

@@ -1,0 +1,1 @@
+//! kube-sim: see sim/README.md.

@@ -1,0 +1,321 @@
+//! The object store: one global, monotonic resourceVersion; a bounded event history for watches.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use super::registry::StoreKey;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct StoreEvent {
+    pub rv: u64,
+    pub key: StoreKey,
+    pub namespace: String,
+    pub etype: EventType,
+    pub object: Value,
+    pub old: Option<Value>,
+}
+
+pub(crate) type ObjKey = (String, String);
+
+pub(crate) struct Store {
+    rv: u64,
+    objects: HashMap<StoreKey, BTreeMap<ObjKey, Value>>,
+    history: VecDeque<Arc<StoreEvent>>,
+    history_cap: usize,
+    /// Watches from a resourceVersion older than this get 410 Gone.
+    compacted: u64,
+    tx: broadcast::Sender<Arc<StoreEvent>>,
+}
+
+impl Store {
+    pub fn new(history_cap: usize) -> Self {
+        let (tx, _) = broadcast::channel(4096);
+        Self {
+            rv: 0,
+            objects: HashMap::new(),
+            history: VecDeque::new(),
+            history_cap: history_cap.max(1),
+            compacted: 0,
+            tx,
+        }
+    }
+
+    pub fn current_rv(&self) -> u64 {
+        self.rv
+    }
+
+    pub fn compacted_rv(&self) -> u64 {
+        self.compacted
+    }
+
+    pub fn next_rv(&mut self) -> u64 {
+        self.rv += 1;
+        self.rv
+    }
+
+    pub fn get(&self, key: &StoreKey, ns: &str, name: &str) -> Option<&Value> {
+        self.objects
+            .get(key)
+            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+    }
+
+    /// Objects of a resource (in one namespace if given), in key order.
+    pub fn list(&self, key: &StoreKey, ns: Option<&str>) -> Vec<(ObjKey, Value)> {
+        let Some(m) = self.objects.get(key) else {
+            return vec![];
+        };
+        match ns {
+            Some(ns) => m
+                .range((ns.to_string(), String::new())..)
+                .take_while(|((n, _), _)| n == ns)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            None => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+
+    pub fn count_in_namespace(&self, ns: &str) -> usize {
+        self.objects
+            .values()
+            .map(|m| {
+                m.range((ns.to_string(), String::new())..)
+                    .take_while(|((n, _), _)| n == ns)
+                    .count()
+            })
+            .sum()
+    }
+
+    pub fn keys(&self) -> Vec<StoreKey> {
+        self.objects.keys().cloned().collect()
+    }
+
+    /// Stores `obj` (its metadata.resourceVersion must already be `rv`) and records the event.
+    pub fn put(&mut self, key: &StoreKey, ns: &str, name: &str, obj: Value, rv: u64) {
+        let old = self
+            .objects
+            .entry(key.clone())
+            .or_default()
+            .insert((ns.to_string(), name.to_string()), obj.clone());
+        let etype = if old.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        self.record(StoreEvent {
+            rv,
+            key: key.clone(),
+            namespace: ns.to_string(),
+            etype,
+            object: obj,
+            old,
+        });
+    }
+
+    /// Removes an object; `last` is its final state (with the deletion's resourceVersion).
+    pub fn remove(&mut self, key: &StoreKey, ns: &str, name: &str, last: Value, rv: u64) {
+        let old = self
+            .objects
+            .get_mut(key)
+            .and_then(|m| m.remove(&(ns.to_string(), name.to_string())));
+        self.record(StoreEvent {
+            rv,
+            key: key.clone(),
+            namespace: ns.to_string(),
+            etype: EventType::Deleted,
+            object: last,
+            old,
+        });
+    }
+
+    fn record(&mut self, ev: StoreEvent) {
+        let ev = Arc::new(ev);
+        self.history.push_back(ev.clone());
+        while self.history.len() > self.history_cap {
+            if let Some(dropped) = self.history.pop_front() {
+                self.compacted = dropped.rv;
+            }
+        }
+        // No receivers is fine.
+        let _ = self.tx.send(ev);
+    }
+
+    /// Forgets the whole event history (as an etcd compaction would): watches from any
+    /// earlier resourceVersion then get 410 Gone.
+    pub fn compact(&mut self) {
+        self.history.clear();
+        self.compacted = self.rv;
+    }
+
+    /// Events after `rv`, plus a receiver for later ones; None if `rv` is too old.
+    pub fn subscribe_from(
+        &self,
+        rv: u64,
+    ) -> Option<(Vec<Arc<StoreEvent>>, broadcast::Receiver<Arc<StoreEvent>>)> {
+        if rv < self.compacted {
+            return None;
+        }
+        let past = self
+            .history
+            .iter()
+            .filter(|e| e.rv > rv)
+            .cloned()
+            .collect();
+        Some((past, self.tx.subscribe()))
+    }
+}
+
+/// One requirement of a label selector.
+#[derive(Debug, Clone)]
+pub(crate) enum LabelReq {
+    Eq(String, String),
+    NotEq(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    NotExists(String),
+}
+
+fn split_top_level(s: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut depth = 0;
+    let mut cur = String::new();
+    for c in s.chars() {
+        match c {
+            '(' => {
+                depth += 1;
+                cur.push(c)
+            }
+            ')' => {
+                depth -= 1;
+                cur.push(c)
+            }
+            ',' if depth == 0 => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+pub(crate) fn parse_label_selector(s: &str) -> Result<Vec<LabelReq>, String> {
+    let mut reqs = vec![];
+    for term in split_top_level(s) {
+        if let Some(k) = term.strip_prefix('!') {
+            reqs.push(LabelReq::NotExists(k.trim().to_string()));
+            continue;
+        }
+        let set_op = |op: &str| -> Option<(String, Vec<String>)> {
+            let idx = term.find(op)?;
+            let key = term[..idx].trim().to_string();
+            let rest = term[idx + op.len()..].trim();
+            let inner = rest.strip_prefix('(')?.strip_suffix(')')?;
+            Some((
+                key,
+                inner
+                    .split(',')
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .collect(),
+            ))
+        };
+        if let Some((k, vs)) = set_op(" notin ") {
+            reqs.push(LabelReq::NotIn(k, vs));
+        } else if let Some((k, vs)) = set_op(" in ") {
+            reqs.push(LabelReq::In(k, vs));
+        } else if let Some((k, v)) = term.split_once("!=") {
+            reqs.push(LabelReq::NotEq(k.trim().into(), v.trim().into()));
+        } else if let Some((k, v)) = term.split_once("==") {
+            reqs.push(LabelReq::Eq(k.trim().into(), v.trim().into()));
+        } else if let Some((k, v)) = term.split_once('=') {
+            reqs.push(LabelReq::Eq(k.trim().into(), v.trim().into()));
+        } else if term.contains(['(', ')', ' ', '<', '>']) {
+            return Err(format!("unable to parse requirement: {term}"));
+        } else {
+            reqs.push(LabelReq::Exists(term));
+        }
+    }
+    Ok(reqs)
+}
+
+pub(crate) fn labels_match(reqs: &[LabelReq], obj: &Value) -> bool {
+    let labels = &obj["metadata"]["labels"];
+    let get = |k: &str| labels.get(k).and_then(Value::as_str);
+    reqs.iter().all(|r| match r {
+        LabelReq::Eq(k, v) => get(k) == Some(v.as_str()),
+        LabelReq::NotEq(k, v) => get(k) != Some(v.as_str()),
+        LabelReq::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+        LabelReq::NotIn(k, vs) => get(k).is_none_or(|x| !vs.iter().any(|v| v == x)),
+        LabelReq::Exists(k) => get(k).is_some(),
+        LabelReq::NotExists(k) => get(k).is_none(),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct FieldReq {
+    pub path: String,
+    pub value: String,
+    pub negate: bool,
+}
+
+pub(crate) fn parse_field_selector(s: &str) -> Result<Vec<FieldReq>, String> {
+    let mut reqs = vec![];
+    for term in split_top_level(s) {
+        let (path, value, negate) = if let Some((k, v)) = term.split_once("!=") {
+            (k, v, true)
+        } else if let Some((k, v)) = term.split_once("==") {
+            (k, v, false)
+        } else if let Some((k, v)) = term.split_once('=') {
+            (k, v, false)
+        } else {
+            return Err(format!("invalid selector: '{s}'; can't understand '{term}'"));
+        };
+        reqs.push(FieldReq {
+            path: path.trim().to_string(),
+            value: value.trim().to_string(),
+            negate,
+        });
+    }
+    Ok(reqs)
+}
+
+/// The value of a dotted field path as a field selector sees it ("" when absent).
+pub(crate) fn field_value(obj: &Value, path: &str) -> String {
+    let mut cur = obj;
+    for part in path.trim_start_matches('.').split('.') {
+        cur = &cur[part];
+    }
+    match cur {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn fields_match(reqs: &[FieldReq], obj: &Value) -> bool {
+    reqs.iter().all(|r| (field_value(obj, &r.path) == r.value) != r.negate)
+}

@@ -1,0 +1,10 @@
+//! Simulators for accessgrant-operator's tests and sandbox.
+//!
+//! - [`azure`]: azure-sim, an HTTPS server speaking the ARM (Defender JIT, PIM) and Entra token
+//!   contracts the operator uses.
+//! - [`kube`]: kube-sim, an HTTP server speaking the subset of the Kubernetes API the operator
+//!   and kubectl use.
+#![forbid(unsafe_code)]
+
+pub mod azure;
+pub mod kube;

@@ -1,0 +1,14 @@
+//! accessgrant-operator: turns declarative `AccessGrant` resources into temporary Azure access
+//! (Defender for Cloud JIT, PIM role assignment schedule requests) and takes it away again.
+//!
+//! Decisions are pure (`validate`, `guard`, `lifecycle::plan`); I/O is thin.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod azure;
+pub mod azure_model;
+pub mod clock;
+pub mod constants;
+pub mod guard;
+pub mod lifecycle;
+pub mod validate;
