@@ -1,1 +1,202 @@
-//! todo
+//! AccessPolicy evaluation (pure). Default deny: a grant is allowed only when one policy that
+//! selects its namespace allows all of it. Runs in the controller (and in the admission webhook).
+
+use crate::api::{AccessPolicy, AccessPolicySpec, PimMode};
+use crate::azure::ids::{ArmId, matches_pattern};
+use crate::validate::{ValidGrant, ValidTarget, parse_prefix};
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use std::collections::BTreeMap;
+
+/// The guard's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed by the named policy.
+    Allowed {
+        /// Policy name.
+        policy: String,
+    },
+    /// Denied: the rule that failed and a sentence saying what to change.
+    Denied {
+        /// Rule name, e.g. `PimScope`.
+        rule: String,
+        /// Human message.
+        message: String,
+    },
+}
+
+impl Verdict {
+    /// True when allowed.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Verdict::Allowed { .. })
+    }
+}
+
+/// What the guard needs to know about the grant's place in the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct GrantContext {
+    /// Namespace of the grant.
+    pub namespace: String,
+    /// Labels of that namespace.
+    pub namespace_labels: BTreeMap<String, String>,
+    /// When the grant was created (start of the renewal window when `startTime` is absent).
+    pub created: Option<DateTime<Utc>>,
+}
+
+/// Evaluates a valid grant against every policy.
+pub fn guard(grant: &ValidGrant, policies: &[AccessPolicy], ctx: &GrantContext) -> Verdict {
+    let mut candidates: Vec<&AccessPolicy> = policies
+        .iter()
+        .filter(|p| selector_matches(&p.spec.namespace_selector, &ctx.namespace_labels))
+        .collect();
+    candidates.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    if candidates.is_empty() {
+        return Verdict::Denied {
+            rule: "NoPolicy".into(),
+            message: format!(
+                "no AccessPolicy selects namespace {:?}; access is denied by default",
+                ctx.namespace
+            ),
+        };
+    }
+    let mut first_denial: Option<(String, String)> = None;
+    for p in candidates {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        match evaluate(grant, &p.spec, ctx) {
+            Ok(()) => return Verdict::Allowed { policy: name },
+            Err((rule, msg)) => {
+                if first_denial.is_none() {
+                    first_denial = Some((rule, format!("{msg} (AccessPolicy {name})")));
+                }
+            }
+        }
+    }
+    let (rule, message) = first_denial.unwrap_or_else(|| ("NoPolicy".into(), "denied".into()));
+    Verdict::Denied { rule, message }
+}
+
+type Denial = (String, String);
+
+fn deny(rule: &str, message: String) -> Result<(), Denial> {
+    Err((rule.to_string(), message))
+}
+
+fn evaluate(g: &ValidGrant, p: &AccessPolicySpec, ctx: &GrantContext) -> Result<(), Denial> {
+    match &g.target {
+        ValidTarget::Jit(jit) => {
+            let Some(rules) = &p.jit else {
+                return deny("JitNotAllowed", "the policy allows no JIT access".into());
+            };
+            let allowed_nets: Vec<ipnet::IpNet> = rules
+                .source_prefixes
+                .iter()
+                .filter_map(|s| parse_prefix(s).ok())
+                .collect();
+            for vm in &jit.vms {
+                if !rules.virtual_machines.iter().any(|pat| matches_pattern(pat, &vm.id)) {
+                    return deny("JitVirtualMachine", format!("VM {} is not among the allowed VMs", vm.id));
+                }
+                for port in &vm.ports {
+                    if !rules.ports.contains(&i32::from(port.number)) {
+                        return deny("JitPort", format!("port {} on VM {} is not allowed (allowed: {:?})", port.number, vm.id.name().unwrap_or_default(), rules.ports));
+                    }
+                    for prefix in &port.prefixes {
+                        let inside = allowed_nets.iter().any(|a| {
+                            // Same family only: an IPv6 form never sneaks into an IPv4 CIDR.
+                            matches!((a, prefix), (ipnet::IpNet::V4(_), ipnet::IpNet::V4(_)) | (ipnet::IpNet::V6(_), ipnet::IpNet::V6(_)))
+                                && a.contains(prefix)
+                        });
+                        if !inside {
+                            return deny("JitSourcePrefix", format!("source {prefix} for port {} is not inside an allowed CIDR ({})", port.number, rules.source_prefixes.join(", ")));
+                        }
+                    }
+                }
+            }
+        }
+        ValidTarget::Pim(pim) => {
+            let Some(rules) = &p.pim else {
+                return deny("PimNotAllowed", "the policy allows no PIM access".into());
+            };
+            if !rules.modes.contains(&pim.mode) {
+                let mode = match pim.mode {
+                    PimMode::Activate => "Activate",
+                    PimMode::Assign => "Assign",
+                };
+                return deny("PimMode", format!("mode {mode} is not allowed"));
+            }
+            let in_scope = rules
+                .scopes
+                .iter()
+                .filter_map(|s| ArmId::parse(s).ok())
+                .any(|allowed| allowed.contains(&pim.scope));
+            if !in_scope {
+                return deny("PimScope", format!("scope {} is not at or beneath an allowed scope ({})", pim.scope, rules.scopes.join(", ")));
+            }
+            let role_ok = rules
+                .role_definition_ids
+                .iter()
+                .filter_map(|r| ArmId::parse_role_definition(r).ok())
+                .any(|r| r == pim.role_definition_id);
+            if !role_ok {
+                return deny("PimRoleDefinition", format!("role definition {} is not allowed", pim.role_definition_id));
+            }
+            if !rules.principals.iter().any(|x| x.eq_ignore_ascii_case(&pim.principal_id)) {
+                return deny("PimPrincipal", format!("principal {} is not allowed", pim.principal_id));
+            }
+        }
+    }
+    if let Some(max) = &p.max_duration {
+        let max_d = max.parse().map_err(|e| ("PolicyInvalid".to_string(), format!("the policy's maxDuration {e}")))?;
+        if g.duration > max_d {
+            return deny("MaxDuration", format!("duration {} exceeds the maximum {max}", crate::api::duration::format_iso_duration(g.duration)));
+        }
+    }
+    if let Some(renewal) = &g.renewal {
+        let Some(r) = &p.renewal else {
+            return deny("RenewalNotAllowed", "renewal is not allowed; remove spec.renewal".into());
+        };
+        let max_total = r.max_total_duration.parse().map_err(|e| ("PolicyInvalid".to_string(), format!("the policy's renewal.maxTotalDuration {e}")))?;
+        let start = g.start_time.or(ctx.created);
+        let total = match start {
+            Some(s) => renewal.until - s,
+            // Without a start reference, be strict: count the whole window as too long.
+            None => max_total + chrono::Duration::seconds(1),
+        };
+        if total > max_total {
+            return deny("RenewalLimit", format!("renewing until {} gives {} in total, more than the allowed {}", renewal.until.to_rfc3339(), crate::api::duration::format_iso_duration(total), r.max_total_duration));
+        }
+    }
+    if p.require_justification && g.justification.is_none() {
+        return deny("JustificationRequired", "a justification is required; set spec.justification".into());
+    }
+    if p.require_ticket && g.ticket.is_none() {
+        return deny("TicketRequired", "a ticket is required; set spec.ticket".into());
+    }
+    Ok(())
+}
+
+/// Standard label selector semantics (`{}` selects everything).
+pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    if let Some(ml) = &sel.match_labels
+        && !ml.iter().all(|(k, v)| labels.get(k) == Some(v))
+    {
+        return false;
+    }
+    if let Some(exprs) = &sel.match_expressions {
+        for e in exprs {
+            let values = e.values.as_deref().unwrap_or_default();
+            let have = labels.get(&e.key);
+            let ok = match e.operator.as_str() {
+                "In" => have.is_some_and(|v| values.contains(v)),
+                "NotIn" => have.is_none_or(|v| !values.contains(v)),
+                "Exists" => have.is_some(),
+                "DoesNotExist" => have.is_none(),
+                _ => false, // unknown operator: select nothing (fail closed)
+            };
+            if !ok {
+                return false;
+            }
+        }
+    }
+    true
+}
