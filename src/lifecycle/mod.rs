@@ -522,8 +522,13 @@ impl<'a> Ctx<'a> {
             },
             AzureError::ActiveDurationTooShort { .. } if removal => {
                 self.st.intent = None;
-                self.clear_retry();
-                let at = self.st.start_time.map_or(self.now() + Duration::seconds(30), |s| s + self.cfg().deactivation_floor + Duration::seconds(1));
+                // Azure's floor may be longer than ours: never retry before both the floor and
+                // a growing backoff have passed.
+                let failures = self.st.retry.as_ref().map_or(0, |r| r.failures) + 1;
+                let backoff = (self.cfg().backoff_base * 2i32.saturating_pow(failures.min(16))).min(self.cfg().backoff_max);
+                let floor = self.st.start_time.map_or(self.now(), |s| s + self.cfg().deactivation_floor + Duration::seconds(1));
+                let at = floor.max(self.now() + backoff);
+                self.st.retry = Some(RetryState { failures, not_before: at, category: reason::WAITING_MINIMUM_ACTIVE.into() });
                 self.transition(Phase::Revoking, reason::WAITING_MINIMUM_ACTIVE, format!("Azure keeps an activation for at least 5 minutes; deactivating at {}", at.to_rfc3339()));
                 self.wake_at(at);
             }
@@ -653,6 +658,12 @@ impl<'a> Ctx<'a> {
 
     fn take_away(&mut self, why: Unwanted) {
         if self.may_hold() {
+            if let Some(until) = self.st.retry.as_ref().map(|r| r.not_before)
+                && until > self.now()
+            {
+                self.wake_at(until);
+                return;
+            }
             if self.meta().deleting && !self.meta().has_finalizer {
                 // Cannot happen by construction (finalizer before any write); nothing we may do.
                 return;
@@ -1034,7 +1045,7 @@ impl<'a> Ctx<'a> {
             target_role_assignment_schedule_id: target_schedule,
             start: Some(now),
             duration: Some(dur),
-            justification: Some(self.justification_text(g)),
+            justification: self.justification_text(g),
             ticket: g.ticket.clone(),
         };
         let w = AzureWrite::Pim { scope: p.scope.to_string(), name: name.clone(), body, identity: if p.mode == PimMode::Activate { p.identity.clone() } else { None } };
@@ -1044,12 +1055,14 @@ impl<'a> Ctx<'a> {
         self.write(op, attempt, name, Some(now + dur), w, phase, why, format!("{request_type} requested for {}{note}", crate::api::duration::format_iso_duration(dur)));
     }
 
-    fn justification_text(&self, g: &ValidGrant) -> String {
-        let mut s = g.justification.clone().unwrap_or_else(|| "accessgrant".into());
+    /// The justification sent to Azure: the user's words plus who asked. Never invented when
+    /// the user gave none, so a role that requires a justification is not satisfied by us.
+    fn justification_text(&self, g: &ValidGrant) -> Option<String> {
+        let mut s = g.justification.clone()?;
         if let Some(by) = &self.st.requested_by {
             s.push_str(&format!(" (requested by {by})"));
         }
-        s
+        Some(s)
     }
 
     fn request_jit(&mut self, g: &ValidGrant, j: &ValidJit, end: DateTime<Utc>, renewing: bool) {
@@ -1104,7 +1117,7 @@ impl<'a> Ctx<'a> {
         let attempt = if renewing { self.st.attempt + 1 } else { self.st.attempt.max(1) };
         let marker = jit_marker(self.meta(), attempt);
         let Some(t) = self.st.target.as_ref().and_then(|t| t.jit.clone()) else { return };
-        let mut justification = self.justification_text(g);
+        let mut justification = self.justification_text(g).unwrap_or_else(|| format!("accessgrant {}/{}", self.meta().namespace, self.meta().name));
         if let Some(tk) = &g.ticket {
             justification.push_str(&format!(" ticket {} {}", tk.system, tk.number));
         }
