@@ -93,8 +93,12 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
     pub fn not_found_path() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
-            .with_details(json!({}))
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details(json!({}))
     }
     pub fn not_found(def: &ResourceDef, name: &str) -> Self {
         Self::not_found_gr(&def.group, &def.plural, name)
@@ -119,7 +123,10 @@ impl ApiError {
         Self::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", def.gr()),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                def.gr()
+            ),
         )
         .with_details(json!({"name": name, "group": def.group, "kind": def.plural}))
     }
@@ -160,9 +167,15 @@ impl ApiError {
             "Invalid",
             "the server rejected our request due to an error in our request",
         )
-        .with_details(json!({"causes": [{"reason": "UnexpectedServerResponse", "message": err.to_string()}]}))
+        .with_details(
+            json!({"causes": [{"reason": "UnexpectedServerResponse", "message": err.to_string()}]}),
+        )
     }
-    pub fn apply_conflicts(def: &ResourceDef, conflicts: &[(String, String)], api_version: &str) -> Self {
+    pub fn apply_conflicts(
+        def: &ResourceDef,
+        conflicts: &[(String, String)],
+        api_version: &str,
+    ) -> Self {
         let causes: Vec<Value> = conflicts
             .iter()
             .map(|(manager, field)| {
@@ -187,8 +200,9 @@ impl ApiError {
                 lines.join("\n")
             )
         };
-        Self::new(409, "Conflict", message)
-            .with_details(json!({"name": "", "group": def.group, "kind": def.plural, "causes": causes}))
+        Self::new(409, "Conflict", message).with_details(
+            json!({"name": "", "group": def.group, "kind": def.plural, "causes": causes}),
+        )
     }
     pub fn method_not_allowed() -> Self {
         Self::new(
@@ -201,7 +215,9 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {ct})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {ct})"
+            ),
         )
     }
     pub fn gone(message: impl Into<String>) -> Self {
@@ -209,9 +225,6 @@ impl ApiError {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
-    }
-    pub fn timeout(message: impl Into<String>) -> Self {
-        Self::new(504, "Timeout", message)
     }
 
     pub fn to_status(&self) -> Value {

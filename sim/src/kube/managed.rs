@@ -22,7 +22,9 @@ pub(crate) type FieldSet = BTreeSet<FPath>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Scope {
     /// The main resource; `with_status` when the kind has no status subresource.
-    Main { with_status: bool },
+    Main {
+        with_status: bool,
+    },
     Status,
 }
 
@@ -73,9 +75,7 @@ fn fields_to_v1(set: &FieldSet) -> Value {
                 Pe::V(v) => format!("v:{v}"),
             };
             let last = i + 1 == p.len();
-            let entry = cur
-                .entry(key)
-                .or_insert_with(|| Value::Object(Map::new()));
+            let entry = cur.entry(key).or_insert_with(|| Value::Object(Map::new()));
             if !entry.is_object() {
                 *entry = Value::Object(Map::new());
             }
@@ -118,7 +118,11 @@ fn v1_to_fields(v: &Value, prefix: &mut FPath, out: &mut FieldSet) {
 
 pub(crate) fn parse_managed(obj: &Value) -> Vec<Entry> {
     let mut out = vec![];
-    for e in obj["metadata"]["managedFields"].as_array().into_iter().flatten() {
+    for e in obj["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let mut fields = FieldSet::new();
         v1_to_fields(&e["fieldsV1"], &mut vec![], &mut fields);
         out.push(Entry {
@@ -363,7 +367,9 @@ pub(crate) fn record_update(
         return;
     }
     for e in &mut entries {
-        if e.subresource != scope.subresource() && !matches!(scope, Scope::Main { with_status: true }) {
+        if e.subresource != scope.subresource()
+            && !matches!(scope, Scope::Main { with_status: true })
+        {
             // entries of the other scope own disjoint fields
         }
         e.fields
@@ -401,13 +407,18 @@ pub(crate) struct ApplyRequest<'a> {
 }
 
 /// Server-side apply of `applied` onto `live`. Err carries the conflicts (manager, field).
-pub(crate) fn apply(live: &Value, applied: &Value, req: &ApplyRequest<'_>) -> Result<Value, Vec<(String, String)>> {
+pub(crate) fn apply(
+    live: &Value,
+    applied: &Value,
+    req: &ApplyRequest<'_>,
+) -> Result<Value, Vec<(String, String)>> {
     let mut entries = parse_managed(live);
     let applied_scoped = scoped(applied, req.scope);
     let live_scoped = scoped(live, req.scope);
     let new_set = leaves(&applied_scoped, req.schema);
     let sub = req.scope.subresource();
-    let is_me = |e: &Entry| e.manager == req.manager && e.operation == "Apply" && e.subresource == sub;
+    let is_me =
+        |e: &Entry| e.manager == req.manager && e.operation == "Apply" && e.subresource == sub;
     let prev_set: FieldSet = entries
         .iter()
         .find(|e| is_me(e))
@@ -419,7 +430,10 @@ pub(crate) fn apply(live: &Value, applied: &Value, req: &ApplyRequest<'_>) -> Re
     for p in &new_set {
         let live_v = value_at(&live_scoped, p);
         let applied_v = value_at(&applied_scoped, p);
-        for e in entries.iter().filter(|e| !is_me(e) && e.manager != req.manager) {
+        for e in entries
+            .iter()
+            .filter(|e| !is_me(e) && e.manager != req.manager)
+        {
             for q in &e.fields {
                 let conflict = if q == p {
                     live_v.is_some() && live_v != applied_v

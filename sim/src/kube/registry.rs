@@ -133,9 +133,36 @@ fn builtin(
 
 pub(crate) fn builtin_defs() -> Vec<ResourceDef> {
     vec![
-        builtin("", "v1", "Namespace", "namespaces", false, &["ns"], true, Builtin::Namespace),
-        builtin("", "v1", "Secret", "secrets", true, &[], false, Builtin::Secret),
-        builtin("", "v1", "ConfigMap", "configmaps", true, &["cm"], false, Builtin::ConfigMap),
+        builtin(
+            "",
+            "v1",
+            "Namespace",
+            "namespaces",
+            false,
+            &["ns"],
+            true,
+            Builtin::Namespace,
+        ),
+        builtin(
+            "",
+            "v1",
+            "Secret",
+            "secrets",
+            true,
+            &[],
+            false,
+            Builtin::Secret,
+        ),
+        builtin(
+            "",
+            "v1",
+            "ConfigMap",
+            "configmaps",
+            true,
+            &["cm"],
+            false,
+            Builtin::ConfigMap,
+        ),
         builtin(
             "",
             "v1",
@@ -146,9 +173,36 @@ pub(crate) fn builtin_defs() -> Vec<ResourceDef> {
             false,
             Builtin::ServiceAccount,
         ),
-        builtin("", "v1", "Event", "events", true, &["ev"], false, Builtin::Event),
-        builtin("events.k8s.io", "v1", "Event", "events", true, &["ev"], false, Builtin::EventV1),
-        builtin("coordination.k8s.io", "v1", "Lease", "leases", true, &[], false, Builtin::Lease),
+        builtin(
+            "",
+            "v1",
+            "Event",
+            "events",
+            true,
+            &["ev"],
+            false,
+            Builtin::Event,
+        ),
+        builtin(
+            "events.k8s.io",
+            "v1",
+            "Event",
+            "events",
+            true,
+            &["ev"],
+            false,
+            Builtin::EventV1,
+        ),
+        builtin(
+            "coordination.k8s.io",
+            "v1",
+            "Lease",
+            "leases",
+            true,
+            &[],
+            false,
+            Builtin::Lease,
+        ),
         builtin(
             "admissionregistration.k8s.io",
             "v1",
@@ -218,7 +272,11 @@ pub(crate) fn defs_from_crd(crd: &Value) -> Vec<ResourceDef> {
         .unwrap_or_else(|| kind.to_lowercase());
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let short_names = strings(&names["shortNames"]);

@@ -57,8 +57,8 @@ pub(crate) fn prune(schema: &Value, v: &mut Value, path: &str, unknown: &mut Vec
                 });
                 match sub {
                     Some(sub) => {
-                        let drop_null = map.get(&k).is_some_and(Value::is_null)
-                            && !is_true(&sub["nullable"]);
+                        let drop_null =
+                            map.get(&k).is_some_and(Value::is_null) && !is_true(&sub["nullable"]);
                         if drop_null {
                             map.remove(&k);
                         } else if let Some(cv) = map.get_mut(&k) {
@@ -66,7 +66,7 @@ pub(crate) fn prune(schema: &Value, v: &mut Value, path: &str, unknown: &mut Vec
                         }
                     }
                     None => {
-                        if !preserve && !(addl.is_boolean() && is_true(addl)) {
+                        if !preserve && !is_true(addl) {
                             map.remove(&k);
                             unknown.push(format!(".{}", child(path, &k)));
                         }
@@ -74,11 +74,9 @@ pub(crate) fn prune(schema: &Value, v: &mut Value, path: &str, unknown: &mut Vec
                 }
             }
         }
-        Value::Array(items) => {
-            if schema["items"].is_object() {
-                for (i, it) in items.iter_mut().enumerate() {
-                    prune(&schema["items"], it, &format!("{path}[{i}]"), unknown);
-                }
+        Value::Array(items) if schema["items"].is_object() => {
+            for (i, it) in items.iter_mut().enumerate() {
+                prune(&schema["items"], it, &format!("{path}[{i}]"), unknown);
             }
         }
         _ => {}
@@ -120,7 +118,9 @@ pub(crate) fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<Fie
         let ok = match t {
             "number" => actual == "number" || actual == "integer",
             "integer" => {
-                actual == "integer" || v.as_f64().is_some_and(|f| f.fract() == 0.0 && f.is_finite())
+                actual == "integer"
+                    || v.as_f64()
+                        .is_some_and(|f| f.fract() == 0.0 && f.is_finite())
             }
             other => other == actual,
         };
@@ -270,7 +270,10 @@ fn validate_number(schema: &Value, v: &Value, path: &str, errs: &mut Vec<FieldEr
             errs.push(FieldError::invalid(
                 path,
                 v,
-                &format!("{path} in body should be {op} {}", fmt_num(&schema["minimum"])),
+                &format!(
+                    "{path} in body should be {op} {}",
+                    fmt_num(&schema["minimum"])
+                ),
             ));
         }
     }
@@ -285,7 +288,10 @@ fn validate_number(schema: &Value, v: &Value, path: &str, errs: &mut Vec<FieldEr
             errs.push(FieldError::invalid(
                 path,
                 v,
-                &format!("{path} in body should be {op} {}", fmt_num(&schema["maximum"])),
+                &format!(
+                    "{path} in body should be {op} {}",
+                    fmt_num(&schema["maximum"])
+                ),
             ));
         }
     }
@@ -296,12 +302,21 @@ fn validate_number(schema: &Value, v: &Value, path: &str, errs: &mut Vec<FieldEr
         errs.push(FieldError::invalid(
             path,
             v,
-            &format!("{path} in body should be a multiple of {}", fmt_num(&schema["multipleOf"])),
+            &format!(
+                "{path} in body should be a multiple of {}",
+                fmt_num(&schema["multipleOf"])
+            ),
         ));
     }
 }
 
-fn validate_array(schema: &Value, items: &[Value], v: &Value, path: &str, errs: &mut Vec<FieldError>) {
+fn validate_array(
+    schema: &Value,
+    items: &[Value],
+    v: &Value,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
     if let Some(max) = schema["maxItems"].as_u64()
         && items.len() as u64 > max
     {
@@ -342,7 +357,8 @@ fn validate_array(schema: &Value, items: &[Value], v: &Value, path: &str, errs: 
         let key_of = |it: &Value| -> Vec<Value> { keys.iter().map(|k| it[k].clone()).collect() };
         for (i, it) in items.iter().enumerate() {
             if items[..i].iter().any(|o| key_of(o) == key_of(it)) {
-                let m: Map<String, Value> = keys.iter().map(|k| (k.clone(), it[k].clone())).collect();
+                let m: Map<String, Value> =
+                    keys.iter().map(|k| (k.clone(), it[k].clone())).collect();
                 errs.push(FieldError::new(
                     "FieldValueDuplicate",
                     &format!("{path}[{i}]"),
@@ -433,7 +449,10 @@ pub(crate) fn validate_cel(
                     ErrorKind::ValidationFailure => e.message.clone(),
                     _ => format!("{} (rule: {})", e.message, e.rule),
                 };
-                let reason = e.reason.clone().unwrap_or_else(|| "FieldValueInvalid".into());
+                let reason = e
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "FieldValueInvalid".into());
                 let detail = match reason.as_str() {
                     "FieldValueForbidden" => format!("Forbidden: {message}"),
                     "FieldValueRequired" => format!("Required value: {message}"),
@@ -514,17 +533,28 @@ pub(crate) fn validate_custom(
     errs
 }
 
-const DNS1123_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+const DNS1123_SUBDOMAIN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 const DNS1123_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
 /// metadata.name checks (RFC 1123 subdomain, or label for namespaces).
 pub(crate) fn validate_name(name: &str, label_only: bool) -> Option<FieldError> {
     let (re, max, what) = if label_only {
-        (DNS1123_LABEL, 63, "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
+        (
+            DNS1123_LABEL,
+            63,
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+        )
     } else {
-        (DNS1123_SUBDOMAIN, 253, "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
+        (
+            DNS1123_SUBDOMAIN,
+            253,
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+        )
     };
-    let ok = regex::Regex::new(re).map(|r| r.is_match(name)).unwrap_or(false);
+    let ok = regex::Regex::new(re)
+        .map(|r| r.is_match(name))
+        .unwrap_or(false);
     if name.len() > max {
         return Some(FieldError::invalid(
             "metadata.name",

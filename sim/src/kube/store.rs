@@ -37,6 +37,9 @@ pub(crate) struct StoreEvent {
 
 pub(crate) type ObjKey = (String, String);
 
+/// Past events after a resourceVersion, and a receiver for the ones to come.
+pub(crate) type Subscription = (Vec<Arc<StoreEvent>>, broadcast::Receiver<Arc<StoreEvent>>);
+
 pub(crate) struct Store {
     rv: u64,
     objects: HashMap<StoreKey, BTreeMap<ObjKey, Value>>,
@@ -167,19 +170,11 @@ impl Store {
     }
 
     /// Events after `rv`, plus a receiver for later ones; None if `rv` is too old.
-    pub fn subscribe_from(
-        &self,
-        rv: u64,
-    ) -> Option<(Vec<Arc<StoreEvent>>, broadcast::Receiver<Arc<StoreEvent>>)> {
+    pub fn subscribe_from(&self, rv: u64) -> Option<Subscription> {
         if rv < self.compacted {
             return None;
         }
-        let past = self
-            .history
-            .iter()
-            .filter(|e| e.rv > rv)
-            .cloned()
-            .collect();
+        let past = self.history.iter().filter(|e| e.rv > rv).cloned().collect();
         Some((past, self.tx.subscribe()))
     }
 }
@@ -290,7 +285,9 @@ pub(crate) fn parse_field_selector(s: &str) -> Result<Vec<FieldReq>, String> {
         } else if let Some((k, v)) = term.split_once('=') {
             (k, v, false)
         } else {
-            return Err(format!("invalid selector: '{s}'; can't understand '{term}'"));
+            return Err(format!(
+                "invalid selector: '{s}'; can't understand '{term}'"
+            ));
         };
         reqs.push(FieldReq {
             path: path.trim().to_string(),
@@ -317,5 +314,6 @@ pub(crate) fn field_value(obj: &Value, path: &str) -> String {
 }
 
 pub(crate) fn fields_match(reqs: &[FieldReq], obj: &Value) -> bool {
-    reqs.iter().all(|r| (field_value(obj, &r.path) == r.value) != r.negate)
+    reqs.iter()
+        .all(|r| (field_value(obj, &r.path) == r.value) != r.negate)
 }

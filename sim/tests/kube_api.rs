@@ -1,0 +1,494 @@
+//! kube-sim CRUD semantics through kube's real client: conflicts, generation, status
+//! subresource, finalizers, patches, server-side apply, validation (schema and CEL).
+
+mod kube_common;
+
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube_common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn create_get_conflicts_and_generation() {
+    let (_sim, client) = start().await;
+    let api = widgets(&client, "default");
+    let w = api
+        .create(
+            &PostParams::default(),
+            &widget("w1", json!({"color": "red"})),
+        )
+        .await
+        .expect("create");
+    let md = &w.metadata;
+    assert!(md.uid.is_some() && md.creation_timestamp.is_some());
+    assert_eq!(md.generation, Some(1));
+    let rv1: u64 = md.resource_version.clone().unwrap().parse().unwrap();
+
+    let st = api_err(
+        api.create(
+            &PostParams::default(),
+            &widget("w1", json!({"color": "red"})),
+        )
+        .await,
+    );
+    assert_eq!((st.code, st.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(st.message, "widgets.test.kube-sim.io \"w1\" already exists");
+
+    // spec change: generation moves, resourceVersion grows
+    let mut w2 = w.clone();
+    w2.data["spec"]["color"] = json!("blue");
+    let w2 = api
+        .replace("w1", &PostParams::default(), &w2)
+        .await
+        .expect("replace");
+    assert_eq!(w2.metadata.generation, Some(2));
+    let rv2: u64 = w2
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rv2 > rv1);
+
+    // stale resourceVersion: 409 Conflict
+    let st = api_err(api.replace("w1", &PostParams::default(), &w).await);
+    assert_eq!((st.code, st.reason.as_str()), (409, "Conflict"));
+    assert!(
+        st.message.contains("the object has been modified"),
+        "{}",
+        st.message
+    );
+
+    // metadata-only change: generation stays
+    let p = Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}}));
+    let w3 = api
+        .patch("w1", &PatchParams::default(), &p)
+        .await
+        .expect("label patch");
+    assert_eq!(w3.metadata.generation, Some(2));
+    assert_eq!(w3.metadata.labels.unwrap()["team"], "a");
+
+    // a no-op patch does not write
+    let w4 = api
+        .patch("w1", &PatchParams::default(), &p)
+        .await
+        .expect("noop patch");
+    assert_eq!(w4.metadata.resource_version, w3.metadata.resource_version);
+
+    let st = api_err(api.get("nope").await);
+    assert_eq!((st.code, st.reason.as_str()), (404, "NotFound"));
+    assert_eq!(st.message, "widgets.test.kube-sim.io \"nope\" not found");
+
+    // unknown namespace
+    let other = widgets(&client, "missing");
+    let st = api_err(
+        other
+            .create(&PostParams::default(), &widget("w1", json!({"size": 1})))
+            .await,
+    );
+    assert_eq!(st.code, 404);
+    assert_eq!(st.message, "namespaces \"missing\" not found");
+}
+
+#[tokio::test]
+async fn status_subresource_is_separate() {
+    let (_sim, client) = start().await;
+    let api = widgets(&client, "default");
+    let mut w = widget("s1", json!({"color": "red"}));
+    w.data["status"] = json!({"phase": "Ignored"});
+    let w = api
+        .create(&PostParams::default(), &w)
+        .await
+        .expect("create");
+    assert!(w.data.get("status").is_none(), "create drops status");
+
+    let p = Patch::Merge(json!({"spec": {"color": "green"}, "status": {"phase": "Ready"}}));
+    let w = api
+        .patch_status("s1", &PatchParams::default(), &p)
+        .await
+        .expect("status patch");
+    assert_eq!(w.data["status"]["phase"], "Ready");
+    assert_eq!(w.data["spec"]["color"], "red", "/status ignores spec");
+    assert_eq!(
+        w.metadata.generation,
+        Some(1),
+        "status writes do not bump generation"
+    );
+
+    let p = Patch::Merge(json!({"spec": {"color": "blue"}, "status": {"phase": "Hacked"}}));
+    let w = api
+        .patch("s1", &PatchParams::default(), &p)
+        .await
+        .expect("main patch");
+    assert_eq!(w.data["spec"]["color"], "blue");
+    assert_eq!(
+        w.data["status"]["phase"], "Ready",
+        "main endpoint ignores status"
+    );
+    assert_eq!(w.metadata.generation, Some(2));
+
+    let got = api.get_status("s1").await.expect("get status");
+    assert_eq!(got.data["status"]["phase"], "Ready");
+}
+
+#[tokio::test]
+async fn finalizers_keep_object_until_removed() {
+    let (_sim, client) = start().await;
+    let api = widgets(&client, "default");
+    let mut w = widget("f1", json!({"size": 3}));
+    w.metadata.finalizers = Some(vec!["test.kube-sim.io/cleanup".into()]);
+    api.create(&PostParams::default(), &w)
+        .await
+        .expect("create");
+
+    let res = api
+        .delete("f1", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let pending = res.left().expect("object returned while finalizers remain");
+    assert!(pending.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        pending.metadata.generation,
+        Some(2),
+        "deletion bumps generation"
+    );
+    let still = api.get("f1").await.expect("still there");
+    assert!(still.metadata.deletion_timestamp.is_some());
+
+    // adding a finalizer while deleting is forbidden
+    let add = Patch::<()>::Json(
+        serde_json::from_value(
+            json!([{"op": "add", "path": "/metadata/finalizers/-", "value": "other"}]),
+        )
+        .unwrap(),
+    );
+    let st = api_err(api.patch("f1", &PatchParams::default(), &add).await);
+    assert_eq!(st.code, 422);
+
+    // JSON patch with test: a wrong test fails with 422, the right one removes the finalizer
+    let bad = Patch::<()>::Json(
+        serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": "wrong"},
+            {"op": "remove", "path": "/metadata/finalizers/0"}
+        ]))
+        .unwrap(),
+    );
+    let st = api_err(api.patch("f1", &PatchParams::default(), &bad).await);
+    assert_eq!((st.code, st.reason.as_str()), (422, "Invalid"));
+    let good = Patch::<()>::Json(
+        serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": "test.kube-sim.io/cleanup"},
+            {"op": "remove", "path": "/metadata/finalizers/0"}
+        ]))
+        .unwrap(),
+    );
+    api.patch("f1", &PatchParams::default(), &good)
+        .await
+        .expect("remove finalizer");
+    let st = api_err(api.get("f1").await);
+    assert_eq!(st.code, 404, "gone once the last finalizer is removed");
+
+    // without finalizers, delete is immediate
+    api.create(&PostParams::default(), &widget("f2", json!({"size": 1})))
+        .await
+        .expect("create");
+    let res = api
+        .delete("f2", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert!(res.left().is_some());
+    assert_eq!(api_err(api.get("f2").await).code, 404);
+}
+
+#[tokio::test]
+async fn server_side_apply_ownership_and_conflicts() {
+    let (_sim, client) = start().await;
+    let api = widgets(&client, "default");
+    let a = PatchParams::apply("manager-a");
+    let applied = json!({"apiVersion": "test.kube-sim.io/v1", "kind": "Widget",
+        "metadata": {"name": "ssa", "labels": {"a": "1"}},
+        "spec": {"color": "red", "tags": ["x"]}});
+    let w = api
+        .patch("ssa", &a, &Patch::Apply(&applied))
+        .await
+        .expect("apply creates");
+    assert_eq!(w.data["spec"]["color"], "red");
+    let mf = w.metadata.managed_fields.clone().expect("managedFields");
+    assert_eq!(mf[0].manager.as_deref(), Some("manager-a"));
+    assert_eq!(mf[0].operation.as_deref(), Some("Apply"));
+
+    // another manager sets the same field to another value: conflict
+    let b = PatchParams::apply("manager-b");
+    let other = json!({"apiVersion": "test.kube-sim.io/v1", "kind": "Widget",
+        "metadata": {"name": "ssa"}, "spec": {"color": "blue"}});
+    let st = api_err(api.patch("ssa", &b, &Patch::Apply(&other)).await);
+    assert_eq!((st.code, st.reason.as_str()), (409, "Conflict"));
+    assert!(
+        st.message.contains("conflict with \"manager-a\"") && st.message.contains(".spec.color"),
+        "{}",
+        st.message
+    );
+    // same value: shared ownership, no conflict
+    let same = json!({"apiVersion": "test.kube-sim.io/v1", "kind": "Widget",
+        "metadata": {"name": "ssa"}, "spec": {"color": "red", "size": 4}});
+    let w = api
+        .patch("ssa", &b, &Patch::Apply(&same))
+        .await
+        .expect("co-own");
+    assert_eq!(w.data["spec"]["size"], 4);
+    // force takes the field
+    let w = api
+        .patch("ssa", &b.clone().force(), &Patch::Apply(&other))
+        .await
+        .expect("forced apply");
+    assert_eq!(w.data["spec"]["color"], "blue");
+    assert_eq!(
+        w.data["spec"]["tags"],
+        json!(["x"]),
+        "fields of manager-a stay"
+    );
+    assert!(
+        w.data["spec"].get("size").is_none(),
+        "manager-b dropped size from its config: {:?}",
+        w.metadata.managed_fields
+    );
+
+    // manager-a re-applies without tags: its own field goes away
+    let a2 = json!({"apiVersion": "test.kube-sim.io/v1", "kind": "Widget",
+        "metadata": {"name": "ssa", "labels": {"a": "1"}}, "spec": {}});
+    let w = api
+        .patch("ssa", &a, &Patch::Apply(&a2))
+        .await
+        .expect("re-apply");
+    assert!(w.data["spec"].get("tags").is_none());
+    assert_eq!(w.data["spec"]["color"], "blue");
+
+    // status by server-side apply on /status, as the operator does
+    let status = json!({"apiVersion": "test.kube-sim.io/v1", "kind": "Widget",
+        "metadata": {"name": "ssa"}, "spec": {"color": "green"}, "status": {"phase": "Active"}});
+    let op = PatchParams::apply("operator").force();
+    let w = api
+        .patch_status("ssa", &op, &Patch::Apply(&status))
+        .await
+        .expect("status apply");
+    assert_eq!(w.data["status"]["phase"], "Active");
+    assert_eq!(w.data["spec"]["color"], "blue", "status apply ignores spec");
+    let gen_before = w.metadata.generation;
+    let w = api
+        .patch_status("ssa", &op, &Patch::Apply(&status))
+        .await
+        .expect("idempotent");
+    assert_eq!(w.metadata.generation, gen_before);
+}
+
+#[tokio::test]
+async fn validation_schema_and_cel() {
+    let (_sim, client) = start().await;
+    let api = widgets(&client, "default");
+    // CEL rule on spec
+    let st = api_err(
+        api.create(&PostParams::default(), &widget("v1", json!({"tags": []})))
+            .await,
+    );
+    assert_eq!((st.code, st.reason.as_str()), (422, "Invalid"));
+    assert!(
+        st.message.contains("one of color or size must be set"),
+        "{}",
+        st.message
+    );
+    assert_eq!(
+        st.message,
+        "Widget.test.kube-sim.io \"v1\" is invalid: spec: Invalid value: \"object\": one of color or size must be set"
+    );
+    let details = st.details.expect("details");
+    assert_eq!(details.causes[0].field, "spec");
+
+    // schema: enum, maximum, pattern, maxItems
+    let st = api_err(
+        api.create(
+            &PostParams::default(),
+            &widget(
+                "v2",
+                json!({"color": "pink", "size": 11, "serial": "x", "tags": ["a", "b", "c", "d"]}),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(st.code, 422);
+    for want in [
+        "spec.color: Unsupported value: \"pink\"",
+        "spec.size: Invalid value: 11: spec.size in body should be less than or equal to 10",
+        "spec.serial: Invalid value: \"x\": spec.serial in body should match '^[A-Z]{2}-[0-9]+$'",
+        "spec.tags: Too many: 4: must have at most 3 items",
+    ] {
+        assert!(
+            st.message.contains(want),
+            "missing {want:?} in {}",
+            st.message
+        );
+    }
+    // required nested field and type errors
+    let st = api_err(
+        api.create(
+            &PostParams::default(),
+            &widget("v3", json!({"size": "big", "owner": {}})),
+        )
+        .await,
+    );
+    assert!(
+        st.message.contains("spec.owner.name: Required value"),
+        "{}",
+        st.message
+    );
+    assert!(
+        st.message
+            .contains("spec.size in body must be of type integer"),
+        "{}",
+        st.message
+    );
+
+    // defaults and pruning of unknown fields
+    let w = api
+        .create(
+            &PostParams::default(),
+            &widget(
+                "v4",
+                json!({"size": 2, "serial": "AB-1", "owner": {"name": "me"}, "bogus": 1}),
+            ),
+        )
+        .await
+        .expect("valid widget");
+    assert_eq!(w.data["spec"]["owner"]["team"], "platform");
+    assert!(w.data["spec"].get("bogus").is_none());
+
+    // transition rule with oldSelf
+    let p = Patch::Merge(json!({"spec": {"serial": "CD-2"}}));
+    let st = api_err(api.patch("v4", &PatchParams::default(), &p).await);
+    assert_eq!(st.code, 422);
+    assert!(
+        st.message.contains("serial is immutable once set"),
+        "{}",
+        st.message
+    );
+    assert!(st.message.contains("Forbidden"), "{}", st.message);
+    // other changes are fine
+    let p = Patch::Merge(json!({"spec": {"size": 5}}));
+    api.patch("v4", &PatchParams::default(), &p)
+        .await
+        .expect("size change allowed");
+
+    // strict field validation
+    let pp = PostParams::default();
+    let mut strict = widget("v5", json!({"size": 1, "bogus": true}));
+    strict.metadata.name = Some("v5".into());
+    let req = kube::core::Request::new("/apis/test.kube-sim.io/v1/namespaces/default/widgets")
+        .create(&pp, serde_json::to_vec(&strict).unwrap())
+        .unwrap();
+    let (parts, body) = req.into_parts();
+    let mut uri = parts.uri.to_string();
+    uri.push_str(if uri.contains('?') { "&" } else { "?" });
+    uri.push_str("fieldValidation=Strict");
+    let req = http::Request::post(uri)
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let r = client.request::<serde_json::Value>(req).await;
+    let st = api_err(r);
+    assert_eq!(st.code, 400);
+    assert!(
+        st.message.contains("unknown field \"spec.bogus\""),
+        "{}",
+        st.message
+    );
+}
+
+#[tokio::test]
+async fn list_selectors_and_pagination() {
+    let (_sim, client) = start().await;
+    let api = widgets(&client, "default");
+    for i in 0..5 {
+        let mut w = widget(&format!("p{i}"), json!({"size": i + 1}));
+        w.metadata.labels = Some(
+            [(
+                "parity".to_string(),
+                if i % 2 == 0 { "even" } else { "odd" }.to_string(),
+            )]
+            .into(),
+        );
+        api.create(&PostParams::default(), &w)
+            .await
+            .expect("create");
+    }
+    let mut names = vec![];
+    let mut lp = ListParams::default().limit(2);
+    let mut pages = 0;
+    loop {
+        let page = api.list(&lp).await.expect("page");
+        pages += 1;
+        names.extend(page.items.iter().map(|o| o.metadata.name.clone().unwrap()));
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => {
+                if pages == 1 {
+                    assert_eq!(page.metadata.remaining_item_count, Some(3));
+                }
+                lp = lp.continue_token(&c);
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names, vec!["p0", "p1", "p2", "p3", "p4"]);
+
+    let odd = api
+        .list(&ListParams::default().labels("parity=odd"))
+        .await
+        .expect("labels");
+    assert_eq!(odd.items.len(), 2);
+    let notin = api
+        .list(&ListParams::default().labels("parity notin (odd),parity"))
+        .await
+        .expect("set selector");
+    assert_eq!(notin.items.len(), 3);
+    let by_name = api
+        .list(&ListParams::default().fields("metadata.name=p3"))
+        .await
+        .expect("fields");
+    assert_eq!(by_name.items.len(), 1);
+    let st = api_err(api.list(&ListParams::default().fields("spec.size=3")).await);
+    assert_eq!(st.code, 400);
+
+    // all-namespaces list sees them too
+    let all: kube::Api<kube::api::DynamicObject> =
+        kube::Api::all_with(client.clone(), &widget_ar());
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn cluster_scoped_custom_resources() {
+    let (_sim, client) = start().await;
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("test.kube-sim.io", "v1", "Gadget"),
+        "gadgets",
+    );
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client.clone(), &ar);
+    let g: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "test.kube-sim.io/v1", "kind": "Gadget",
+        "metadata": {"name": "g1"}, "spec": {"anything": {"goes": true}}
+    }))
+    .unwrap();
+    let g = api
+        .create(&PostParams::default(), &g)
+        .await
+        .expect("create gadget");
+    assert!(g.metadata.namespace.is_none());
+    assert_eq!(
+        g.data["spec"]["anything"]["goes"], true,
+        "preserve-unknown-fields keeps data"
+    );
+    api.delete("g1", &DeleteParams::default())
+        .await
+        .expect("delete");
+}
