@@ -1,0 +1,269 @@
+//! Drives the real `kubectl` against the kube-sim binary: apply CRDs and objects (client-side
+//! and server-side), printer columns, `kubectl explain`, and deletion with a finalizer.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct KubeSim {
+    child: Child,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for KubeSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixtures() -> PathBuf {
+    manifest_dir().join("tests/fixtures/kube")
+}
+
+fn repo_dir(name: &str) -> Option<PathBuf> {
+    let p = manifest_dir().join("..").join(name);
+    let has_yaml = std::fs::read_dir(&p).ok()?.filter_map(Result::ok).any(|e| {
+        e.path()
+            .extension()
+            .is_some_and(|x| x == "yaml" || x == "yml")
+    });
+    has_yaml.then_some(p)
+}
+
+fn start_sim(crds: &Path) -> KubeSim {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kube-sim"))
+        .args(["--listen", "127.0.0.1:0", "--crds"])
+        .arg(crds)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("kube-sim starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("kube-sim prints its address");
+    assert!(
+        line.starts_with("kube-sim listening on http://127.0.0.1:"),
+        "unexpected first line {line:?}"
+    );
+    KubeSim {
+        child,
+        kubeconfig,
+        _dir: dir,
+    }
+}
+
+fn kubectl_path() -> String {
+    let out = Command::new("bash")
+        .arg(fixtures().join("ensure-kubectl.sh"))
+        .output()
+        .expect("ensure-kubectl.sh runs");
+    assert!(
+        out.status.success(),
+        "installing kubectl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+struct Kubectl {
+    bin: String,
+    kubeconfig: PathBuf,
+    cache: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.cache.path())
+            .arg("--request-timeout=30s")
+            .args(args)
+            .env("HOME", self.cache.path());
+        c
+    }
+    /// Runs kubectl; returns (success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.cmd(args).output().expect("kubectl runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "kubectl {args:?} failed:\n{out}\n{err}");
+        out
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Printer column headers of the first version of a CRD file, as kubectl prints them.
+fn printer_headers(crd_file: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(crd_file).expect("crd file");
+    let crd: serde_json::Value = serde_yaml::from_str(&text).expect("crd yaml");
+    let mut out = vec!["NAME".to_string()];
+    for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if c["priority"].as_i64().unwrap_or(0) == 0 {
+            out.push(c["name"].as_str().unwrap_or_default().to_uppercase());
+        }
+    }
+    out
+}
+
+#[test]
+fn kubectl_against_kube_sim() {
+    let bin = kubectl_path();
+    // start with no CRDs at all: kubectl applies them
+    let empty = tempfile::tempdir().unwrap();
+    let sim = start_sim(empty.path());
+    let k = Kubectl {
+        bin,
+        kubeconfig: sim.kubeconfig.clone(),
+        cache: tempfile::tempdir().unwrap(),
+    };
+    let version = k.ok(&["version", "-o", "json"]);
+    assert!(version.contains("kube-sim"), "{version}");
+
+    // CRDs: the fixtures, and the operator's crds/ when it exists
+    let fixture_crds = fixtures().join("widgets.yaml");
+    k.ok(&["apply", "-f", fixture_crds.to_str().unwrap()]);
+    let operator_crds = repo_dir("crds");
+    if let Some(dir) = &operator_crds {
+        k.ok(&["apply", "--server-side", "-f", dir.to_str().unwrap()]);
+    }
+    k.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=30s",
+        "crd",
+        "--all",
+    ]);
+
+    // objects: examples/ if present, else samples
+    if let Some(examples) = repo_dir("examples") {
+        k.ok(&["apply", "-R", "-f", examples.to_str().unwrap()]);
+    } else if operator_crds.is_some() {
+        let sample = fixtures().join("accessgrant-sample.yaml");
+        k.ok(&["apply", "-f", sample.to_str().unwrap()]);
+    }
+
+    // printer columns
+    let (kind, crd_file) = match &operator_crds {
+        Some(dir) => ("accessgrants", dir.join("accessgrants.accessgrant.io.yaml")),
+        None => ("widgets", fixture_crds.clone()),
+    };
+    let w = fixtures().join("widget-sample.yaml");
+    k.ok(&["apply", "-f", w.to_str().unwrap()]);
+    let table = k.ok(&["get", kind, "-A"]);
+    let header = table.lines().next().unwrap_or_default().to_string();
+    let mut want = printer_headers(&crd_file);
+    want.insert(0, "NAMESPACE".into());
+    let got: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(got, want, "kubectl get {kind}:\n{table}");
+    assert!(
+        table.lines().count() >= 2,
+        "at least one object listed:\n{table}"
+    );
+
+    // explain shows field documentation from the CRD schema
+    if operator_crds.is_some() {
+        let ex = k.ok(&["explain", "accessgrant.spec.jit"]);
+        assert!(ex.contains("KIND:") && ex.contains("AccessGrant"), "{ex}");
+        assert!(ex.contains("subscriptionId"), "{ex}");
+        assert!(ex.contains("FIELDS"), "{ex}");
+    }
+    let ex = k.ok(&["explain", "widget.spec.owner"]);
+    assert!(ex.contains("Who owns the widget."), "{ex}");
+    assert!(ex.contains("Owner team."), "{ex}");
+
+    // client-side apply round trip, server-side apply, validation errors surface
+    let out = k.ok(&["apply", "-f", w.to_str().unwrap()]);
+    assert!(out.contains("unchanged"), "{out}");
+    let out = k.ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        w.to_str().unwrap(),
+    ]);
+    assert!(out.contains("serverside-applied"), "{out}");
+    let (ok, _, err) = k.run(&[
+        "patch",
+        "widget",
+        "sample",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"serial":"ZZ-9"}}"#,
+    ]);
+    assert!(!ok && err.contains("serial is immutable once set"), "{err}");
+
+    // deletion with a finalizer: Terminating until the finalizer goes
+    let mut deleting = k
+        .cmd(&["delete", "widget", "sample", "--timeout=60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl delete");
+    wait_until("deletionTimestamp", 30, || {
+        let (_, out, _) = k.run(&[
+            "get",
+            "widget",
+            "sample",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ]);
+        !out.trim().is_empty()
+    });
+    assert!(
+        deleting.try_wait().expect("poll").is_none(),
+        "kubectl delete waits while the finalizer is there"
+    );
+    let still = k.ok(&["get", "widget", "sample", "-o", "name"]);
+    assert_eq!(still.trim(), "widget.test.kube-sim.io/sample");
+    k.ok(&[
+        "patch",
+        "widget",
+        "sample",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    let status = deleting.wait().expect("kubectl delete ends");
+    assert!(
+        status.success(),
+        "kubectl delete finished once the finalizer was removed"
+    );
+    let (ok, _, err) = k.run(&["get", "widget", "sample"]);
+    assert!(
+        !ok && (err.contains("NotFound") || err.contains("not found")),
+        "{err}"
+    );
+}
