@@ -34,6 +34,7 @@ pub(crate) enum Builtin {
     MutatingWebhook,
     ValidatingWebhook,
     Crd,
+    SelfSubjectReview,
     Custom,
 }
 
@@ -84,6 +85,9 @@ impl ResourceDef {
         )
     }
     pub fn verbs(&self) -> Vec<&'static str> {
+        if self.builtin == Builtin::SelfSubjectReview {
+            return vec!["create"];
+        }
         vec![
             "create",
             "delete",
@@ -232,6 +236,16 @@ pub(crate) fn builtin_defs() -> Vec<ResourceDef> {
             &["crd", "crds"],
             true,
             Builtin::Crd,
+        ),
+        builtin(
+            "authentication.k8s.io",
+            "v1",
+            "SelfSubjectReview",
+            "selfsubjectreviews",
+            false,
+            &[],
+            false,
+            Builtin::SelfSubjectReview,
         ),
     ]
 }

@@ -192,6 +192,18 @@ async fn handle_inner(sim: &Arc<Sim>, req: Request) -> ApiResult<Response> {
     if rr.def.namespaced && rr.name.is_some() && rr.ns.is_none() {
         return Err(ApiError::not_found_path());
     }
+    if rr.def.builtin == Builtin::SelfSubjectReview {
+        if method != Method::POST || rr.name.is_some() {
+            return Err(ApiError::method_not_allowed());
+        }
+        let u = &ctx.user;
+        return Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"creationTimestamp": null},
+                    "status": {"userInfo": {"username": u.username, "uid": u.uid, "groups": u.groups}}}),
+        ));
+    }
     let is_watch = watch_path || ctx.q_bool("watch");
     match (method, rr.name.is_some(), rr.sub.as_deref()) {
         (Method::GET, false, _) if is_watch => watch(sim, &ctx, &rr),

@@ -280,7 +280,7 @@ fn builtin_columns(def: &ResourceDef) -> Vec<Col> {
             ".metadata.creationTimestamp",
             AGE_DESC,
         )],
-        Builtin::Custom => vec![],
+        Builtin::Custom | Builtin::SelfSubjectReview => vec![],
     };
     if def.builtin != Builtin::Crd {
         cols.push(age_col);
