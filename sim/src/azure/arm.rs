@@ -210,10 +210,16 @@ mod tests {
             normalize_scope("/SUBSCRIPTIONS/abc/RESOURCEGROUPS/rg/"),
             "/subscriptions/abc/resourceGroups/rg"
         );
-        assert!(scope_at_or_above("/subscriptions/a", "/subscriptions/A/resourceGroups/x"));
+        assert!(scope_at_or_above(
+            "/subscriptions/a",
+            "/subscriptions/A/resourceGroups/x"
+        ));
         assert!(!scope_at_or_above("/subscriptions/a", "/subscriptions/ab"));
         assert!(scope_at_or_above("/", "/subscriptions/a"));
-        assert_eq!(scope_kind("/subscriptions/a/resourceGroups/b"), "resourcegroup");
+        assert_eq!(
+            scope_kind("/subscriptions/a/resourceGroups/b"),
+            "resourcegroup"
+        );
         assert_eq!(
             parent_scope("/subscriptions/a/resourceGroups/b").as_deref(),
             Some("/subscriptions/a")

@@ -60,16 +60,13 @@ fn not_found(p: &JitPath) -> ArmError {
 
 fn matches(pol: &JitPolicy, p: &JitPath) -> bool {
     pol.subscription.eq_ignore_ascii_case(&p.subscription)
-        && p
-            .resource_group
+        && p.resource_group
             .as_ref()
             .is_none_or(|rg| pol.resource_group.eq_ignore_ascii_case(rg))
-        && p
-            .location
+        && p.location
             .as_ref()
             .is_none_or(|l| pol.location.eq_ignore_ascii_case(l))
-        && p
-            .name
+        && p.name
             .as_ref()
             .is_none_or(|n| pol.name.eq_ignore_ascii_case(n))
 }
@@ -243,11 +240,15 @@ fn parse_net(s: &str) -> Option<IpNet> {
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
-pub fn put(state: &mut State, p: &JitPath, body: &Value, now: DateTime<Utc>) -> Result<Value, ArmError> {
+pub fn put(
+    state: &mut State,
+    p: &JitPath,
+    body: &Value,
+    now: DateTime<Utc>,
+) -> Result<Value, ArmError> {
     check_sub_rg(state, p)?;
-    let props = get_ci(body, "properties").ok_or_else(|| {
-        ArmError::invalid_body("The property 'properties' is required.")
-    })?;
+    let props = get_ci(body, "properties")
+        .ok_or_else(|| ArmError::invalid_body("The property 'properties' is required."))?;
     let vms_in = get_ci(props, "virtualMachines").ok_or_else(|| {
         ArmError::invalid_body("The property 'properties.virtualMachines' is required.")
     })?;
@@ -310,7 +311,10 @@ pub fn put(state: &mut State, p: &JitPath, body: &Value, now: DateTime<Utc>) -> 
 /// requiring a verbatim match; the sim accepts containment).
 fn prefix_allowed(rule: &Value, requested: &str) -> bool {
     let mut allowed: Vec<String> = Vec::new();
-    if let Some(s) = rule.get("allowedSourceAddressPrefix").and_then(Value::as_str) {
+    if let Some(s) = rule
+        .get("allowedSourceAddressPrefix")
+        .and_then(Value::as_str)
+    {
         allowed.push(s.to_string());
     }
     if let Some(a) = rule
@@ -395,11 +399,13 @@ pub fn initiate(
         let mut out_ports = Vec::new();
         for (j, port) in ports.iter().enumerate() {
             let pctx = format!("{ctx}ports[{j}].");
-            let number = get_ci(port, "number").and_then(Value::as_u64).ok_or_else(|| {
-                ArmError::invalid_body(format!(
-                    "The property '{pctx}number' is required and must be an integer."
-                ))
-            })?;
+            let number = get_ci(port, "number")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| {
+                    ArmError::invalid_body(format!(
+                        "The property '{pctx}number' is required and must be an integer."
+                    ))
+                })?;
             let Some(rule) = pvm
                 .get("ports")
                 .and_then(Value::as_array)
@@ -409,7 +415,9 @@ pub fn initiate(
             else {
                 return Err(jit_invalid(
                     "JitPortNotInPolicy",
-                    format!("Port {number} is not configured in the JIT policy for virtual machine '{id}'."),
+                    format!(
+                        "Port {number} is not configured in the JIT policy for virtual machine '{id}'."
+                    ),
                 ));
             };
             let end_in = get_str_ci(port, "endTimeUtc", &pctx)?;
@@ -418,7 +426,9 @@ pub fn initiate(
                 (Some(_), Some(_)) => {
                     return Err(jit_invalid(
                         "JitInvalidEndTime",
-                        format!("Port {number}: specify exactly one of endTimeUtc or duration, not both."),
+                        format!(
+                            "Port {number}: specify exactly one of endTimeUtc or duration, not both."
+                        ),
                     ));
                 }
                 (None, None) => {
@@ -512,7 +522,9 @@ pub fn initiate(
                     .enumerate()
                     .map(|(k, v)| {
                         (
-                            normalize_scope(v.get("id").and_then(Value::as_str).unwrap_or_default()),
+                            normalize_scope(
+                                v.get("id").and_then(Value::as_str).unwrap_or_default(),
+                            ),
                             k,
                         )
                     })
@@ -525,7 +537,10 @@ pub fn initiate(
                 .and_then(Value::as_array_mut)
             {
                 for port in ports {
-                    let n = port.get("number").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                    let n = port
+                        .get("number")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(u64::MAX);
                     let active = port
                         .get("status")
                         .and_then(Value::as_str)
@@ -583,8 +598,15 @@ pub fn revoke(state: &mut State, vm_id: &str, port: Option<u64>, now: DateTime<U
                     if !same {
                         continue;
                     }
-                    for pp in v.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
-                        let num_ok = port.is_none_or(|want| pp.get("number").and_then(Value::as_u64) == Some(want));
+                    for pp in v
+                        .get_mut("ports")
+                        .and_then(Value::as_array_mut)
+                        .into_iter()
+                        .flatten()
+                    {
+                        let num_ok = port.is_none_or(|want| {
+                            pp.get("number").and_then(Value::as_u64) == Some(want)
+                        });
                         let active = pp
                             .get("status")
                             .and_then(Value::as_str)

@@ -139,11 +139,7 @@ impl Assignment {
         self.start <= now && self.end.is_none_or(|e| e > now)
     }
     pub fn schedule_id(&self) -> String {
-        arm_child(
-            &self.scope,
-            "RoleAssignmentSchedules",
-            &self.schedule_name,
-        )
+        arm_child(&self.scope, "RoleAssignmentSchedules", &self.schedule_name)
     }
     pub fn instance_id(&self) -> String {
         arm_child(
@@ -321,7 +317,10 @@ impl State {
                 .map(|p| p.kind.as_str())
                 .unwrap_or("User");
             let sched = a.schedule_id.clone().unwrap_or_else(|| {
-                stable_guid(&format!("sched/{}/{}/{}", a.scope, role_guid, a.principal_id))
+                stable_guid(&format!(
+                    "sched/{}/{}/{}",
+                    a.scope, role_guid, a.principal_id
+                ))
             });
             let linked = a.linked_role_eligibility_schedule_id.clone();
             let linked_inst = linked.as_deref().and_then(|l| {
@@ -346,7 +345,10 @@ impl State {
                 role_guid,
                 principal_id: a.principal_id.clone(),
                 principal_type: ptype.into(),
-                assignment_type: a.assignment_type.clone().unwrap_or_else(|| "Assigned".into()),
+                assignment_type: a
+                    .assignment_type
+                    .clone()
+                    .unwrap_or_else(|| "Assigned".into()),
                 start,
                 end: a.end_date_time.as_deref().and_then(parse_time),
                 request_id: a.request_id.clone(),

@@ -94,9 +94,15 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
-/// Formats a UTC time as ARM does (RFC 3339, `Z`, fractional digits only when needed).
+/// Formats a UTC time as ARM does: RFC 3339, `Z`, seven fractional digits when there is a
+/// fraction (`2018-07-12T09:53:03.3658798Z`), none otherwise.
 pub fn fmt_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    let ticks = t.timestamp_subsec_nanos() / 100;
+    if ticks == 0 {
+        t.to_rfc3339_opts(SecondsFormat::Secs, true)
+    } else {
+        format!("{}.{ticks:07}Z", t.format("%Y-%m-%dT%H:%M:%S"))
+    }
 }
 
 /// Parses an RFC 3339 date-time (any number of fractional digits, `Z` or an offset).

@@ -375,7 +375,10 @@ impl World {
         let mut seen = HashSet::new();
         for p in &mut self.principals {
             if !is_guid(&p.object_id) {
-                return bad(format!("principal objectId '{}' is not a GUID", p.object_id));
+                return bad(format!(
+                    "principal objectId '{}' is not a GUID",
+                    p.object_id
+                ));
             }
             if !seen.insert(p.object_id.to_ascii_lowercase()) {
                 return bad(format!("duplicate principal objectId '{}'", p.object_id));
@@ -410,7 +413,10 @@ impl World {
         for vm in &self.virtual_machines {
             let scope = normalize_scope(&vm.id);
             let Some(sub) = subscription_of(&scope) else {
-                return bad(format!("virtual machine id '{}' has no subscription", vm.id));
+                return bad(format!(
+                    "virtual machine id '{}' has no subscription",
+                    vm.id
+                ));
             };
             if self.subscription(&sub).is_none() {
                 return bad(format!("virtual machine '{}': unknown subscription", vm.id));
@@ -540,16 +546,46 @@ pub fn default_rules() -> Vec<Value> {
                "ruleType": "RoleManagementPolicyEnablementRule", "target": target("Admin", "Eligibility")}),
         json!({"isExpirationRequired": true, "maximumDuration": "P365D", "id": "Expiration_Admin_Eligibility",
                "ruleType": "RoleManagementPolicyExpirationRule", "target": target("Admin", "Eligibility")}),
-        notif("Notification_Admin_Admin_Eligibility", "Admin", "Admin", "Eligibility"),
-        notif("Notification_Requestor_Admin_Eligibility", "Requestor", "Admin", "Eligibility"),
-        notif("Notification_Approver_Admin_Eligibility", "Approver", "Admin", "Eligibility"),
+        notif(
+            "Notification_Admin_Admin_Eligibility",
+            "Admin",
+            "Admin",
+            "Eligibility",
+        ),
+        notif(
+            "Notification_Requestor_Admin_Eligibility",
+            "Requestor",
+            "Admin",
+            "Eligibility",
+        ),
+        notif(
+            "Notification_Approver_Admin_Eligibility",
+            "Approver",
+            "Admin",
+            "Eligibility",
+        ),
         json!({"enabledRules": [], "id": "Enablement_Admin_Assignment",
                "ruleType": "RoleManagementPolicyEnablementRule", "target": target("Admin", "Assignment")}),
         json!({"isExpirationRequired": false, "maximumDuration": "P180D", "id": "Expiration_Admin_Assignment",
                "ruleType": "RoleManagementPolicyExpirationRule", "target": target("Admin", "Assignment")}),
-        notif("Notification_Admin_Admin_Assignment", "Admin", "Admin", "Assignment"),
-        notif("Notification_Requestor_Admin_Assignment", "Requestor", "Admin", "Assignment"),
-        notif("Notification_Approver_Admin_Assignment", "Approver", "Admin", "Assignment"),
+        notif(
+            "Notification_Admin_Admin_Assignment",
+            "Admin",
+            "Admin",
+            "Assignment",
+        ),
+        notif(
+            "Notification_Requestor_Admin_Assignment",
+            "Requestor",
+            "Admin",
+            "Assignment",
+        ),
+        notif(
+            "Notification_Approver_Admin_Assignment",
+            "Approver",
+            "Admin",
+            "Assignment",
+        ),
         json!({"setting": {"isApprovalRequired": false, "isApprovalRequiredForExtension": false,
                            "isRequestorJustificationRequired": true, "approvalMode": "SingleStage",
                            "approvalStages": [{"approvalStageTimeOutInDays": 1,
@@ -565,9 +601,24 @@ pub fn default_rules() -> Vec<Value> {
                "ruleType": "RoleManagementPolicyEnablementRule", "target": target("EndUser", "Assignment")}),
         json!({"isExpirationRequired": true, "maximumDuration": "PT8H", "id": "Expiration_EndUser_Assignment",
                "ruleType": "RoleManagementPolicyExpirationRule", "target": target("EndUser", "Assignment")}),
-        notif("Notification_Admin_EndUser_Assignment", "Admin", "EndUser", "Assignment"),
-        notif("Notification_Requestor_EndUser_Assignment", "Requestor", "EndUser", "Assignment"),
-        notif("Notification_Approver_EndUser_Assignment", "Approver", "EndUser", "Assignment"),
+        notif(
+            "Notification_Admin_EndUser_Assignment",
+            "Admin",
+            "EndUser",
+            "Assignment",
+        ),
+        notif(
+            "Notification_Requestor_EndUser_Assignment",
+            "Requestor",
+            "EndUser",
+            "Assignment",
+        ),
+        notif(
+            "Notification_Approver_EndUser_Assignment",
+            "Approver",
+            "EndUser",
+            "Assignment",
+        ),
     ]
 }
 
