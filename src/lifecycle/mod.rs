@@ -142,6 +142,8 @@ pub fn pim_class(status: &str) -> PimClass {
 
 struct Ctx<'a> {
     input: &'a PlanInput<'a>,
+    /// Azure's answer to this pass's write made the grant Active: nothing to re-read.
+    fresh: bool,
     st: AccessGrantStatus,
     steps: Vec<Step>,
     events: Vec<PlannedEvent>,
@@ -162,6 +164,7 @@ enum Unwanted {
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut c = Ctx {
         input,
+        fresh: false,
         st: input.status.clone(),
         steps: vec![],
         events: vec![],
@@ -192,6 +195,7 @@ impl<'a> Ctx<'a> {
         }
         if let Some(w) = self.input.observed.last_write.clone() {
             self.apply_write_result(&w);
+            self.fresh = self.st.phase == Phase::Active && self.st.intent.is_none();
             if !self.needs.is_empty() {
                 return;
             }
@@ -327,6 +331,7 @@ impl<'a> Ctx<'a> {
             self.steps.push(Step::AddFinalizer);
         }
         self.st.attempt = attempt;
+        self.st.observed_generation = Some(self.meta().generation);
         self.st.intent = Some(Intent {
             operation: op,
             attempt,
@@ -426,6 +431,24 @@ impl<'a> Ctx<'a> {
         }
         self.st.status_reason = Some(req.status.clone());
         let class = pim_class(&req.status);
+        if intent.operation == Operation::Cancel {
+            // `req` is the request we tried to cancel.
+            self.st.intent = None;
+            match class {
+                PimClass::Canceled | PimClass::Denied | PimClass::Failed | PimClass::Revoked => {
+                    self.access_gone(reason::CANCELED, format!("the pending request ended as {}", req.status));
+                }
+                // Still pending: the cancel did not land; take_away sends it again.
+                PimClass::Pending | PimClass::InProgress => {}
+                // Granted before the cancel landed: remove it like any active access.
+                PimClass::Granted => {
+                    self.st.start_time = self.st.start_time.or(req.start);
+                    self.st.end_time = self.st.end_time.or(req.end);
+                    self.st.phase = Phase::Revoking;
+                }
+            }
+            return;
+        }
         if intent.operation.is_removal() {
             match class {
                 PimClass::Revoked | PimClass::Granted => {
@@ -731,30 +754,20 @@ impl<'a> Ctx<'a> {
             return;
         };
         let attempt = self.st.attempt.max(1);
-        // A request still waiting (approval or processing): cancel it.
-        if matches!(self.st.phase, Phase::PendingApproval | Phase::Requesting) {
-            let Some(name) = self.st.pim.as_ref().and_then(|p| p.request_name.clone()) else {
-                self.access_gone(self.revoke_reason(), "no request had reached Azure".into());
-                return;
-            };
+        // A request still waiting (approval or processing) must be canceled first, whatever
+        // the phase says: an approver could otherwise grant it after we let go.
+        if let Some(name) = self.st.pim.as_ref().and_then(|p| p.request_name.clone()) {
             match &self.input.observed.pim_request {
                 Read::NotRead => return self.need(Need::PimRequest(name)),
-                Read::Missing => {
-                    self.access_gone(self.revoke_reason(), "the request no longer exists in Azure".into());
-                    return;
-                }
+                Read::Missing => {}
                 Read::Found(req) => {
                     let class = pim_class(&req.status);
-                    if matches!(class, PimClass::Pending | PimClass::InProgress) {
+                    let is_grant = !matches!(req.request_type.as_str(), "SelfDeactivate" | "AdminRemove");
+                    if is_grant && matches!(class, PimClass::Pending | PimClass::InProgress) {
                         let w = AzureWrite::PimCancel { scope: t.scope.clone(), name: name.clone(), identity: t.identity.clone() };
                         self.write(Operation::Cancel, attempt, name, None, w, Phase::Revoking, self.revoke_reason(), "canceling the pending PIM request".into());
                         return;
                     }
-                    if class != PimClass::Granted {
-                        self.access_gone(self.revoke_reason(), format!("the request ended as {}", req.status));
-                        return;
-                    }
-                    // Granted meanwhile: fall through to removal.
                 }
             }
         }
@@ -878,6 +891,7 @@ impl<'a> Ctx<'a> {
         match self.st.phase {
             Phase::Pending | Phase::Scheduled => self.request(&g, false),
             Phase::Requesting | Phase::PendingApproval => self.poll_request(&g),
+            Phase::Active | Phase::Renewing if self.fresh => self.schedule_active(&g),
             Phase::Active | Phase::Renewing => self.watch_active(&g),
             Phase::Revoking => {
                 // Was being taken away but is wanted again (e.g. unsuspended): finish the
@@ -891,6 +905,7 @@ impl<'a> Ctx<'a> {
     fn start_over(&mut self) {
         let attempt = self.st.attempt + 1;
         self.st.attempt = attempt;
+        self.st.observed_generation = Some(self.meta().generation);
         self.st.phase = Phase::Pending;
         self.st.reason = None;
         self.st.status_reason = None;
@@ -1166,9 +1181,8 @@ impl<'a> Ctx<'a> {
                     }
                     Phase::Requesting => self.wake_at(self.now() + self.cfg().confirm_poll),
                     Phase::Active => {
-                        if let Some(e) = self.st.end_time {
-                            self.wake_at(e);
-                        }
+                        let g = _g.clone();
+                        self.watch_active(&g);
                     }
                     _ => {}
                 }
@@ -1289,6 +1303,27 @@ impl<'a> Ctx<'a> {
                 self.wake_at(now + self.cfg().drift_check);
             }
         }
+    }
+
+    /// Wake-ups for a grant Azure just confirmed: renewal, end, and the drift check.
+    fn schedule_active(&mut self, g: &ValidGrant) {
+        let now = self.now();
+        let Some(end) = self.st.end_time else {
+            self.wake_at(now + self.cfg().drift_check);
+            return;
+        };
+        let mode_assign = self.st.target.as_ref().and_then(|t| t.pim.as_ref()).is_some_and(|p| p.mode == PimMode::Assign);
+        let can_renew = g.renewal.as_ref().is_some_and(|r| r.until > end + Duration::seconds(30));
+        if can_renew && (self.is_jit() || mode_assign) {
+            let renew_at = end - g.renewal.as_ref().map_or(Duration::zero(), |r| r.before);
+            if renew_at <= now {
+                // Granted so short that renewal is already due: decide from Azure's view.
+                return self.watch_active(g);
+            }
+            self.wake_at(renew_at);
+        }
+        self.wake_at(end + if self.is_jit() { self.cfg().confirm_poll } else { Duration::zero() });
+        self.wake_at(now + self.cfg().drift_check);
     }
 
     fn renew(&mut self, g: &ValidGrant) {
