@@ -103,12 +103,21 @@ impl AzureModel {
 
     /// Makes a principal eligible for a role at a scope.
     pub fn add_eligibility(&mut self, scope: &str, role: &str, principal: &str) {
-        self.eligible.push((norm_scope(scope), lc(role), lc(principal)));
+        self.eligible
+            .push((norm_scope(scope), lc(role), lc(principal)));
     }
 
     /// Adds a JIT policy.
-    pub fn add_jit_policy(&mut self, sub: &str, rg: &str, location: &str, name: &str, policy: JitPolicyView) {
-        self.jit_policies.insert((lc(sub), lc(rg), lc(location), lc(name)), policy);
+    pub fn add_jit_policy(
+        &mut self,
+        sub: &str,
+        rg: &str,
+        location: &str,
+        name: &str,
+        policy: JitPolicyView,
+    ) {
+        self.jit_policies
+            .insert((lc(sub), lc(rg), lc(location), lc(name)), policy);
     }
 
     /// Expires whatever ended by `now` (Azure does this by wall clock).
@@ -131,13 +140,26 @@ impl AzureModel {
         self.jit_policies
             .values()
             .flat_map(|p| p.requests.iter())
-            .flat_map(|r| r.ports.iter().filter(|p| p.status != "Revoked").map(move |p| (lc(&p.vm_id), p.number, r.justification.clone().unwrap_or_default())))
+            .flat_map(|r| {
+                r.ports
+                    .iter()
+                    .filter(|p| p.status != "Revoked")
+                    .map(move |p| {
+                        (
+                            lc(&p.vm_id),
+                            p.number,
+                            r.justification.clone().unwrap_or_default(),
+                        )
+                    })
+            })
             .collect()
     }
 
     /// Approves (true) or denies (false) a pending request.
     pub fn decide(&mut self, name: &str, approve: bool, now: DateTime<Utc>) {
-        let Some(r) = self.requests.get_mut(name) else { return };
+        let Some(r) = self.requests.get_mut(name) else {
+            return;
+        };
         if r.view.status != "PendingApproval" {
             return;
         }
@@ -146,7 +168,16 @@ impl AzureModel {
             let key = r.key.clone();
             let end = r.view.end;
             let name = r.view.name.clone();
-            self.instances.insert(key, ModelInstance { id: format!("inst-{name}"), start: now, end, assignment_type: "Activated".into(), request_name: Some(name) });
+            self.instances.insert(
+                key,
+                ModelInstance {
+                    id: format!("inst-{name}"),
+                    start: now,
+                    end,
+                    assignment_type: "Activated".into(),
+                    request_name: Some(name),
+                },
+            );
         } else {
             r.view.status = "Denied".into();
         }
@@ -167,15 +198,34 @@ impl AzureModel {
                 None => Read::Missing,
             }),
             Need::PimInstance => {
-                let key = st.target.as_ref().and_then(|t| t.pim.as_ref()).map(|p| (norm_scope(&p.scope), lc(&p.role_definition_id), lc(&p.principal_id)));
+                let key = st.target.as_ref().and_then(|t| t.pim.as_ref()).map(|p| {
+                    (
+                        norm_scope(&p.scope),
+                        lc(&p.role_definition_id),
+                        lc(&p.principal_id),
+                    )
+                });
                 ReadAnswer::PimInstance(match key.and_then(|k| self.instances.get(&k)) {
-                    Some(i) => Read::Found(PimInstanceView { id: i.id.clone(), schedule_id: Some(format!("sched-{}", i.id)), start: Some(i.start), end: i.end, assignment_type: i.assignment_type.clone() }),
+                    Some(i) => Read::Found(PimInstanceView {
+                        id: i.id.clone(),
+                        schedule_id: Some(format!("sched-{}", i.id)),
+                        start: Some(i.start),
+                        end: i.end,
+                        assignment_type: i.assignment_type.clone(),
+                    }),
                     None => Read::Missing,
                 })
             }
             Need::PimPolicy => ReadAnswer::PimPolicy(Read::Missing),
             Need::JitPolicy => {
-                let key = st.target.as_ref().and_then(|t| t.jit.as_ref()).map(|j| (lc(&j.subscription_id), lc(&j.resource_group), lc(&j.location), lc(&j.policy_name)));
+                let key = st.target.as_ref().and_then(|t| t.jit.as_ref()).map(|j| {
+                    (
+                        lc(&j.subscription_id),
+                        lc(&j.resource_group),
+                        lc(&j.location),
+                        lc(&j.policy_name),
+                    )
+                });
                 ReadAnswer::JitPolicy(match key.and_then(|k| self.jit_policies.get(&k)) {
                     Some(p) => Read::Found(p.clone()),
                     None => Read::Missing,
@@ -185,17 +235,34 @@ impl AzureModel {
     }
 
     /// Serves the policy read before anything is recorded (the target is still in the spec).
-    pub fn read_for_spec(&mut self, need: &Need, spec: &AccessGrantSpec, now: DateTime<Utc>) -> ReadAnswer {
+    pub fn read_for_spec(
+        &mut self,
+        need: &Need,
+        spec: &AccessGrantSpec,
+        now: DateTime<Utc>,
+    ) -> ReadAnswer {
         self.tick(now);
         self.reads += 1;
         match need {
             Need::PimPolicy if self.hide_pim_policies => ReadAnswer::PimPolicy(Read::Missing),
-            Need::PimPolicy => ReadAnswer::PimPolicy(match spec.pim.as_ref().and_then(|p| self.pim_policies.get(&(norm_scope(&p.scope), lc(&p.role_definition_id)))) {
-                Some(p) => Read::Found(p.clone()),
-                None => Read::Missing,
-            }),
+            Need::PimPolicy => ReadAnswer::PimPolicy(
+                match spec.pim.as_ref().and_then(|p| {
+                    self.pim_policies
+                        .get(&(norm_scope(&p.scope), lc(&p.role_definition_id)))
+                }) {
+                    Some(p) => Read::Found(p.clone()),
+                    None => Read::Missing,
+                },
+            ),
             Need::JitPolicy => {
-                let key = spec.jit.as_ref().map(|j| (lc(&j.subscription_id), lc(&j.resource_group), lc(&j.location), lc(&j.policy_name)));
+                let key = spec.jit.as_ref().map(|j| {
+                    (
+                        lc(&j.subscription_id),
+                        lc(&j.resource_group),
+                        lc(&j.location),
+                        lc(&j.policy_name),
+                    )
+                });
                 ReadAnswer::JitPolicy(match key.and_then(|k| self.jit_policies.get(&k)) {
                     Some(p) => Read::Found(p.clone()),
                     None => Read::Missing,
@@ -211,41 +278,89 @@ impl AzureModel {
         let (kind, id) = match w {
             AzureWrite::Pim { name, body, .. } => (body.request_type.to_string(), name.clone()),
             AzureWrite::PimCancel { name, .. } => ("Cancel".to_string(), name.clone()),
-            AzureWrite::JitInitiate { justification, .. } => ("JitInitiate".to_string(), justification.clone()),
+            AzureWrite::JitInitiate { justification, .. } => {
+                ("JitInitiate".to_string(), justification.clone())
+            }
         };
         if let Some(e) = self.faults.pop_front() {
-            self.log.push(WriteLog { time: now, kind, id, applied: false });
+            self.log.push(WriteLog {
+                time: now,
+                kind,
+                id,
+                applied: false,
+            });
             return Err(e);
         }
         let result = self.apply(w, now);
-        self.log.push(WriteLog { time: now, kind, id, applied: result.is_ok() });
+        self.log.push(WriteLog {
+            time: now,
+            kind,
+            id,
+            applied: result.is_ok(),
+        });
         if self.lose_next_answer {
             self.lose_next_answer = false;
-            return Err(AzureError::Transient { status: None, code: "Timeout".into(), message: "the answer was lost".into() });
+            return Err(AzureError::Transient {
+                status: None,
+                code: "Timeout".into(),
+                message: "the answer was lost".into(),
+            });
         }
         result
     }
 
     fn apply(&mut self, w: &AzureWrite, now: DateTime<Utc>) -> Result<WriteAnswer, AzureError> {
         match w {
-            AzureWrite::Pim { scope, name, body, .. } => {
+            AzureWrite::Pim {
+                scope, name, body, ..
+            } => {
                 if self.requests.contains_key(name) {
-                    return Err(AzureError::RequestExists { message: format!("A role assignment request with Id: {name} already exists.") });
+                    return Err(AzureError::RequestExists {
+                        message: format!(
+                            "A role assignment request with Id: {name} already exists."
+                        ),
+                    });
                 }
-                let key = (norm_scope(scope), lc(&body.role_definition_id), lc(&body.principal_id));
-                let mut view = PimRequestView { name: name.clone(), id: Some(format!("{scope}/providers/Microsoft.Authorization/roleAssignmentScheduleRequests/{name}")), status: String::new(), request_type: body.request_type.to_string(), start: body.start, end: None, target_schedule_id: None };
+                let key = (
+                    norm_scope(scope),
+                    lc(&body.role_definition_id),
+                    lc(&body.principal_id),
+                );
+                let mut view = PimRequestView {
+                    name: name.clone(),
+                    id: Some(format!(
+                        "{scope}/providers/Microsoft.Authorization/roleAssignmentScheduleRequests/{name}"
+                    )),
+                    status: String::new(),
+                    request_type: body.request_type.to_string(),
+                    start: body.start,
+                    end: None,
+                    target_schedule_id: None,
+                };
                 match body.request_type {
                     "SelfActivate" | "AdminAssign" => {
                         if body.request_type == "SelfActivate" && !self.eligible.contains(&key) {
                             return Err(policy_rules(&["EligibilityRule"]));
                         }
-                        let pol = self.pim_policies.get(&(key.0.clone(), key.1.clone())).cloned().unwrap_or_default();
-                        let (max, enabled) = if body.request_type == "SelfActivate" { (pol.enduser_max_duration, pol.enduser_enabled_rules.clone()) } else { (pol.admin_max_duration, pol.admin_enabled_rules.clone()) };
+                        let pol = self
+                            .pim_policies
+                            .get(&(key.0.clone(), key.1.clone()))
+                            .cloned()
+                            .unwrap_or_default();
+                        let (max, enabled) = if body.request_type == "SelfActivate" {
+                            (pol.enduser_max_duration, pol.enduser_enabled_rules.clone())
+                        } else {
+                            (pol.admin_max_duration, pol.admin_enabled_rules.clone())
+                        };
                         let mut failed = vec![];
-                        if let (Some(max), Some(d)) = (max, body.duration) && d > max {
+                        if let (Some(max), Some(d)) = (max, body.duration)
+                            && d > max
+                        {
                             failed.push("ExpirationRule");
                         }
-                        if enabled.iter().any(|r| r == "Justification") && body.justification.is_none() {
+                        if enabled.iter().any(|r| r == "Justification")
+                            && body.justification.is_none()
+                        {
                             failed.push("JustificationRule");
                         }
                         if enabled.iter().any(|r| r == "Ticketing") && body.ticket.is_none() {
@@ -258,7 +373,9 @@ impl AzureModel {
                             return Err(policy_rules(&failed));
                         }
                         if self.instances.contains_key(&key) {
-                            return Err(AzureError::RoleAssignmentExists { message: "The Role assignment already exists.".into() });
+                            return Err(AzureError::RoleAssignmentExists {
+                                message: "The Role assignment already exists.".into(),
+                            });
                         }
                         let start = body.start.unwrap_or(now).max(now);
                         let end = body.duration.map(|d| start + d);
@@ -269,15 +386,31 @@ impl AzureModel {
                         } else {
                             view.status = "Provisioned".into();
                             view.target_schedule_id = Some(format!("sched-inst-{name}"));
-                            let assignment_type = if body.request_type == "SelfActivate" { "Activated" } else { "Assigned" };
-                            self.instances.insert(key.clone(), ModelInstance { id: format!("inst-{name}"), start, end, assignment_type: assignment_type.into(), request_name: Some(name.clone()) });
+                            let assignment_type = if body.request_type == "SelfActivate" {
+                                "Activated"
+                            } else {
+                                "Assigned"
+                            };
+                            self.instances.insert(
+                                key.clone(),
+                                ModelInstance {
+                                    id: format!("inst-{name}"),
+                                    start,
+                                    end,
+                                    assignment_type: assignment_type.into(),
+                                    request_name: Some(name.clone()),
+                                },
+                            );
                         }
                     }
                     "AdminExtend" => {
                         let Some(inst) = self.instances.get_mut(&key) else {
-                            return Err(AzureError::DoesNotExist { message: "The Role assignment does not exist.".into() });
+                            return Err(AzureError::DoesNotExist {
+                                message: "The Role assignment does not exist.".into(),
+                            });
                         };
-                        let end = body.start.unwrap_or(now).max(now) + body.duration.unwrap_or_default();
+                        let end =
+                            body.start.unwrap_or(now).max(now) + body.duration.unwrap_or_default();
                         inst.end = Some(end);
                         view.status = "Provisioned".into();
                         view.end = Some(end);
@@ -285,7 +418,9 @@ impl AzureModel {
                     }
                     "SelfDeactivate" | "AdminRemove" => {
                         let Some(inst) = self.instances.get(&key) else {
-                            return Err(AzureError::DoesNotExist { message: "The Role assignment does not exist.".into() });
+                            return Err(AzureError::DoesNotExist {
+                                message: "The Role assignment does not exist.".into(),
+                            });
                         };
                         if now < inst.start + self.deactivation_floor {
                             return Err(AzureError::ActiveDurationTooShort { message: "The Active duration is too short. Miniumum Required is 5 minutes.".into() });
@@ -293,36 +428,84 @@ impl AzureModel {
                         self.instances.remove(&key);
                         view.status = "Revoked".into();
                     }
-                    other => return Err(AzureError::Invalid { status: 400, code: "InvalidRequestType".into(), message: other.to_string() }),
+                    other => {
+                        return Err(AzureError::Invalid {
+                            status: 400,
+                            code: "InvalidRequestType".into(),
+                            message: other.to_string(),
+                        });
+                    }
                 }
-                self.requests.insert(name.clone(), ModelRequest { view: view.clone(), key });
+                self.requests.insert(
+                    name.clone(),
+                    ModelRequest {
+                        view: view.clone(),
+                        key,
+                    },
+                );
                 Ok(WriteAnswer::Pim(view))
             }
             AzureWrite::PimCancel { name, .. } => {
                 let Some(r) = self.requests.get_mut(name) else {
-                    return Err(AzureError::NotFound { code: "RoleAssignmentScheduleRequestNotFound".into(), message: name.clone() });
+                    return Err(AzureError::NotFound {
+                        code: "RoleAssignmentScheduleRequestNotFound".into(),
+                        message: name.clone(),
+                    });
                 };
                 if r.view.status != "PendingApproval" {
-                    return Err(AzureError::Invalid { status: 400, code: "InvalidRequestState".into(), message: "only pending requests can be canceled".into() });
+                    return Err(AzureError::Invalid {
+                        status: 400,
+                        code: "InvalidRequestState".into(),
+                        message: "only pending requests can be canceled".into(),
+                    });
                 }
                 r.view.status = "Canceled".into();
                 Ok(WriteAnswer::Canceled)
             }
-            AzureWrite::JitInitiate { subscription_id, resource_group, location, policy_name, vms, justification } => {
-                let key = (lc(subscription_id), lc(resource_group), lc(location), lc(policy_name));
+            AzureWrite::JitInitiate {
+                subscription_id,
+                resource_group,
+                location,
+                policy_name,
+                vms,
+                justification,
+            } => {
+                let key = (
+                    lc(subscription_id),
+                    lc(resource_group),
+                    lc(location),
+                    lc(policy_name),
+                );
                 let Some(pol) = self.jit_policies.get_mut(&key) else {
-                    return Err(AzureError::NotFound { code: "ResourceNotFound".into(), message: "JIT policy not found".into() });
+                    return Err(AzureError::NotFound {
+                        code: "ResourceNotFound".into(),
+                        message: "JIT policy not found".into(),
+                    });
                 };
                 for vm in vms {
                     let Some(pvm) = pol.vms.iter().find(|v| lc(&v.id) == lc(&vm.id)) else {
-                        return Err(AzureError::Invalid { status: 400, code: "BadRequest".into(), message: format!("VM {} is not in the policy", vm.id) });
+                        return Err(AzureError::Invalid {
+                            status: 400,
+                            code: "BadRequest".into(),
+                            message: format!("VM {} is not in the policy", vm.id),
+                        });
                     };
                     for p in &vm.ports {
                         let Some(rule) = pvm.ports.iter().find(|r| r.number == p.number) else {
-                            return Err(AzureError::Invalid { status: 400, code: "BadRequest".into(), message: format!("port {} is not in the policy", p.number) });
+                            return Err(AzureError::Invalid {
+                                status: 400,
+                                code: "BadRequest".into(),
+                                message: format!("port {} is not in the policy", p.number),
+                            });
                         };
-                        if let Some(max) = rule.max_duration && p.end_time_utc - now > max {
-                            return Err(AzureError::Invalid { status: 400, code: "BadRequest".into(), message: "duration exceeds maxRequestAccessDuration".into() });
+                        if let Some(max) = rule.max_duration
+                            && p.end_time_utc - now > max
+                        {
+                            return Err(AzureError::Invalid {
+                                status: 400,
+                                code: "BadRequest".into(),
+                                message: "duration exceeds maxRequestAccessDuration".into(),
+                            });
                         }
                     }
                 }
@@ -331,16 +514,31 @@ impl AzureModel {
                     for p in &vm.ports {
                         for r in &mut pol.requests {
                             for old in &mut r.ports {
-                                if lc(&old.vm_id) == lc(&vm.id) && old.number == p.number && old.status != "Revoked" {
+                                if lc(&old.vm_id) == lc(&vm.id)
+                                    && old.number == p.number
+                                    && old.status != "Revoked"
+                                {
                                     old.status = "Revoked".into();
                                     old.status_reason = Some("NewerRequestInitiated".into());
                                 }
                             }
                         }
-                        ports.push(JitRequestPortView { vm_id: vm.id.clone(), number: p.number, prefix: Some(p.allowed_source_address_prefix.clone()), end: Some(p.end_time_utc), status: "Initiated".into(), status_reason: Some("UserRequested".into()) });
+                        ports.push(JitRequestPortView {
+                            vm_id: vm.id.clone(),
+                            number: p.number,
+                            prefix: Some(p.allowed_source_address_prefix.clone()),
+                            end: Some(p.end_time_utc),
+                            status: "Initiated".into(),
+                            status_reason: Some("UserRequested".into()),
+                        });
                     }
                 }
-                let req = JitRequestView { justification: Some(justification.clone()), start: Some(now), requestor: Some("operator".into()), ports };
+                let req = JitRequestView {
+                    justification: Some(justification.clone()),
+                    start: Some(now),
+                    requestor: Some("operator".into()),
+                    ports,
+                };
                 pol.requests.push(req.clone());
                 Ok(WriteAnswer::Jit(req))
             }
@@ -350,7 +548,10 @@ impl AzureModel {
 
 fn policy_rules(rules: &[&str]) -> AzureError {
     let list = serde_json::to_string(rules).unwrap_or_default();
-    AzureError::PolicyRules { rules: rules.iter().map(|s| s.to_string()).collect(), message: format!("The following policy rules failed: {list}") }
+    AzureError::PolicyRules {
+        rules: rules.iter().map(|s| s.to_string()).collect(),
+        message: format!("The following policy rules failed: {list}"),
+    }
 }
 
 /// A read answer from the model.
@@ -411,23 +612,53 @@ pub struct ReconcileReport {
 /// Runs one reconcile of `g` against `model`, as the controller does: observe on demand, plan,
 /// execute steps in order, plan again after each Azure write, write status at the end.
 /// `crash_after` stops after that many side effects (0 = before the first).
-pub fn reconcile(g: &mut ModelGrant, model: &mut AzureModel, policies: &[AccessPolicy], ns_labels: &BTreeMap<String, String>, covered_by_other: bool, now: DateTime<Utc>, config: &PlannerConfig, crash_after: Option<usize>) -> ReconcileReport {
+#[allow(clippy::too_many_arguments)] // mirrors what the controller passes; a test driver
+pub fn reconcile(
+    g: &mut ModelGrant,
+    model: &mut AzureModel,
+    policies: &[AccessPolicy],
+    ns_labels: &BTreeMap<String, String>,
+    covered_by_other: bool,
+    now: DateTime<Utc>,
+    config: &PlannerConfig,
+    crash_after: Option<usize>,
+) -> ReconcileReport {
     let mut rep = ReconcileReport::default();
     if g.gone {
         return rep;
     }
     let valid = validate(&g.spec);
-    let ctx = GrantContext { namespace: g.meta.namespace.clone(), namespace_labels: ns_labels.clone(), created: g.created };
+    let ctx = GrantContext {
+        namespace: g.meta.namespace.clone(),
+        namespace_labels: ns_labels.clone(),
+        created: g.created,
+    };
     let verdict = valid.as_ref().ok().map(|v| guard(v, policies, &ctx));
     let mut observed = Observed::default();
     let budget_ok = |rep: &ReconcileReport| crash_after.is_none_or(|n| rep.side_effects < n);
     for _ in 0..12 {
-        let input = PlanInput { meta: &g.meta, spec: valid.as_ref(), suspend: g.spec.suspend.unwrap_or(false), status: &g.status, verdict: verdict.as_ref(), observed: &observed, covered_by_other, now, config };
+        let input = PlanInput {
+            meta: &g.meta,
+            spec: valid.as_ref(),
+            suspend: g.spec.suspend.unwrap_or(false),
+            status: &g.status,
+            verdict: verdict.as_ref(),
+            observed: &observed,
+            covered_by_other,
+            now,
+            config,
+        };
         let p = plan(&input);
         rep.plans.push(p.clone());
         if !p.needs.is_empty() {
             for n in &p.needs {
-                let ans = if g.status.target.is_none() && matches!(n, Need::PimPolicy | Need::JitPolicy) { model.read_for_spec(n, &g.spec, now) } else { model.read(n, &g.status, now) };
+                let ans = if g.status.target.is_none()
+                    && matches!(n, Need::PimPolicy | Need::JitPolicy)
+                {
+                    model.read_for_spec(n, &g.spec, now)
+                } else {
+                    model.read(n, &g.status, now)
+                };
                 ans.store(&mut observed);
             }
             continue;
@@ -443,8 +674,18 @@ pub fn reconcile(g: &mut ModelGrant, model: &mut AzureModel, policies: &[AccessP
                 Step::AddFinalizer => g.meta.has_finalizer = true,
                 Step::RecordIntent(st) => g.status = (**st).clone(),
                 Step::RemoveFinalizer => {
-                    if model.instances.values().any(|i| i.request_name.as_deref().is_some_and(|n| g.status.pim.as_ref().and_then(|p| p.request_name.as_deref()) == Some(n))) && !covered_by_other {
-                        rep.violations.push("finalizer removed while our PIM access is live".into());
+                    if model.instances.values().any(|i| {
+                        i.request_name.as_deref().is_some_and(|n| {
+                            g.status
+                                .pim
+                                .as_ref()
+                                .and_then(|p| p.request_name.as_deref())
+                                == Some(n)
+                        })
+                    }) && !covered_by_other
+                    {
+                        rep.violations
+                            .push("finalizer removed while our PIM access is live".into());
                     }
                     g.meta.has_finalizer = false;
                     if g.meta.deleting {
@@ -453,19 +694,29 @@ pub fn reconcile(g: &mut ModelGrant, model: &mut AzureModel, policies: &[AccessP
                 }
                 Step::Azure(w) => {
                     if !g.meta.has_finalizer {
-                        rep.violations.push("Azure write without the finalizer".into());
+                        rep.violations
+                            .push("Azure write without the finalizer".into());
                     }
                     let intent_ok = g.status.intent.as_ref().is_some_and(|i| match w {
-                        AzureWrite::Pim { name, .. } | AzureWrite::PimCancel { name, .. } => &i.request_id == name,
-                        AzureWrite::JitInitiate { justification, .. } => justification.contains(&i.request_id),
+                        AzureWrite::Pim { name, .. } | AzureWrite::PimCancel { name, .. } => {
+                            &i.request_id == name
+                        }
+                        AzureWrite::JitInitiate { justification, .. } => {
+                            justification.contains(&i.request_id)
+                        }
                     });
                     if !intent_ok {
-                        rep.violations.push("Azure write without a recorded intent".into());
+                        rep.violations
+                            .push("Azure write without a recorded intent".into());
                     }
                     let intent = g.status.intent.clone();
                     let outcome = model.write(w, now);
                     observed = Observed {
-                        last_write: intent.map(|i| WriteResult { operation: i.operation, request_id: i.request_id, outcome }),
+                        last_write: intent.map(|i| WriteResult {
+                            operation: i.operation,
+                            request_id: i.request_id,
+                            outcome,
+                        }),
                         ..Default::default()
                     };
                     wrote = true;
@@ -487,7 +738,8 @@ pub fn reconcile(g: &mut ModelGrant, model: &mut AzureModel, policies: &[AccessP
         rep.wake_at = p.wake_at;
         return rep;
     }
-    rep.violations.push("reconcile did not settle within 12 plans".into());
+    rep.violations
+        .push("reconcile did not settle within 12 plans".into());
     rep
 }
 

@@ -5,7 +5,8 @@ pub const FINALIZER: &str = "accessgrant.io/revoke";
 /// Field manager for server-side apply of status.
 pub const FIELD_MANAGER: &str = "accessgrant-operator";
 /// Namespace for deterministic (UUIDv5) PIM request names.
-pub const REQUEST_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6a2f_1e4b_9c1d_4f0e_8b7a_2d3c_5e6f_7a81);
+pub const REQUEST_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6a2f_1e4b_9c1d_4f0e_8b7a_2d3c_5e6f_7a81);
 /// Maximum entries kept in `status.history`.
 pub const HISTORY_LIMIT: usize = 20;
 

@@ -93,21 +93,46 @@ fn evaluate(g: &ValidGrant, p: &AccessPolicySpec, ctx: &GrantContext) -> Result<
                 .filter_map(|s| parse_prefix(s).ok())
                 .collect();
             for vm in &jit.vms {
-                if !rules.virtual_machines.iter().any(|pat| matches_pattern(pat, &vm.id)) {
-                    return deny("JitVirtualMachine", format!("VM {} is not among the allowed VMs", vm.id));
+                if !rules
+                    .virtual_machines
+                    .iter()
+                    .any(|pat| matches_pattern(pat, &vm.id))
+                {
+                    return deny(
+                        "JitVirtualMachine",
+                        format!("VM {} is not among the allowed VMs", vm.id),
+                    );
                 }
                 for port in &vm.ports {
                     if !rules.ports.contains(&i32::from(port.number)) {
-                        return deny("JitPort", format!("port {} on VM {} is not allowed (allowed: {:?})", port.number, vm.id.name().unwrap_or_default(), rules.ports));
+                        return deny(
+                            "JitPort",
+                            format!(
+                                "port {} on VM {} is not allowed (allowed: {:?})",
+                                port.number,
+                                vm.id.name().unwrap_or_default(),
+                                rules.ports
+                            ),
+                        );
                     }
                     for prefix in &port.prefixes {
                         let inside = allowed_nets.iter().any(|a| {
                             // Same family only: an IPv6 form never sneaks into an IPv4 CIDR.
-                            matches!((a, prefix), (ipnet::IpNet::V4(_), ipnet::IpNet::V4(_)) | (ipnet::IpNet::V6(_), ipnet::IpNet::V6(_)))
-                                && a.contains(prefix)
+                            matches!(
+                                (a, prefix),
+                                (ipnet::IpNet::V4(_), ipnet::IpNet::V4(_))
+                                    | (ipnet::IpNet::V6(_), ipnet::IpNet::V6(_))
+                            ) && a.contains(prefix)
                         });
                         if !inside {
-                            return deny("JitSourcePrefix", format!("source {prefix} for port {} is not inside an allowed CIDR ({})", port.number, rules.source_prefixes.join(", ")));
+                            return deny(
+                                "JitSourcePrefix",
+                                format!(
+                                    "source {prefix} for port {} is not inside an allowed CIDR ({})",
+                                    port.number,
+                                    rules.source_prefixes.join(", ")
+                                ),
+                            );
                         }
                     }
                 }
@@ -130,7 +155,14 @@ fn evaluate(g: &ValidGrant, p: &AccessPolicySpec, ctx: &GrantContext) -> Result<
                 .filter_map(|s| ArmId::parse(s).ok())
                 .any(|allowed| allowed.contains(&pim.scope));
             if !in_scope {
-                return deny("PimScope", format!("scope {} is not at or beneath an allowed scope ({})", pim.scope, rules.scopes.join(", ")));
+                return deny(
+                    "PimScope",
+                    format!(
+                        "scope {} is not at or beneath an allowed scope ({})",
+                        pim.scope,
+                        rules.scopes.join(", ")
+                    ),
+                );
             }
             let role_ok = rules
                 .role_definition_ids
@@ -138,24 +170,53 @@ fn evaluate(g: &ValidGrant, p: &AccessPolicySpec, ctx: &GrantContext) -> Result<
                 .filter_map(|r| ArmId::parse_role_definition(r).ok())
                 .any(|r| r == pim.role_definition_id);
             if !role_ok {
-                return deny("PimRoleDefinition", format!("role definition {} is not allowed", pim.role_definition_id));
+                return deny(
+                    "PimRoleDefinition",
+                    format!("role definition {} is not allowed", pim.role_definition_id),
+                );
             }
-            if !rules.principals.iter().any(|x| x.eq_ignore_ascii_case(&pim.principal_id)) {
-                return deny("PimPrincipal", format!("principal {} is not allowed", pim.principal_id));
+            if !rules
+                .principals
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(&pim.principal_id))
+            {
+                return deny(
+                    "PimPrincipal",
+                    format!("principal {} is not allowed", pim.principal_id),
+                );
             }
         }
     }
     if let Some(max) = &p.max_duration {
-        let max_d = max.parse().map_err(|e| ("PolicyInvalid".to_string(), format!("the policy's maxDuration {e}")))?;
+        let max_d = max.parse().map_err(|e| {
+            (
+                "PolicyInvalid".to_string(),
+                format!("the policy's maxDuration {e}"),
+            )
+        })?;
         if g.duration > max_d {
-            return deny("MaxDuration", format!("duration {} exceeds the maximum {max}", crate::api::duration::format_iso_duration(g.duration)));
+            return deny(
+                "MaxDuration",
+                format!(
+                    "duration {} exceeds the maximum {max}",
+                    crate::api::duration::format_iso_duration(g.duration)
+                ),
+            );
         }
     }
     if let Some(renewal) = &g.renewal {
         let Some(r) = &p.renewal else {
-            return deny("RenewalNotAllowed", "renewal is not allowed; remove spec.renewal".into());
+            return deny(
+                "RenewalNotAllowed",
+                "renewal is not allowed; remove spec.renewal".into(),
+            );
         };
-        let max_total = r.max_total_duration.parse().map_err(|e| ("PolicyInvalid".to_string(), format!("the policy's renewal.maxTotalDuration {e}")))?;
+        let max_total = r.max_total_duration.parse().map_err(|e| {
+            (
+                "PolicyInvalid".to_string(),
+                format!("the policy's renewal.maxTotalDuration {e}"),
+            )
+        })?;
         let start = g.start_time.or(ctx.created);
         let total = match start {
             Some(s) => renewal.until - s,
@@ -163,14 +224,28 @@ fn evaluate(g: &ValidGrant, p: &AccessPolicySpec, ctx: &GrantContext) -> Result<
             None => max_total + chrono::Duration::seconds(1),
         };
         if total > max_total {
-            return deny("RenewalLimit", format!("renewing until {} gives {} in total, more than the allowed {}", renewal.until.to_rfc3339(), crate::api::duration::format_iso_duration(total), r.max_total_duration));
+            return deny(
+                "RenewalLimit",
+                format!(
+                    "renewing until {} gives {} in total, more than the allowed {}",
+                    renewal.until.to_rfc3339(),
+                    crate::api::duration::format_iso_duration(total),
+                    r.max_total_duration
+                ),
+            );
         }
     }
     if p.require_justification && g.justification.is_none() {
-        return deny("JustificationRequired", "a justification is required; set spec.justification".into());
+        return deny(
+            "JustificationRequired",
+            "a justification is required; set spec.justification".into(),
+        );
     }
     if p.require_ticket && g.ticket.is_none() {
-        return deny("TicketRequired", "a ticket is required; set spec.ticket".into());
+        return deny(
+            "TicketRequired",
+            "a ticket is required; set spec.ticket".into(),
+        );
     }
     Ok(())
 }

@@ -20,10 +20,18 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// Azure Resource Manager endpoint.
-    #[arg(long, env = "ARM_ENDPOINT", default_value = "https://management.azure.com")]
+    #[arg(
+        long,
+        env = "ARM_ENDPOINT",
+        default_value = "https://management.azure.com"
+    )]
     arm_endpoint: String,
     /// Microsoft Entra authority host (must be https).
-    #[arg(long, env = "AZURE_AUTHORITY_HOST", default_value = "https://login.microsoftonline.com")]
+    #[arg(
+        long,
+        env = "AZURE_AUTHORITY_HOST",
+        default_value = "https://login.microsoftonline.com"
+    )]
     authority_host: String,
     /// Extra trusted root CAs (PEM) for Azure endpoints.
     #[arg(long, env = "AZURE_CA_FILE")]

@@ -132,7 +132,10 @@ pub fn validate(spec: &AccessGrantSpec) -> Result<ValidGrant, InvalidSpec> {
         (Some(j), None) => ValidTarget::Jit(validate_jit(j)?),
         (None, Some(p)) => ValidTarget::Pim(validate_pim(p)?),
         (Some(_), Some(_)) => {
-            return Err(invalid("spec", "set exactly one of spec.jit or spec.pim, not both"));
+            return Err(invalid(
+                "spec",
+                "set exactly one of spec.jit or spec.pim, not both",
+            ));
         }
         (None, None) => {
             return Err(invalid("spec", "set exactly one of spec.jit or spec.pim"));
@@ -161,7 +164,10 @@ pub fn validate(spec: &AccessGrantSpec) -> Result<ValidGrant, InvalidSpec> {
             if let Some(start) = spec.start_time
                 && r.until <= start
             {
-                return Err(invalid("spec.renewal.until", "must be after spec.startTime"));
+                return Err(invalid(
+                    "spec.renewal.until",
+                    "must be after spec.startTime",
+                ));
             }
             Some(ValidRenewal {
                 until: r.until,
@@ -206,35 +212,71 @@ fn validate_text(field: &str, s: &str, max: usize) -> Result<Option<String>, Inv
         return Err(invalid(field, format!("is longer than {max} characters")));
     }
     if t.chars().any(char::is_control) {
-        return Err(invalid(field, "must not contain control characters (newlines, tabs)"));
+        return Err(invalid(
+            field,
+            "must not contain control characters (newlines, tabs)",
+        ));
     }
     if t.contains("[ag:") {
-        return Err(invalid(field, "must not contain \"[ag:\", which the operator reserves for its request markers"));
+        return Err(invalid(
+            field,
+            "must not contain \"[ag:\", which the operator reserves for its request markers",
+        ));
     }
     Ok(Some(t.to_string()))
 }
 
 fn validate_jit(j: &JitTarget) -> Result<ValidJit, InvalidSpec> {
     if !is_guid(&j.subscription_id) {
-        return Err(invalid("spec.jit.subscriptionId", format!("{:?} is not a GUID", j.subscription_id)));
+        return Err(invalid(
+            "spec.jit.subscriptionId",
+            format!("{:?} is not a GUID", j.subscription_id),
+        ));
     }
     if !is_rg_name(&j.resource_group) {
-        return Err(invalid("spec.jit.resourceGroup", format!("{:?} is not a valid resource group name", j.resource_group)));
+        return Err(invalid(
+            "spec.jit.resourceGroup",
+            format!("{:?} is not a valid resource group name", j.resource_group),
+        ));
     }
-    if j.location.is_empty() || j.location.len() > 64 || !j.location.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(invalid("spec.jit.location", format!("{:?} is not an Azure region name such as westeurope", j.location)));
+    if j.location.is_empty()
+        || j.location.len() > 64
+        || !j.location.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(invalid(
+            "spec.jit.location",
+            format!(
+                "{:?} is not an Azure region name such as westeurope",
+                j.location
+            ),
+        ));
     }
     if j.policy_name.is_empty()
         || j.policy_name.len() > 260
-        || !j.policy_name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || !j
+            .policy_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
-        return Err(invalid("spec.jit.policyName", format!("{:?} is not a valid policy name (letters, digits, '-', '_', '.')", j.policy_name)));
+        return Err(invalid(
+            "spec.jit.policyName",
+            format!(
+                "{:?} is not a valid policy name (letters, digits, '-', '_', '.')",
+                j.policy_name
+            ),
+        ));
     }
     if j.virtual_machines.is_empty() {
-        return Err(invalid("spec.jit.virtualMachines", "must list at least one VM"));
+        return Err(invalid(
+            "spec.jit.virtualMachines",
+            "must list at least one VM",
+        ));
     }
     if j.virtual_machines.len() > 20 {
-        return Err(invalid("spec.jit.virtualMachines", "must list at most 20 VMs"));
+        return Err(invalid(
+            "spec.jit.virtualMachines",
+            "must list at most 20 VMs",
+        ));
     }
     let sub = j.subscription_id.to_ascii_lowercase();
     let mut vms: Vec<ValidJitVm> = Vec::new();
@@ -242,7 +284,10 @@ fn validate_jit(j: &JitTarget) -> Result<ValidJit, InvalidSpec> {
         let f = format!("spec.jit.virtualMachines[{i}]");
         let id = ArmId::parse_vm(&vm.id).map_err(|e| invalid(format!("{f}.id"), e))?;
         if id.subscription_id() != Some(sub.as_str()) {
-            return Err(invalid(format!("{f}.id"), "is in another subscription than spec.jit.subscriptionId"));
+            return Err(invalid(
+                format!("{f}.id"),
+                "is in another subscription than spec.jit.subscriptionId",
+            ));
         }
         if vms.iter().any(|v| v.id == id) {
             return Err(invalid(format!("{f}.id"), "lists the same VM twice"));
@@ -256,23 +301,46 @@ fn validate_jit(j: &JitTarget) -> Result<ValidJit, InvalidSpec> {
             let number = u16::try_from(p.number)
                 .ok()
                 .filter(|n| *n >= 1)
-                .ok_or_else(|| invalid(format!("{pf}.number"), format!("{} is not a port number (1 to 65535)", p.number)))?;
+                .ok_or_else(|| {
+                    invalid(
+                        format!("{pf}.number"),
+                        format!("{} is not a port number (1 to 65535)", p.number),
+                    )
+                })?;
             if ports.iter().any(|q| q.number == number) {
-                return Err(invalid(format!("{pf}.number"), format!("port {number} is listed twice for this VM")));
+                return Err(invalid(
+                    format!("{pf}.number"),
+                    format!("port {number} is listed twice for this VM"),
+                ));
             }
-            let prefixes: Vec<(String, &String)> = match (&p.allowed_source_address_prefix, &p.allowed_source_address_prefixes) {
+            let prefixes: Vec<(String, &String)> = match (
+                &p.allowed_source_address_prefix,
+                &p.allowed_source_address_prefixes,
+            ) {
                 (Some(one), None) => vec![(format!("{pf}.allowedSourceAddressPrefix"), one)],
                 (None, Some(many)) => {
                     if many.is_empty() || many.len() > 20 {
-                        return Err(invalid(format!("{pf}.allowedSourceAddressPrefixes"), "must list 1 to 20 prefixes"));
+                        return Err(invalid(
+                            format!("{pf}.allowedSourceAddressPrefixes"),
+                            "must list 1 to 20 prefixes",
+                        ));
                     }
-                    many.iter().enumerate().map(|(n, s)| (format!("{pf}.allowedSourceAddressPrefixes[{n}]"), s)).collect()
+                    many.iter()
+                        .enumerate()
+                        .map(|(n, s)| (format!("{pf}.allowedSourceAddressPrefixes[{n}]"), s))
+                        .collect()
                 }
                 (Some(_), Some(_)) => {
-                    return Err(invalid(pf, "set only one of allowedSourceAddressPrefix or allowedSourceAddressPrefixes"));
+                    return Err(invalid(
+                        pf,
+                        "set only one of allowedSourceAddressPrefix or allowedSourceAddressPrefixes",
+                    ));
                 }
                 (None, None) => {
-                    return Err(invalid(pf, "set allowedSourceAddressPrefix or allowedSourceAddressPrefixes: without it Azure would open the port to the operator's own address"));
+                    return Err(invalid(
+                        pf,
+                        "set allowedSourceAddressPrefix or allowedSourceAddressPrefixes: without it Azure would open the port to the operator's own address",
+                    ));
                 }
             };
             let mut nets: Vec<IpNet> = Vec::new();
@@ -283,7 +351,10 @@ fn validate_jit(j: &JitTarget) -> Result<ValidJit, InvalidSpec> {
                 }
                 nets.push(net);
             }
-            ports.push(ValidJitPort { number, prefixes: nets });
+            ports.push(ValidJitPort {
+                number,
+                prefixes: nets,
+            });
         }
         vms.push(ValidJitVm { id, ports });
     }
@@ -304,7 +375,9 @@ pub fn parse_prefix(s: &str) -> Result<IpNet, String> {
         return Err(format!("{s:?} is not an IP address or CIDR"));
     }
     if t == "*" || t.chars().all(|c| c.is_ascii_alphabetic()) {
-        return Err(format!("{s:?} is a wildcard or service tag; name an IP address or CIDR such as 203.0.113.7 or 10.0.0.0/24"));
+        return Err(format!(
+            "{s:?} is a wildcard or service tag; name an IP address or CIDR such as 203.0.113.7 or 10.0.0.0/24"
+        ));
     }
     if let Ok(ip) = t.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
@@ -313,7 +386,10 @@ pub fn parse_prefix(s: &str) -> Result<IpNet, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
     if net.trunc() != net {
-        return Err(format!("{s:?} has host bits set; did you mean {}?", net.trunc()));
+        return Err(format!(
+            "{s:?} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
     }
     Ok(net)
 }
@@ -331,32 +407,54 @@ fn validate_pim(p: &PimTarget) -> Result<ValidPim, InvalidSpec> {
         ));
     }
     if !is_guid(&p.principal_id) {
-        return Err(invalid("spec.pim.principalId", format!("{:?} is not an object id (GUID)", p.principal_id)));
+        return Err(invalid(
+            "spec.pim.principalId",
+            format!("{:?} is not an object id (GUID)", p.principal_id),
+        ));
     }
     let linked = match &p.linked_role_eligibility_schedule_id {
         None => None,
         Some(l) => {
             if p.mode != PimMode::Activate {
-                return Err(invalid("spec.pim.linkedRoleEligibilityScheduleId", "applies to mode Activate only"));
+                return Err(invalid(
+                    "spec.pim.linkedRoleEligibilityScheduleId",
+                    "applies to mode Activate only",
+                ));
             }
             if !is_guid(l) {
-                ArmId::parse(l).map_err(|e| invalid("spec.pim.linkedRoleEligibilityScheduleId", e))?;
+                ArmId::parse(l)
+                    .map_err(|e| invalid("spec.pim.linkedRoleEligibilityScheduleId", e))?;
             }
             Some(l.clone())
         }
     };
     if let Some(id) = &p.identity {
         if p.mode != PimMode::Activate {
-            return Err(invalid("spec.pim.identity", "applies to mode Activate only (Assign always runs as the operator)"));
+            return Err(invalid(
+                "spec.pim.identity",
+                "applies to mode Activate only (Assign always runs as the operator)",
+            ));
         }
         if !is_dns_subdomain(&id.service_account_name) {
-            return Err(invalid("spec.pim.identity.serviceAccountName", format!("{:?} is not a valid ServiceAccount name", id.service_account_name)));
+            return Err(invalid(
+                "spec.pim.identity.serviceAccountName",
+                format!(
+                    "{:?} is not a valid ServiceAccount name",
+                    id.service_account_name
+                ),
+            ));
         }
         if !is_guid(&id.client_id) {
-            return Err(invalid("spec.pim.identity.clientId", format!("{:?} is not a GUID", id.client_id)));
+            return Err(invalid(
+                "spec.pim.identity.clientId",
+                format!("{:?} is not a GUID", id.client_id),
+            ));
         }
         if !is_guid(&id.tenant_id) {
-            return Err(invalid("spec.pim.identity.tenantId", format!("{:?} is not a GUID", id.tenant_id)));
+            return Err(invalid(
+                "spec.pim.identity.tenantId",
+                format!("{:?} is not a GUID", id.tenant_id),
+            ));
         }
     }
     Ok(ValidPim {
@@ -374,7 +472,8 @@ fn is_dns_subdomain(s: &str) -> bool {
         && s.len() <= 253
         && s.split('.').all(|l| {
             !l.is_empty()
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })

@@ -17,7 +17,9 @@ fn jit_grant() -> AccessGrant {
                 location: "westeurope".into(),
                 policy_name: "default".into(),
                 virtual_machines: vec![JitVirtualMachine {
-                    id: format!("/subscriptions/{SUB}/resourceGroups/myRg1/providers/Microsoft.Compute/virtualMachines/vm1"),
+                    id: format!(
+                        "/subscriptions/{SUB}/resourceGroups/myRg1/providers/Microsoft.Compute/virtualMachines/vm1"
+                    ),
                     ports: vec![JitPort {
                         number: 22,
                         allowed_source_address_prefix: Some("10.0.0.1".into()),
@@ -38,7 +40,9 @@ fn pim_grant() -> AccessGrant {
             pim: Some(PimTarget {
                 mode: PimMode::Activate,
                 scope: format!("/subscriptions/{SUB}/resourceGroups/rg1"),
-                role_definition_id: format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"),
+                role_definition_id: format!(
+                    "/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"
+                ),
                 principal_id: "a3bb8764-cb92-4276-9d2a-ca1e895e55ea".into(),
                 ..Default::default()
             }),
@@ -52,7 +56,9 @@ fn create_error(g: &AccessGrant) -> Option<String> {
 }
 
 fn update_error(new: &AccessGrant, old: &AccessGrant) -> Option<String> {
-    AccessGrant::validate_cel_update(new, old).err().map(|e| format!("{e:?}"))
+    AccessGrant::validate_cel_update(new, old)
+        .err()
+        .map(|e| format!("{e:?}"))
 }
 
 fn assert_rejected(err: Option<String>, message: &str) {
@@ -71,10 +77,16 @@ fn valid_objects_pass() {
 fn exactly_one_of_jit_or_pim() {
     let mut both = jit_grant();
     both.spec.pim = pim_grant().spec.pim;
-    assert_rejected(create_error(&both), "exactly one of spec.jit or spec.pim must be set");
+    assert_rejected(
+        create_error(&both),
+        "exactly one of spec.jit or spec.pim must be set",
+    );
     let mut none = jit_grant();
     none.spec.jit = None;
-    assert_rejected(create_error(&none), "exactly one of spec.jit or spec.pim must be set");
+    assert_rejected(
+        create_error(&none),
+        "exactly one of spec.jit or spec.pim must be set",
+    );
 }
 
 #[test]
@@ -106,7 +118,10 @@ fn target_cannot_be_swapped() {
     let mut swapped = jit_grant();
     swapped.spec.jit = None;
     swapped.spec.pim = pim_grant().spec.pim;
-    assert_rejected(update_error(&swapped, &old), "cannot be added or removed after creation");
+    assert_rejected(
+        update_error(&swapped, &old),
+        "cannot be added or removed after creation",
+    );
 }
 
 #[test]
@@ -129,9 +144,13 @@ fn port_range() {
 fn at_most_one_prefix_form() {
     let mut g = jit_grant();
     if let Some(j) = g.spec.jit.as_mut() {
-        j.virtual_machines[0].ports[0].allowed_source_address_prefixes = Some(vec!["10.0.0.0/24".into()]);
+        j.virtual_machines[0].ports[0].allowed_source_address_prefixes =
+            Some(vec!["10.0.0.0/24".into()]);
     }
-    assert_rejected(create_error(&g), "set at most one of allowedSourceAddressPrefix or allowedSourceAddressPrefixes");
+    assert_rejected(
+        create_error(&g),
+        "set at most one of allowedSourceAddressPrefix or allowedSourceAddressPrefixes",
+    );
     if let Some(j) = g.spec.jit.as_mut() {
         j.virtual_machines[0].ports[0].allowed_source_address_prefix = None;
     }
@@ -152,22 +171,34 @@ fn duration_shape() {
     }
     let mut g = pim_grant();
     g.spec.renewal = Some(RenewalSpec {
-        until: Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).single().expect("valid date"),
+        until: Utc
+            .with_ymd_and_hms(2030, 1, 1, 0, 0, 0)
+            .single()
+            .expect("valid date"),
         before: Some(IsoDuration::new("5m")),
     });
-    assert_rejected(create_error(&g), "renewal.before must be an ISO 8601 duration");
+    assert_rejected(
+        create_error(&g),
+        "renewal.before must be an ISO 8601 duration",
+    );
 }
 
 #[test]
 fn renewal_until_after_start() {
-    let start = Utc.with_ymd_and_hms(2026, 11, 23, 18, 0, 0).single().expect("valid date");
+    let start = Utc
+        .with_ymd_and_hms(2026, 11, 23, 18, 0, 0)
+        .single()
+        .expect("valid date");
     let mut g = pim_grant();
     g.spec.start_time = Some(start);
     g.spec.renewal = Some(RenewalSpec {
         until: start - chrono::Duration::hours(1),
         before: None,
     });
-    assert_rejected(create_error(&g), "spec.renewal.until must be after spec.startTime");
+    assert_rejected(
+        create_error(&g),
+        "spec.renewal.until must be after spec.startTime",
+    );
     g.spec.renewal = Some(RenewalSpec {
         until: start + chrono::Duration::hours(12),
         before: None,
@@ -182,9 +213,17 @@ fn policy_duration_shapes() {
     assert!(AccessPolicy::validate_cel(&p).is_ok());
     p.spec.max_duration = Some(IsoDuration::new("8 hours"));
     let err = format!("{:?}", AccessPolicy::validate_cel(&p).err());
-    assert!(err.contains("maxDuration must be an ISO 8601 duration"), "{err}");
+    assert!(
+        err.contains("maxDuration must be an ISO 8601 duration"),
+        "{err}"
+    );
     p.spec.max_duration = None;
-    p.spec.renewal = Some(RenewalRules { max_total_duration: IsoDuration::new("1 day") });
+    p.spec.renewal = Some(RenewalRules {
+        max_total_duration: IsoDuration::new("1 day"),
+    });
     let err = format!("{:?}", AccessPolicy::validate_cel(&p).err());
-    assert!(err.contains("maxTotalDuration must be an ISO 8601 duration"), "{err}");
+    assert!(
+        err.contains("maxTotalDuration must be an ISO 8601 duration"),
+        "{err}"
+    );
 }

@@ -6,7 +6,9 @@ use accessgrant_operator::api::crds;
 use std::path::PathBuf;
 
 fn crd_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crds").join(format!("{name}.yaml"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crds")
+        .join(format!("{name}.yaml"))
 }
 
 #[test]
@@ -15,7 +17,10 @@ fn crds_dir_matches_the_rust_types() {
     let mut drift = Vec::new();
     for crd in crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
-        let want = format!("---\n{}", serde_yaml::to_string(&crd).expect("CRD serialises"));
+        let want = format!(
+            "---\n{}",
+            serde_yaml::to_string(&crd).expect("CRD serialises")
+        );
         let path = crd_path(&name);
         if update {
             std::fs::create_dir_all(path.parent().expect("crds dir")).expect("create crds/");
@@ -48,11 +53,20 @@ fn crd_command_prints_every_crd() {
         .iter()
         .filter_map(|d| d["metadata"]["name"].as_str())
         .collect();
-    assert_eq!(names, ["accessgrants.accessgrant.io", "accesspolicies.accessgrant.io"]);
+    assert_eq!(
+        names,
+        [
+            "accessgrants.accessgrant.io",
+            "accesspolicies.accessgrant.io"
+        ]
+    );
     for crd in crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
         let file = std::fs::read_to_string(crd_path(&name)).expect("crds/ file exists");
-        assert!(text.contains(file.trim_start_matches("---\n")), "{name} printed differs from crds/");
+        assert!(
+            text.contains(file.trim_start_matches("---\n")),
+            "{name} printed differs from crds/"
+        );
     }
 }
 
@@ -62,8 +76,14 @@ fn every_schema_field_has_a_description() {
         if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
             for (k, child) in props {
                 let p = format!("{path}.{k}");
-                let is_meta = path.is_empty() && (k == "metadata" || k == "apiVersion" || k == "kind");
-                if !is_meta && child.get("description").and_then(|d| d.as_str()).is_none_or(str::is_empty) {
+                let is_meta =
+                    path.is_empty() && (k == "metadata" || k == "apiVersion" || k == "kind");
+                if !is_meta
+                    && child
+                        .get("description")
+                        .and_then(|d| d.as_str())
+                        .is_none_or(str::is_empty)
+                {
                     missing.push(p.clone());
                 }
                 walk(child, &p, missing);
@@ -78,6 +98,9 @@ fn every_schema_field_has_a_description() {
         let mut missing = Vec::new();
         walk(&schema["openAPIV3Schema"], "", &mut missing);
         // namespaceSelector's inner fields come from k8s-openapi with their own docs.
-        assert!(missing.is_empty(), "fields without a description (kubectl explain shows nothing): {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "fields without a description (kubectl explain shows nothing): {missing:?}"
+        );
     }
 }

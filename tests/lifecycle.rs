@@ -9,8 +9,14 @@ use accessgrant_operator::lifecycle::{PimPolicyView, Step};
 use chrono::Duration;
 use support::*;
 
+type Setup = Box<dyn Fn(&mut World)>;
+
 fn pim_key() -> (String, String, String) {
-    (scope().to_ascii_lowercase(), role().to_ascii_lowercase(), PRINCIPAL.to_string())
+    (
+        scope().to_ascii_lowercase(),
+        role().to_ascii_lowercase(),
+        PRINCIPAL.to_string(),
+    )
 }
 
 #[test]
@@ -22,13 +28,23 @@ fn pim_activate_then_expire() {
     assert!(w.grant.meta.has_finalizer);
     assert_eq!(w.writes(), ["SelfActivate"]);
     // The first plan records the intent (with finalizer) before the write.
-    let steps = &w.last.plans.iter().find(|p| p.azure_write().is_some()).expect("a write plan").steps;
+    let steps = &w
+        .last
+        .plans
+        .iter()
+        .find(|p| p.azure_write().is_some())
+        .expect("a write plan")
+        .steps;
     assert!(matches!(steps[0], Step::AddFinalizer));
     assert!(matches!(steps[1], Step::RecordIntent(_)));
     assert!(matches!(steps[2], Step::Azure(_)));
     let end = w.grant.status.end_time.expect("end time");
     assert_eq!(end, t0() + Duration::hours(1));
-    assert_eq!(w.last.wake_at, Some(t0() + Duration::minutes(5)), "drift check comes first");
+    assert_eq!(
+        w.last.wake_at,
+        Some(t0() + Duration::minutes(5)),
+        "drift check comes first"
+    );
     w.now = end + Duration::seconds(3);
     w.reconcile();
     assert_eq!(w.phase(), Phase::Expired);
@@ -52,7 +68,10 @@ fn pim_assign_and_remove_on_delete() {
     assert_eq!(w.writes(), ["AdminAssign", "AdminRemove"]);
     // The object is gone with the finalizer; the last plan says how it ended.
     let last = &w.last.plans.last().expect("a plan").status;
-    assert_eq!((last.phase, last.reason.as_deref()), (Phase::Revoked, Some("Deleted")));
+    assert_eq!(
+        (last.phase, last.reason.as_deref()),
+        (Phase::Revoked, Some("Deleted"))
+    );
     assert!(w.grant.gone, "finalizer removed after Azure confirmed");
     assert!(w.model.instances.is_empty());
 }
@@ -107,10 +126,22 @@ fn suspend_revokes_and_keeps_the_object() {
 #[test]
 fn pending_approval_then_approved() {
     let mut w = World::new(pim_spec(PimMode::Activate));
-    w.model.pim_policies.insert((scope().to_ascii_lowercase(), role().to_ascii_lowercase()), PimPolicyView { approval_required: true, ..Default::default() });
+    w.model.pim_policies.insert(
+        (scope().to_ascii_lowercase(), role().to_ascii_lowercase()),
+        PimPolicyView {
+            approval_required: true,
+            ..Default::default()
+        },
+    );
     w.reconcile();
     assert_eq!(w.phase(), Phase::PendingApproval);
-    let name = w.grant.status.pim.as_ref().and_then(|p| p.request_name.clone()).expect("request name");
+    let name = w
+        .grant
+        .status
+        .pim
+        .as_ref()
+        .and_then(|p| p.request_name.clone())
+        .expect("request name");
     w.advance(Duration::seconds(30));
     assert_eq!(w.phase(), Phase::PendingApproval);
     w.model.decide(&name, true, w.now);
@@ -122,9 +153,21 @@ fn pending_approval_then_approved() {
 #[test]
 fn pending_approval_then_denied() {
     let mut w = World::new(pim_spec(PimMode::Activate));
-    w.model.pim_policies.insert((scope().to_ascii_lowercase(), role().to_ascii_lowercase()), PimPolicyView { approval_required: true, ..Default::default() });
+    w.model.pim_policies.insert(
+        (scope().to_ascii_lowercase(), role().to_ascii_lowercase()),
+        PimPolicyView {
+            approval_required: true,
+            ..Default::default()
+        },
+    );
     w.reconcile();
-    let name = w.grant.status.pim.as_ref().and_then(|p| p.request_name.clone()).expect("request name");
+    let name = w
+        .grant
+        .status
+        .pim
+        .as_ref()
+        .and_then(|p| p.request_name.clone())
+        .expect("request name");
     w.model.decide(&name, false, w.now);
     w.advance(Duration::seconds(30));
     assert_eq!(w.phase(), Phase::Denied);
@@ -134,7 +177,13 @@ fn pending_approval_then_denied() {
 #[test]
 fn delete_while_pending_cancels() {
     let mut w = World::new(pim_spec(PimMode::Activate));
-    w.model.pim_policies.insert((scope().to_ascii_lowercase(), role().to_ascii_lowercase()), PimPolicyView { approval_required: true, ..Default::default() });
+    w.model.pim_policies.insert(
+        (scope().to_ascii_lowercase(), role().to_ascii_lowercase()),
+        PimPolicyView {
+            approval_required: true,
+            ..Default::default()
+        },
+    );
     w.reconcile();
     w.delete();
     w.advance(Duration::seconds(10));
@@ -145,11 +194,23 @@ fn delete_while_pending_cancels() {
 #[test]
 fn role_assignment_exists_is_adopted() {
     let mut w = World::new(pim_spec(PimMode::Activate));
-    w.model.instances.insert(pim_key(), accessgrant_operator::azure_model::ModelInstance { id: "pre".into(), start: t0() - Duration::minutes(10), end: Some(t0() + Duration::minutes(50)), assignment_type: "Activated".into(), request_name: None });
+    w.model.instances.insert(
+        pim_key(),
+        accessgrant_operator::azure_model::ModelInstance {
+            id: "pre".into(),
+            start: t0() - Duration::minutes(10),
+            end: Some(t0() + Duration::minutes(50)),
+            assignment_type: "Activated".into(),
+            request_name: None,
+        },
+    );
     w.reconcile();
     assert_eq!(w.phase(), Phase::Active);
     assert_eq!(w.reason(), "Adopted");
-    assert_eq!(w.grant.status.status_reason.as_deref(), Some("RoleAssignmentExists"));
+    assert_eq!(
+        w.grant.status.status_reason.as_deref(),
+        Some("RoleAssignmentExists")
+    );
     assert!(w.grant.status.pim.as_ref().is_some_and(|p| p.adopted));
     assert_eq!(w.grant.status.end_time, Some(t0() + Duration::minutes(50)));
 }
@@ -157,12 +218,67 @@ fn role_assignment_exists_is_adopted() {
 /// Each seed policy rule answered by Azure (role settings not readable, so no pre-check).
 #[test]
 fn azure_policy_rule_failures_fail_with_the_rule_name() {
-    let cases: Vec<(&str, PimMode, Box<dyn Fn(&mut World)>)> = vec![
-        ("ExpirationRule", PimMode::Activate, Box::new(|w: &mut World| { w.model.pim_policies.insert((scope().to_ascii_lowercase(), role().to_ascii_lowercase()), PimPolicyView { enduser_max_duration: Some(Duration::minutes(30)), ..Default::default() }); })),
-        ("JustificationRule", PimMode::Activate, Box::new(|w: &mut World| { w.grant.spec.justification = None; w.model.pim_policies.insert((scope().to_ascii_lowercase(), role().to_ascii_lowercase()), PimPolicyView { enduser_enabled_rules: vec!["Justification".into()], ..Default::default() }); })),
-        ("TicketingRule", PimMode::Activate, Box::new(|w: &mut World| { w.model.pim_policies.insert((scope().to_ascii_lowercase(), role().to_ascii_lowercase()), PimPolicyView { enduser_enabled_rules: vec!["Ticketing".into()], ..Default::default() }); })),
-        ("MfaRule", PimMode::Activate, Box::new(|w: &mut World| { w.model.pim_policies.insert((scope().to_ascii_lowercase(), role().to_ascii_lowercase()), PimPolicyView { enduser_enabled_rules: vec!["MultiFactorAuthentication".into()], ..Default::default() }); })),
-        ("EligibilityRule", PimMode::Activate, Box::new(|w: &mut World| { w.model.eligible.clear(); })),
+    let cases: Vec<(&str, PimMode, Setup)> = vec![
+        (
+            "ExpirationRule",
+            PimMode::Activate,
+            Box::new(|w: &mut World| {
+                w.model.pim_policies.insert(
+                    (scope().to_ascii_lowercase(), role().to_ascii_lowercase()),
+                    PimPolicyView {
+                        enduser_max_duration: Some(Duration::minutes(30)),
+                        ..Default::default()
+                    },
+                );
+            }),
+        ),
+        (
+            "JustificationRule",
+            PimMode::Activate,
+            Box::new(|w: &mut World| {
+                w.grant.spec.justification = None;
+                w.model.pim_policies.insert(
+                    (scope().to_ascii_lowercase(), role().to_ascii_lowercase()),
+                    PimPolicyView {
+                        enduser_enabled_rules: vec!["Justification".into()],
+                        ..Default::default()
+                    },
+                );
+            }),
+        ),
+        (
+            "TicketingRule",
+            PimMode::Activate,
+            Box::new(|w: &mut World| {
+                w.model.pim_policies.insert(
+                    (scope().to_ascii_lowercase(), role().to_ascii_lowercase()),
+                    PimPolicyView {
+                        enduser_enabled_rules: vec!["Ticketing".into()],
+                        ..Default::default()
+                    },
+                );
+            }),
+        ),
+        (
+            "MfaRule",
+            PimMode::Activate,
+            Box::new(|w: &mut World| {
+                w.model.pim_policies.insert(
+                    (scope().to_ascii_lowercase(), role().to_ascii_lowercase()),
+                    PimPolicyView {
+                        enduser_enabled_rules: vec!["MultiFactorAuthentication".into()],
+                        ..Default::default()
+                    },
+                );
+            }),
+        ),
+        (
+            "EligibilityRule",
+            PimMode::Activate,
+            Box::new(|w: &mut World| {
+                w.model.eligible.clear();
+            }),
+        ),
     ];
     for (rule, mode, setup) in cases {
         let mut w = World::new(pim_spec(mode));
@@ -172,14 +288,31 @@ fn azure_policy_rule_failures_fail_with_the_rule_name() {
         assert_eq!(w.phase(), Phase::Failed, "{rule}");
         assert_eq!(w.reason(), rule, "{rule}");
         let sr = w.grant.status.status_reason.clone().unwrap_or_default();
-        assert!(sr.starts_with("RoleAssignmentRequestPolicyValidationFailed") && sr.contains(rule), "{rule}: {sr}");
+        assert!(
+            sr.starts_with("RoleAssignmentRequestPolicyValidationFailed") && sr.contains(rule),
+            "{rule}: {sr}"
+        );
         let msg = w.grant.status.message.clone().unwrap_or_default();
-        assert!(msg.contains(rule) && msg.contains("spec") || rule == "MfaRule" || rule == "EligibilityRule", "{rule}: hint missing in {msg}");
+        assert!(
+            msg.contains(rule) && msg.contains("spec")
+                || rule == "MfaRule"
+                || rule == "EligibilityRule",
+            "{rule}: hint missing in {msg}"
+        );
         // Failed is terminal until the spec changes: no retry.
         w.advance(Duration::minutes(10));
         assert_eq!(w.model.log.len(), 1, "{rule}: no retry");
-        let cond = w.grant.status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready condition");
-        assert_eq!((cond.status.as_str(), cond.reason.as_str()), ("False", rule));
+        let cond = w
+            .grant
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready condition");
+        assert_eq!(
+            (cond.status.as_str(), cond.reason.as_str()),
+            ("False", rule)
+        );
     }
 }
 
@@ -187,12 +320,33 @@ fn azure_policy_rule_failures_fail_with_the_rule_name() {
 #[test]
 fn policy_pre_check_refuses_without_calling_azure() {
     for (rule, setup) in [
-        ("ExpirationRule", PimPolicyView { enduser_max_duration: Some(Duration::minutes(30)), ..Default::default() }),
-        ("TicketingRule", PimPolicyView { enduser_enabled_rules: vec!["Ticketing".into()], ..Default::default() }),
-        ("MfaRule", PimPolicyView { enduser_enabled_rules: vec!["MultiFactorAuthentication".into()], ..Default::default() }),
+        (
+            "ExpirationRule",
+            PimPolicyView {
+                enduser_max_duration: Some(Duration::minutes(30)),
+                ..Default::default()
+            },
+        ),
+        (
+            "TicketingRule",
+            PimPolicyView {
+                enduser_enabled_rules: vec!["Ticketing".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "MfaRule",
+            PimPolicyView {
+                enduser_enabled_rules: vec!["MultiFactorAuthentication".into()],
+                ..Default::default()
+            },
+        ),
     ] {
         let mut w = World::new(pim_spec(PimMode::Activate));
-        w.model.pim_policies.insert((scope().to_ascii_lowercase(), role().to_ascii_lowercase()), setup);
+        w.model.pim_policies.insert(
+            (scope().to_ascii_lowercase(), role().to_ascii_lowercase()),
+            setup,
+        );
         w.reconcile();
         assert_eq!((w.phase(), w.reason().as_str()), (Phase::Failed, rule));
         assert!(w.model.log.is_empty(), "{rule}: no Azure write");
@@ -200,7 +354,13 @@ fn policy_pre_check_refuses_without_calling_azure() {
     // Clamp when the grant opts in.
     let mut w = World::new(pim_spec(PimMode::Activate));
     w.grant.spec.clamp_duration = Some(true);
-    w.model.pim_policies.insert((scope().to_ascii_lowercase(), role().to_ascii_lowercase()), PimPolicyView { enduser_max_duration: Some(Duration::minutes(30)), ..Default::default() });
+    w.model.pim_policies.insert(
+        (scope().to_ascii_lowercase(), role().to_ascii_lowercase()),
+        PimPolicyView {
+            enduser_max_duration: Some(Duration::minutes(30)),
+            ..Default::default()
+        },
+    );
     w.reconcile();
     assert_eq!(w.phase(), Phase::Active);
     assert_eq!(w.grant.status.end_time, Some(t0() + Duration::minutes(30)));
@@ -209,12 +369,24 @@ fn policy_pre_check_refuses_without_calling_azure() {
 #[test]
 fn throttling_retries_after_retry_after_with_phase_unchanged() {
     let mut w = World::new(pim_spec(PimMode::Activate));
-    w.model.faults.push_back(AzureError::Throttled { code: "TooManyRequests".into(), retry_after_secs: 17 });
+    w.model.faults.push_back(AzureError::Throttled {
+        code: "TooManyRequests".into(),
+        retry_after_secs: 17,
+    });
     w.reconcile();
     assert_eq!(w.phase(), Phase::Requesting);
     assert_eq!(w.last.wake_at, Some(t0() + Duration::seconds(17)));
-    let cond = w.grant.status.conditions.iter().find(|c| c.type_ == "Retrying").expect("Retrying");
-    assert_eq!((cond.status.as_str(), cond.reason.as_str()), ("True", "Throttled"));
+    let cond = w
+        .grant
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Retrying")
+        .expect("Retrying");
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("True", "Throttled")
+    );
     // Early wake-up: nothing is sent.
     w.advance(Duration::seconds(5));
     assert_eq!(w.model.log.len(), 1);
@@ -222,15 +394,27 @@ fn throttling_retries_after_retry_after_with_phase_unchanged() {
     w.reconcile();
     assert_eq!(w.phase(), Phase::Active);
     assert_eq!(w.writes(), ["SelfActivate"]);
-    let name = w.grant.status.pim.as_ref().and_then(|p| p.request_name.clone());
-    assert_eq!(w.model.log[0].id, w.model.log[1].id, "the retry reuses the request name");
+    let name = w
+        .grant
+        .status
+        .pim
+        .as_ref()
+        .and_then(|p| p.request_name.clone());
+    assert_eq!(
+        w.model.log[0].id, w.model.log[1].id,
+        "the retry reuses the request name"
+    );
     assert_eq!(Some(w.model.log[1].id.clone()), name);
 }
 
 #[test]
 fn transient_error_then_lost_answer_adopts_without_a_second_grant() {
     let mut w = World::new(pim_spec(PimMode::Activate));
-    w.model.faults.push_back(AzureError::Transient { status: Some(503), code: "ServiceUnavailable".into(), message: "x".into() });
+    w.model.faults.push_back(AzureError::Transient {
+        status: Some(503),
+        code: "ServiceUnavailable".into(),
+        message: "x".into(),
+    });
     w.reconcile();
     assert_eq!(w.phase(), Phase::Requesting);
     w.model.lose_next_answer = true;
@@ -273,7 +457,10 @@ fn missed_window_expires_without_granting() {
     spec.start_time = Some(t0() - Duration::hours(2));
     let mut w = World::new(spec);
     w.reconcile();
-    assert_eq!((w.phase(), w.reason().as_str()), (Phase::Expired, "WindowElapsed"));
+    assert_eq!(
+        (w.phase(), w.reason().as_str()),
+        (Phase::Expired, "WindowElapsed")
+    );
     assert!(w.model.log.is_empty());
 }
 
@@ -295,7 +482,10 @@ fn new_generation_requests_again() {
 #[test]
 fn pim_assign_renews_by_extend_without_gap() {
     let mut spec = pim_spec(PimMode::Assign);
-    spec.renewal = Some(RenewalSpec { until: t0() + Duration::hours(3), before: Some(IsoDuration::new("PT5M")) });
+    spec.renewal = Some(RenewalSpec {
+        until: t0() + Duration::hours(3),
+        before: Some(IsoDuration::new("PT5M")),
+    });
     let mut w = World::new(spec);
     w.reconcile();
     let end = w.grant.status.end_time.expect("end");
@@ -310,7 +500,10 @@ fn pim_assign_renews_by_extend_without_gap() {
 #[test]
 fn pim_activate_renews_after_the_end_and_records_the_gap() {
     let mut spec = pim_spec(PimMode::Activate);
-    spec.renewal = Some(RenewalSpec { until: t0() + Duration::hours(3), before: None });
+    spec.renewal = Some(RenewalSpec {
+        until: t0() + Duration::hours(3),
+        before: None,
+    });
     let mut w = World::new(spec);
     w.reconcile();
     let end = w.grant.status.end_time.expect("end");
@@ -318,7 +511,14 @@ fn pim_activate_renews_after_the_end_and_records_the_gap() {
     w.reconcile();
     assert_eq!(w.writes(), ["SelfActivate", "SelfActivate"]);
     assert_eq!((w.phase(), w.reason().as_str()), (Phase::Active, "Renewed"));
-    assert!(w.grant.status.message.clone().unwrap_or_default().contains("gap"));
+    assert!(
+        w.grant
+            .status
+            .message
+            .clone()
+            .unwrap_or_default()
+            .contains("gap")
+    );
 }
 
 #[test]
@@ -339,7 +539,10 @@ fn jit_active_then_expired() {
 #[test]
 fn jit_renewal_supersedes_our_own_request() {
     let mut spec = jit_spec();
-    spec.renewal = Some(RenewalSpec { until: t0() + Duration::hours(3), before: Some(IsoDuration::new("PT5M")) });
+    spec.renewal = Some(RenewalSpec {
+        until: t0() + Duration::hours(3),
+        before: Some(IsoDuration::new("PT5M")),
+    });
     let mut w = World::new(spec);
     w.reconcile();
     w.now = t0() + Duration::minutes(55);
@@ -347,7 +550,10 @@ fn jit_renewal_supersedes_our_own_request() {
     assert_eq!(w.writes(), ["JitInitiate", "JitInitiate"]);
     assert_eq!((w.phase(), w.reason().as_str()), (Phase::Active, "Renewed"));
     let pol = w.model.jit_policies.values().next().expect("policy");
-    assert_eq!(pol.requests[0].ports[0].status_reason.as_deref(), Some("NewerRequestInitiated"));
+    assert_eq!(
+        pol.requests[0].ports[0].status_reason.as_deref(),
+        Some("NewerRequestInitiated")
+    );
     assert_eq!(pol.requests[1].ports[0].status, "Initiated");
     // A later drift check must not mistake our renewal for someone else's.
     w.advance(Duration::minutes(5));
@@ -356,7 +562,10 @@ fn jit_renewal_supersedes_our_own_request() {
 
 #[test]
 fn jit_out_of_band_status_reasons_are_recorded() {
-    for (reason, f) in [("UserRequested", "UserRequested"), ("NewerRequestInitiated", "NewerRequestInitiated")] {
+    for (reason, f) in [
+        ("UserRequested", "UserRequested"),
+        ("NewerRequestInitiated", "NewerRequestInitiated"),
+    ] {
         let mut w = World::new(jit_spec());
         w.reconcile();
         for pol in w.model.jit_policies.values_mut() {
@@ -368,7 +577,11 @@ fn jit_out_of_band_status_reasons_are_recorded() {
             }
         }
         w.advance(Duration::minutes(5));
-        assert_eq!((w.phase(), w.reason().as_str()), (Phase::Revoked, "RevokedOutOfBand"), "{reason}");
+        assert_eq!(
+            (w.phase(), w.reason().as_str()),
+            (Phase::Revoked, "RevokedOutOfBand"),
+            "{reason}"
+        );
         assert_eq!(w.grant.status.status_reason.as_deref(), Some(reason));
         assert_eq!(w.writes().len(), 1, "not re-granted");
     }
@@ -382,10 +595,26 @@ fn jit_port_or_prefix_not_in_policy_fails_without_a_write() {
         j.virtual_machines[0].ports[0].allowed_source_address_prefix = Some("192.168.1.1".into());
     }
     let mut w = World::new(spec);
-    w.policies[0].spec.jit.as_mut().expect("jit rules").source_prefixes.push("192.168.0.0/16".into());
+    w.policies[0]
+        .spec
+        .jit
+        .as_mut()
+        .expect("jit rules")
+        .source_prefixes
+        .push("192.168.0.0/16".into());
     w.reconcile();
-    assert_eq!((w.phase(), w.reason().as_str()), (Phase::Failed, "JitRequestRejected"));
-    assert!(w.grant.status.message.clone().unwrap_or_default().contains("192.168.1.1"));
+    assert_eq!(
+        (w.phase(), w.reason().as_str()),
+        (Phase::Failed, "JitRequestRejected")
+    );
+    assert!(
+        w.grant
+            .status
+            .message
+            .clone()
+            .unwrap_or_default()
+            .contains("192.168.1.1")
+    );
     assert!(w.model.log.is_empty());
 }
 
@@ -430,11 +659,23 @@ fn invalid_spec_fails_with_the_field_and_no_azure_call() {
     }
     let mut w = World::new(spec);
     w.reconcile();
-    assert_eq!((w.phase(), w.reason().as_str()), (Phase::Failed, "InvalidSpec"));
+    assert_eq!(
+        (w.phase(), w.reason().as_str()),
+        (Phase::Failed, "InvalidSpec")
+    );
     let msg = w.grant.status.message.clone().unwrap_or_default();
-    assert!(msg.contains("spec.jit.virtualMachines[0].ports[0].allowedSourceAddressPrefix"), "{msg}");
+    assert!(
+        msg.contains("spec.jit.virtualMachines[0].ports[0].allowedSourceAddressPrefix"),
+        "{msg}"
+    );
     assert!(w.model.log.is_empty() && w.model.reads == 0);
-    let cond = w.grant.status.conditions.iter().find(|c| c.type_ == "SpecValid").expect("SpecValid");
+    let cond = w
+        .grant
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "SpecValid")
+        .expect("SpecValid");
     assert_eq!(cond.status, "False");
 }
 
@@ -443,7 +684,10 @@ fn denied_by_policy_makes_no_azure_call() {
     let mut w = World::new(pim_spec(PimMode::Activate));
     w.policies.clear();
     w.reconcile();
-    assert_eq!((w.phase(), w.reason().as_str()), (Phase::Denied, "PolicyDenied"));
+    assert_eq!(
+        (w.phase(), w.reason().as_str()),
+        (Phase::Denied, "PolicyDenied")
+    );
     assert_eq!(w.grant.status.status_reason.as_deref(), Some("NoPolicy"));
     assert!(w.model.log.is_empty() && w.model.reads == 0);
     assert!(!w.grant.meta.has_finalizer);
@@ -456,7 +700,10 @@ fn policy_withdrawn_revokes_active_access() {
     w.now += Duration::minutes(10);
     w.policies.clear();
     w.reconcile();
-    assert_eq!((w.phase(), w.reason().as_str()), (Phase::Revoked, "Withdrawn"));
+    assert_eq!(
+        (w.phase(), w.reason().as_str()),
+        (Phase::Revoked, "Withdrawn")
+    );
     assert_eq!(w.writes(), ["AdminAssign", "AdminRemove"]);
 }
 
@@ -477,7 +724,10 @@ fn overlap_hands_over_instead_of_removing() {
 #[test]
 fn history_is_bounded() {
     let mut spec = jit_spec();
-    spec.renewal = Some(RenewalSpec { until: t0() + Duration::days(1), before: Some(IsoDuration::new("PT5M")) });
+    spec.renewal = Some(RenewalSpec {
+        until: t0() + Duration::days(1),
+        before: Some(IsoDuration::new("PT5M")),
+    });
     spec.duration = IsoDuration::new("PT10M");
     let mut w = World::new(spec);
     w.reconcile();

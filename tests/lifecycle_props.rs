@@ -56,18 +56,57 @@ struct Setup {
 }
 
 fn setup() -> impl Strategy<Value = Setup> {
-    (0u8..3, any::<bool>(), prop::option::of(-7200i64..7200), any::<bool>(), prop::bool::weighted(0.85), prop::bool::weighted(0.1), prop::bool::weighted(0.1), 6i64..120).prop_map(
-        |(kind, renewal, start_offset, approval, eligible, invalid, denied, duration_min)| Setup { kind, renewal, start_offset, approval, eligible, invalid, denied, duration_min },
+    (
+        0u8..3,
+        any::<bool>(),
+        prop::option::of(-7200i64..7200),
+        any::<bool>(),
+        prop::bool::weighted(0.85),
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.1),
+        6i64..120,
     )
+        .prop_map(
+            |(kind, renewal, start_offset, approval, eligible, invalid, denied, duration_min)| {
+                Setup {
+                    kind,
+                    renewal,
+                    start_offset,
+                    approval,
+                    eligible,
+                    invalid,
+                    denied,
+                    duration_min,
+                }
+            },
+        )
 }
 
 fn fault(n: u8) -> AzureError {
     match n {
-        0 => AzureError::Throttled { code: "TooManyRequests".into(), retry_after_secs: 20 },
-        1 => AzureError::Transient { status: Some(503), code: "ServiceUnavailable".into(), message: "x".into() },
-        2 => AzureError::Transient { status: None, code: "ConnectionReset".into(), message: "x".into() },
-        3 => AzureError::Auth { code: "ExpiredAuthenticationToken".into(), message: "x".into() },
-        _ => AzureError::Transient { status: Some(500), code: "InternalServerError".into(), message: "x".into() },
+        0 => AzureError::Throttled {
+            code: "TooManyRequests".into(),
+            retry_after_secs: 20,
+        },
+        1 => AzureError::Transient {
+            status: Some(503),
+            code: "ServiceUnavailable".into(),
+            message: "x".into(),
+        },
+        2 => AzureError::Transient {
+            status: None,
+            code: "ConnectionReset".into(),
+            message: "x".into(),
+        },
+        3 => AzureError::Auth {
+            code: "ExpiredAuthenticationToken".into(),
+            message: "x".into(),
+        },
+        _ => AzureError::Transient {
+            status: Some(500),
+            code: "InternalServerError".into(),
+            message: "x".into(),
+        },
     }
 }
 
@@ -79,27 +118,54 @@ struct Run {
 
 impl Run {
     fn check(&mut self, rep: &ReconcileReport) -> Result<(), TestCaseError> {
-        prop_assert!(rep.violations.is_empty(), "violations: {:?}", rep.violations);
+        prop_assert!(
+            rep.violations.is_empty(),
+            "violations: {:?}",
+            rep.violations
+        );
         if let Some(wk) = rep.wake_at {
-            prop_assert!(wk > self.w.now, "wake_at {} not after now {}", wk, self.w.now);
+            prop_assert!(
+                wk > self.w.now,
+                "wake_at {} not after now {}",
+                wk,
+                self.w.now
+            );
         }
         // Never two applied grant writes for one request id (PIM name or JIT marker).
         let mut seen: HashMap<String, usize> = HashMap::new();
-        for l in self.w.model.log.iter().filter(|l| l.applied && matches!(l.kind.as_str(), "SelfActivate" | "AdminAssign" | "JitInitiate")) {
+        for l in self.w.model.log.iter().filter(|l| {
+            l.applied
+                && matches!(
+                    l.kind.as_str(),
+                    "SelfActivate" | "AdminAssign" | "JitInitiate"
+                )
+        }) {
             let key = match l.id.find("[ag:") {
                 Some(i) => l.id[i..].to_string(),
                 None => l.id.clone(),
             };
             *seen.entry(key).or_default() += 1;
         }
-        prop_assert!(seen.values().all(|n| *n == 1), "an attempt was granted twice: {seen:?}");
+        prop_assert!(
+            seen.values().all(|n| *n == 1),
+            "an attempt was granted twice: {seen:?}"
+        );
         // An Expired grant is never granted again in the same generation.
         if self.w.grant.status.phase == Phase::Expired && self.expired_at.is_none() {
             self.expired_at = Some((self.w.grant.meta.generation, self.w.model.log.len()));
         }
         if let Some((g, mark)) = self.expired_at {
             if self.w.grant.meta.generation == g {
-                let regrants = self.w.model.log[mark..].iter().filter(|l| l.applied && matches!(l.kind.as_str(), "SelfActivate" | "AdminAssign" | "JitInitiate")).count();
+                let regrants = self.w.model.log[mark..]
+                    .iter()
+                    .filter(|l| {
+                        l.applied
+                            && matches!(
+                                l.kind.as_str(),
+                                "SelfActivate" | "AdminAssign" | "JitInitiate"
+                            )
+                    })
+                    .count();
                 prop_assert_eq!(regrants, 0, "an Expired grant was granted again");
             } else {
                 self.expired_at = None;
@@ -109,14 +175,36 @@ impl Run {
     }
 
     fn reconcile(&mut self, crash: Option<usize>) -> Result<(), TestCaseError> {
-        let rep = reconcile(&mut self.w.grant, &mut self.w.model, &self.w.policies, &BTreeMap::new(), false, self.w.now, &self.w.config, crash);
+        let rep = reconcile(
+            &mut self.w.grant,
+            &mut self.w.model,
+            &self.w.policies,
+            &BTreeMap::new(),
+            false,
+            self.w.now,
+            &self.w.config,
+            crash,
+        );
         self.check(&rep)?;
         // Re-planning on the same observation at the same instant repeats no write.
         if !rep.crashed && !self.w.grant.gone {
             let before = self.w.model.log.len();
-            let again = reconcile(&mut self.w.grant, &mut self.w.model, &self.w.policies, &BTreeMap::new(), false, self.w.now, &self.w.config, None);
+            let again = reconcile(
+                &mut self.w.grant,
+                &mut self.w.model,
+                &self.w.policies,
+                &BTreeMap::new(),
+                false,
+                self.w.now,
+                &self.w.config,
+                None,
+            );
             self.check(&again)?;
-            prop_assert_eq!(self.w.model.log.len(), before, "a second pass at the same instant wrote again");
+            prop_assert_eq!(
+                self.w.model.log.len(),
+                before,
+                "a second pass at the same instant wrote again"
+            );
         }
         self.w.last = rep;
         Ok(())
@@ -132,15 +220,35 @@ impl Run {
                 break;
             }
             self.reconcile(None)?;
-            let next = self.w.last.wake_at.unwrap_or(self.w.now + Duration::minutes(1));
+            let next = self
+                .w
+                .last
+                .wake_at
+                .unwrap_or(self.w.now + Duration::minutes(1));
             self.w.now = next.max(self.w.now + Duration::seconds(1));
         }
-        prop_assert!(self.w.grant.gone || !self.w.grant.meta.has_finalizer, "a deleted grant never let go: {:?}", self.w.grant.status);
+        prop_assert!(
+            self.w.grant.gone || !self.w.grant.meta.has_finalizer,
+            "a deleted grant never let go: {:?}",
+            self.w.grant.status
+        );
         let ours: Vec<String> = self.w.model.log.iter().map(|l| l.id.clone()).collect();
-        let live_pim = self.w.model.instances.values().filter(|i| i.request_name.as_ref().is_some_and(|n| ours.contains(n))).count();
+        let live_pim = self
+            .w
+            .model
+            .instances
+            .values()
+            .filter(|i| i.request_name.as_ref().is_some_and(|n| ours.contains(n)))
+            .count();
         prop_assert_eq!(live_pim, 0, "PIM access left after delete");
         self.w.model.tick(self.w.now);
-        let open_jit = self.w.model.open_jit_ports().into_iter().filter(|p| p.2.contains("[ag:team-a/g1#")).count();
+        let open_jit = self
+            .w
+            .model
+            .open_jit_ports()
+            .into_iter()
+            .filter(|p| p.2.contains("[ag:team-a/g1#"))
+            .count();
         prop_assert_eq!(open_jit, 0, "JIT ports left open after delete");
         Ok(())
     }

@@ -189,7 +189,11 @@ mod tests {
             ("P2W", 14 * 86_400),
             ("PT1H30M", 5400),
         ] {
-            assert_eq!(parse_iso_duration(s).map(|d| d.num_seconds()), Ok(secs), "{s}");
+            assert_eq!(
+                parse_iso_duration(s).map(|d| d.num_seconds()),
+                Ok(secs),
+                "{s}"
+            );
         }
     }
 
@@ -207,7 +211,11 @@ mod tests {
     fn formats_round_trip() {
         for secs in [1, 59, 60, 3600, 5400, 86_400, 93_784] {
             let s = format_iso_duration(chrono::Duration::seconds(secs));
-            assert_eq!(parse_iso_duration(&s).map(|d| d.num_seconds()), Ok(secs), "{s}");
+            assert_eq!(
+                parse_iso_duration(&s).map(|d| d.num_seconds()),
+                Ok(secs),
+                "{s}"
+            );
         }
     }
 }

@@ -1,4 +1,7 @@
 //! The `AccessGrant` custom resource: one request for temporary Azure access.
+// kube's `printcolumn(...)` repeats `type_ = ...` per column, which clippy mistakes for
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
 
 use super::duration::IsoDuration;
 use chrono::{DateTime, Utc};
@@ -19,13 +22,47 @@ use serde::{Deserialize, Serialize};
     status = "AccessGrantStatus",
     cel,
     doc = "Temporary Azure access (Defender JIT VM ports or a PIM role) declared as a Kubernetes object.",
-    printcolumn(name = "Type", type_ = "string", json_path = ".status.summary.type", description = "JIT or PIM"),
-    printcolumn(name = "Target", type_ = "string", json_path = ".status.summary.target", description = "What the access is to (short form)"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where the grant is in its lifecycle"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", description = "Why it is in that phase"),
-    printcolumn(name = "Expires", type_ = "string", json_path = ".status.endTime", description = "When the granted access ends"),
-    printcolumn(name = "Requested-By", type_ = "string", json_path = ".status.requestedBy", description = "Verified Kubernetes user who asked for it"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Type",
+        type_ = "string",
+        json_path = ".status.summary.type",
+        description = "JIT or PIM"
+    ),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".status.summary.target",
+        description = "What the access is to (short form)"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Where the grant is in its lifecycle"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.reason",
+        description = "Why it is in that phase"
+    ),
+    printcolumn(
+        name = "Expires",
+        type_ = "string",
+        json_path = ".status.endTime",
+        description = "When the granted access ends"
+    ),
+    printcolumn(
+        name = "Requested-By",
+        type_ = "string",
+        json_path = ".status.requestedBy",
+        description = "Verified Kubernetes user who asked for it"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(

@@ -13,7 +13,9 @@ pub use policy::*;
 use kube::CustomResourceExt;
 
 /// Every CRD this operator owns, in a stable order.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
     vec![AccessGrant::crd(), AccessPolicy::crd()]
 }
 

@@ -17,8 +17,17 @@ use serde::{Deserialize, Serialize};
     shortname = "agp",
     cel,
     doc = "Cluster-wide guardrails: which namespaces may obtain which Azure access, for how long.",
-    printcolumn(name = "Max-Duration", type_ = "string", json_path = ".spec.maxDuration", description = "Longest single grant"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Max-Duration",
+        type_ = "string",
+        json_path = ".spec.maxDuration",
+        description = "Longest single grant"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AccessPolicySpec {

@@ -227,7 +227,9 @@ mod tests {
             classify(400, body, None),
             AzureError::PolicyRules {
                 rules: vec!["ExpirationRule".into(), "JustificationRule".into()],
-                message: r#"The following policy rules failed: ["ExpirationRule","JustificationRule"]"#.into()
+                message:
+                    r#"The following policy rules failed: ["ExpirationRule","JustificationRule"]"#
+                        .into()
             }
         );
     }
@@ -235,14 +237,60 @@ mod tests {
     #[test]
     fn classes() {
         assert_eq!(classify(429, "", Some(7)).category(), "Throttled");
-        assert_eq!(classify(502, "<html>bad gateway</html>", None).category(), "Transient");
-        assert_eq!(classify(400, r#"{"error":{"code":"RoleAssignmentExists","message":"x"}}"#, None).category(), "RoleAssignmentExists");
-        assert_eq!(classify(409, r#"{"error":{"code":"RoleAssignmentRequestExists","message":"x"}}"#, None).category(), "RequestExists");
-        assert_eq!(classify(400, r#"{"error":{"code":"ActiveDurationTooShort","message":"x"}}"#, None).category(), "ActiveDurationTooShort");
-        assert_eq!(classify(400, r#"{"error":{"code":"RoleAssignmentDoesNotExist","message":"x"}}"#, None).category(), "DoesNotExist");
-        assert_eq!(classify(403, r#"{"error":{"code":"AuthorizationFailed","message":"x"}}"#, None).category(), "Forbidden");
+        assert_eq!(
+            classify(502, "<html>bad gateway</html>", None).category(),
+            "Transient"
+        );
+        assert_eq!(
+            classify(
+                400,
+                r#"{"error":{"code":"RoleAssignmentExists","message":"x"}}"#,
+                None
+            )
+            .category(),
+            "RoleAssignmentExists"
+        );
+        assert_eq!(
+            classify(
+                409,
+                r#"{"error":{"code":"RoleAssignmentRequestExists","message":"x"}}"#,
+                None
+            )
+            .category(),
+            "RequestExists"
+        );
+        assert_eq!(
+            classify(
+                400,
+                r#"{"error":{"code":"ActiveDurationTooShort","message":"x"}}"#,
+                None
+            )
+            .category(),
+            "ActiveDurationTooShort"
+        );
+        assert_eq!(
+            classify(
+                400,
+                r#"{"error":{"code":"RoleAssignmentDoesNotExist","message":"x"}}"#,
+                None
+            )
+            .category(),
+            "DoesNotExist"
+        );
+        assert_eq!(
+            classify(
+                403,
+                r#"{"error":{"code":"AuthorizationFailed","message":"x"}}"#,
+                None
+            )
+            .category(),
+            "Forbidden"
+        );
         assert_eq!(classify(404, "", None).category(), "NotFound");
-        assert_eq!(classify(400, r#"{"error":{"code":"InvalidScope"}}"#, None).category(), "Invalid");
+        assert_eq!(
+            classify(400, r#"{"error":{"code":"InvalidScope"}}"#, None).category(),
+            "Invalid"
+        );
         assert_eq!(classify(401, "{}", None).category(), "Auth");
     }
 }

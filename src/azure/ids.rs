@@ -87,7 +87,9 @@ impl ArmId {
             .chars()
             .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '\\' | '%' | '?' | '#'))
         {
-            return Err(format!("{s:?} contains the character {c:?}, which ARM ids never hold"));
+            return Err(format!(
+                "{s:?} contains the character {c:?}, which ARM ids never hold"
+            ));
         }
         if s == "/" {
             return Ok(ArmId {
@@ -187,7 +189,10 @@ impl ArmId {
             0 => ScopeKind::TenantRoot,
             2 if l[0] == "subscriptions" => ScopeKind::Subscription,
             4 if l[0] == "subscriptions" && l[2] == "resourcegroups" => ScopeKind::ResourceGroup,
-            4 if l[0] == "providers" && l[1] == "microsoft.management" && l[2] == "managementgroups" => {
+            4 if l[0] == "providers"
+                && l[1] == "microsoft.management"
+                && l[2] == "managementgroups" =>
+            {
                 ScopeKind::ManagementGroup
             }
             _ => ScopeKind::Resource,
@@ -203,9 +208,10 @@ impl ArmId {
 
     /// The resource group name (lower case), when inside one.
     pub fn resource_group(&self) -> Option<&str> {
-        (self.subscription_id().is_some() && self.lower.get(2).map(String::as_str) == Some("resourcegroups"))
-            .then(|| self.lower.get(3).map(String::as_str))
-            .flatten()
+        (self.subscription_id().is_some()
+            && self.lower.get(2).map(String::as_str) == Some("resourcegroups"))
+        .then(|| self.lower.get(3).map(String::as_str))
+        .flatten()
     }
 
     /// True when `other` equals this scope or lies beneath it (segment-wise; `rg1` does not
@@ -323,11 +329,21 @@ mod tests {
 
     #[test]
     fn normalises_alias_and_case() {
-        let a = ArmId::parse(&format!("/providers/Microsoft.Subscription/subscriptions/{SUB}/resourceGroups/RG1")).unwrap();
-        let b = ArmId::parse(&format!("/SUBSCRIPTIONS/{}/resourcegroups/rg1", SUB.to_uppercase())).unwrap();
+        let a = ArmId::parse(&format!(
+            "/providers/Microsoft.Subscription/subscriptions/{SUB}/resourceGroups/RG1"
+        ))
+        .unwrap();
+        let b = ArmId::parse(&format!(
+            "/SUBSCRIPTIONS/{}/resourcegroups/rg1",
+            SUB.to_uppercase()
+        ))
+        .unwrap();
         assert_eq!(a, b);
         assert_eq!(a.kind(), ScopeKind::ResourceGroup);
-        assert_eq!(a.to_string(), format!("/subscriptions/{SUB}/resourceGroups/RG1"));
+        assert_eq!(
+            a.to_string(),
+            format!("/subscriptions/{SUB}/resourceGroups/RG1")
+        );
     }
 
     #[test]
@@ -367,15 +383,38 @@ mod tests {
         assert!(ArmId::parse_vm(&format!("/subscriptions/{SUB}/resourceGroups/rg1")).is_err());
         let r = ArmId::parse_role_definition(&format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7")).unwrap();
         assert_eq!(r.role_guid(), Some("acdd72a7-3385-48ef-bd42-f606fba81ae7"));
-        assert!(ArmId::parse_role_definition(&format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/xyz")).is_err());
+        assert!(
+            ArmId::parse_role_definition(&format!(
+                "/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/xyz"
+            ))
+            .is_err()
+        );
     }
 
     #[test]
     fn patterns() {
         let vm = ArmId::parse_vm(&format!("/subscriptions/{SUB}/resourceGroups/RG1/providers/Microsoft.Compute/virtualMachines/vm1")).unwrap();
-        assert!(matches_pattern(&format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/*"), &vm));
-        assert!(!matches_pattern(&format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/vm2"), &vm));
-        assert!(!matches_pattern(&format!("/subscriptions/{SUB}/resourceGroups/*"), &vm));
-        assert!(!matches_pattern(&format!("/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/*/"), &vm));
+        assert!(matches_pattern(
+            &format!(
+                "/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/*"
+            ),
+            &vm
+        ));
+        assert!(!matches_pattern(
+            &format!(
+                "/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/vm2"
+            ),
+            &vm
+        ));
+        assert!(!matches_pattern(
+            &format!("/subscriptions/{SUB}/resourceGroups/*"),
+            &vm
+        ));
+        assert!(!matches_pattern(
+            &format!(
+                "/subscriptions/{SUB}/resourceGroups/rg1/providers/Microsoft.Compute/virtualMachines/*/"
+            ),
+            &vm
+        ));
     }
 }

@@ -96,8 +96,11 @@ pub struct PlanInput<'a> {
 
 /// Deterministic PIM request name: UUIDv5 of (uid, attempt, operation).
 pub fn request_name(uid: &str, attempt: u32, op: Operation) -> String {
-    uuid::Uuid::new_v5(&REQUEST_NAMESPACE, format!("{uid}/{attempt}/{}", op.as_str()).as_bytes())
-        .to_string()
+    uuid::Uuid::new_v5(
+        &REQUEST_NAMESPACE,
+        format!("{uid}/{attempt}/{}", op.as_str()).as_bytes(),
+    )
+    .to_string()
 }
 
 /// The JIT justification marker for (grant, attempt). JIT requests have no id, so this is how
@@ -131,7 +134,9 @@ pub enum PimClass {
 pub fn pim_class(status: &str) -> PimClass {
     match status.to_ascii_lowercase().as_str() {
         "provisioned" => PimClass::Granted,
-        "pendingapproval" | "pendingapprovalprovisioning" | "pendingadmindecision" => PimClass::Pending,
+        "pendingapproval" | "pendingapprovalprovisioning" | "pendingadmindecision" => {
+            PimClass::Pending
+        }
         "revoked" => PimClass::Revoked,
         "canceled" => PimClass::Canceled,
         "denied" | "admindenied" => PimClass::Denied,
@@ -299,9 +304,9 @@ impl<'a> Ctx<'a> {
         let exp = self.cfg().backoff_base * 2i32.saturating_pow(failures.saturating_sub(1).min(16));
         let backoff = exp.min(self.cfg().backoff_max);
         let retry_after = match e {
-            AzureError::Throttled { retry_after_secs, .. } => {
-                Duration::seconds(i64::try_from(*retry_after_secs).unwrap_or(3600).min(3600))
-            }
+            AzureError::Throttled {
+                retry_after_secs, ..
+            } => Duration::seconds(i64::try_from(*retry_after_secs).unwrap_or(3600).min(3600)),
             _ => Duration::zero(),
         };
         let not_before = self.now() + backoff.max(retry_after);
@@ -316,7 +321,11 @@ impl<'a> Ctx<'a> {
             reason::TRANSIENT
         };
         self.st.message = Some(format!("{e}; retrying at {}", not_before.to_rfc3339()));
-        self.event(true, why, format!("{e}; retry {failures} at {}", not_before.to_rfc3339()));
+        self.event(
+            true,
+            why,
+            format!("{e}; retry {failures} at {}", not_before.to_rfc3339()),
+        );
         self.wake_at(not_before);
     }
 
@@ -326,7 +335,18 @@ impl<'a> Ctx<'a> {
 
     /// Records the intent (status written before the call), then the call. Adds the finalizer
     /// first if missing. Planning stops after this: the executor plans again with the answer.
-    fn write(&mut self, op: Operation, attempt: u32, request_id: String, end: Option<DateTime<Utc>>, w: AzureWrite, phase: Phase, why: &str, message: String) {
+    #[allow(clippy::too_many_arguments)] // one call shape for every write keeps the ordering rule in one place
+    fn write(
+        &mut self,
+        op: Operation,
+        attempt: u32,
+        request_id: String,
+        end: Option<DateTime<Utc>>,
+        w: AzureWrite,
+        phase: Phase,
+        why: &str,
+        message: String,
+    ) {
         if !self.meta().has_finalizer {
             self.steps.push(Step::AddFinalizer);
         }
@@ -340,9 +360,13 @@ impl<'a> Ctx<'a> {
             requested_end: end,
         });
         self.transition(phase, why, message);
-        self.history("Intent", format!("{} attempt {attempt} id {request_id}", op.as_str()));
+        self.history(
+            "Intent",
+            format!("{} attempt {attempt} id {request_id}", op.as_str()),
+        );
         self.finish_conditions();
-        self.steps.push(Step::RecordIntent(Box::new(self.st.clone())));
+        self.steps
+            .push(Step::RecordIntent(Box::new(self.st.clone())));
         self.steps.push(Step::Azure(w));
     }
 
@@ -382,11 +406,19 @@ impl<'a> Ctx<'a> {
                 if renewing && intent.attempt > 1 && self.st.start_time.is_some() {
                     self.st.renewals += 1;
                     self.st.end_time = end;
-                    self.transition(Phase::Active, reason::RENEWED, format!("JIT access renewed until {}", fmt_t(end)));
+                    self.transition(
+                        Phase::Active,
+                        reason::RENEWED,
+                        format!("JIT access renewed until {}", fmt_t(end)),
+                    );
                 } else {
                     self.st.start_time = req.start.or(Some(self.now()));
                     self.st.end_time = end;
-                    self.transition(Phase::Active, reason::GRANTED, format!("JIT access open until {}", fmt_t(end)));
+                    self.transition(
+                        Phase::Active,
+                        reason::GRANTED,
+                        format!("JIT access open until {}", fmt_t(end)),
+                    );
                 }
                 self.st.status_reason = req.ports.first().and_then(|p| p.status_reason.clone());
             }
@@ -395,7 +427,14 @@ impl<'a> Ctx<'a> {
                 self.record_jit_request(intent, req);
                 let end = jit_end(req).or(intent.requested_end);
                 self.st.end_time = end;
-                self.transition(Phase::Revoking, self.revoke_reason(), format!("JIT has no revoke API: superseded our request with one that closes at {}", fmt_t(end)));
+                self.transition(
+                    Phase::Revoking,
+                    self.revoke_reason(),
+                    format!(
+                        "JIT has no revoke API: superseded our request with one that closes at {}",
+                        fmt_t(end)
+                    ),
+                );
             }
             _ => {}
         }
@@ -436,7 +475,10 @@ impl<'a> Ctx<'a> {
             self.st.intent = None;
             match class {
                 PimClass::Canceled | PimClass::Denied | PimClass::Failed | PimClass::Revoked => {
-                    self.access_gone(reason::CANCELED, format!("the pending request ended as {}", req.status));
+                    self.access_gone(
+                        reason::CANCELED,
+                        format!("the pending request ended as {}", req.status),
+                    );
                 }
                 // Still pending: the cancel did not land; take_away sends it again.
                 PimClass::Pending | PimClass::InProgress => {}
@@ -454,15 +496,27 @@ impl<'a> Ctx<'a> {
                 PimClass::Revoked | PimClass::Granted => {
                     // Removal accepted: confirm from the instance list before letting go.
                     self.st.intent = None;
-                    self.transition(Phase::Revoking, self.revoke_reason(), "removal accepted by Azure; confirming".into());
+                    self.transition(
+                        Phase::Revoking,
+                        self.revoke_reason(),
+                        "removal accepted by Azure; confirming".into(),
+                    );
                 }
                 PimClass::InProgress | PimClass::Pending => {
                     self.st.intent = None;
-                    self.transition(Phase::Revoking, self.revoke_reason(), format!("removal in progress ({})", req.status));
+                    self.transition(
+                        Phase::Revoking,
+                        self.revoke_reason(),
+                        format!("removal in progress ({})", req.status),
+                    );
                 }
                 _ => {
                     // A failed removal must not be forgotten: retry.
-                    self.retry_later(&AzureError::Transient { status: None, code: req.status.clone(), message: "removal request did not succeed".into() });
+                    self.retry_later(&AzureError::Transient {
+                        status: None,
+                        code: req.status.clone(),
+                        message: "removal request did not succeed".into(),
+                    });
                 }
             }
             return;
@@ -474,40 +528,75 @@ impl<'a> Ctx<'a> {
                 if intent.operation == Operation::AdminExtend {
                     self.st.renewals += 1;
                     self.st.end_time = end;
-                    self.transition(Phase::Active, reason::RENEWED, format!("assignment extended until {}", fmt_t(end)));
+                    self.transition(
+                        Phase::Active,
+                        reason::RENEWED,
+                        format!("assignment extended until {}", fmt_t(end)),
+                    );
                 } else {
-                    let gap = self.st.end_time.filter(|_| self.st.renewals > 0 || intent.attempt > 1 && self.st.phase == Phase::Renewing);
+                    let gap = self.st.end_time.filter(|_| {
+                        self.st.renewals > 0
+                            || intent.attempt > 1 && self.st.phase == Phase::Renewing
+                    });
                     if self.st.phase == Phase::Renewing {
                         self.st.renewals += 1;
-                        let gap_s = gap.map_or(0, |old_end| (req.start.unwrap_or(self.now()) - old_end).num_seconds().max(0));
+                        let gap_s = gap.map_or(0, |old_end| {
+                            (req.start.unwrap_or(self.now()) - old_end)
+                                .num_seconds()
+                                .max(0)
+                        });
                         self.st.end_time = end;
                         self.transition(Phase::Active, reason::RENEWED, format!("re-activated until {} after a gap of {gap_s}s (PIM activations cannot overlap)", fmt_t(end)));
                     } else {
                         self.st.start_time = req.start.or(Some(self.now()));
                         self.st.end_time = end;
-                        self.transition(Phase::Active, reason::GRANTED, format!("role active until {}", fmt_t(end)));
+                        self.transition(
+                            Phase::Active,
+                            reason::GRANTED,
+                            format!("role active until {}", fmt_t(end)),
+                        );
                     }
                 }
             }
             PimClass::Pending => {
                 self.st.intent = None;
-                self.transition(Phase::PendingApproval, reason::PENDING_APPROVAL, "waiting for a PIM approver".into());
+                self.transition(
+                    Phase::PendingApproval,
+                    reason::PENDING_APPROVAL,
+                    "waiting for a PIM approver".into(),
+                );
             }
             PimClass::InProgress => {
                 self.st.intent = None;
-                self.transition(Phase::Requesting, reason::REQUESTED, format!("Azure is processing the request ({})", req.status));
+                self.transition(
+                    Phase::Requesting,
+                    reason::REQUESTED,
+                    format!("Azure is processing the request ({})", req.status),
+                );
             }
             PimClass::Denied => {
                 self.st.intent = None;
-                self.transition(Phase::Denied, reason::APPROVAL_DENIED, format!("the PIM request was denied ({})", req.status));
+                self.transition(
+                    Phase::Denied,
+                    reason::APPROVAL_DENIED,
+                    format!("the PIM request was denied ({})", req.status),
+                );
             }
             PimClass::Canceled => {
                 self.st.intent = None;
-                self.transition(Phase::Failed, reason::CANCELED, "the PIM request was canceled outside the operator".into());
+                self.transition(
+                    Phase::Failed,
+                    reason::CANCELED,
+                    "the PIM request was canceled outside the operator".into(),
+                );
             }
             PimClass::Revoked | PimClass::Failed => {
                 self.st.intent = None;
-                self.transition(Phase::Failed, reason::AZURE_REJECTED, format!("the PIM request ended with status {}", req.status));
+                self.transition(
+                    Phase::Failed,
+                    reason::AZURE_REJECTED,
+                    format!("the PIM request ended with status {}", req.status),
+                );
             }
         }
     }
@@ -515,27 +604,31 @@ impl<'a> Ctx<'a> {
     fn apply_error(&mut self, intent: &Intent, e: &AzureError) {
         let removal = intent.operation.is_removal();
         match e {
-            AzureError::Throttled { .. } | AzureError::Transient { .. } | AzureError::Auth { .. } => {
+            AzureError::Throttled { .. }
+            | AzureError::Transient { .. }
+            | AzureError::Auth { .. } => {
                 self.retry_later(e);
             }
-            AzureError::RoleAssignmentExists { .. } if !removal => match &self.input.observed.pim_instance {
-                Read::NotRead => self.need(Need::PimInstance),
-                Read::Found(inst) => {
-                    let inst = inst.clone();
-                    self.st.intent = None;
-                    self.clear_retry();
-                    let pim = self.st.pim.get_or_insert_with(PimStatus::default);
-                    pim.adopted = true;
-                    pim.schedule_instance_id = Some(inst.id.clone());
-                    pim.target_schedule_id = inst.schedule_id.clone();
-                    pim.status = Some("Provisioned".into());
-                    self.st.status_reason = Some("RoleAssignmentExists".into());
-                    self.st.start_time = inst.start.or(Some(self.now()));
-                    self.st.end_time = inst.end;
-                    self.transition(Phase::Active, reason::ADOPTED, format!("the role was already active (RoleAssignmentExists); adopted instance {} until {}", inst.id, fmt_t(inst.end)));
+            AzureError::RoleAssignmentExists { .. } if !removal => {
+                match &self.input.observed.pim_instance {
+                    Read::NotRead => self.need(Need::PimInstance),
+                    Read::Found(inst) => {
+                        let inst = inst.clone();
+                        self.st.intent = None;
+                        self.clear_retry();
+                        let pim = self.st.pim.get_or_insert_with(PimStatus::default);
+                        pim.adopted = true;
+                        pim.schedule_instance_id = Some(inst.id.clone());
+                        pim.target_schedule_id = inst.schedule_id.clone();
+                        pim.status = Some("Provisioned".into());
+                        self.st.status_reason = Some("RoleAssignmentExists".into());
+                        self.st.start_time = inst.start.or(Some(self.now()));
+                        self.st.end_time = inst.end;
+                        self.transition(Phase::Active, reason::ADOPTED, format!("the role was already active (RoleAssignmentExists); adopted instance {} until {}", inst.id, fmt_t(inst.end)));
+                    }
+                    Read::Missing => self.retry_later(e),
                 }
-                Read::Missing => self.retry_later(e),
-            },
+            }
             AzureError::RequestExists { .. } => match &self.input.observed.pim_request {
                 Read::Found(req) => {
                     let req = req.clone();
@@ -548,17 +641,34 @@ impl<'a> Ctx<'a> {
                 // Azure's floor may be longer than ours: never retry before both the floor and
                 // a growing backoff have passed.
                 let failures = self.st.retry.as_ref().map_or(0, |r| r.failures) + 1;
-                let backoff = (self.cfg().backoff_base * 2i32.saturating_pow(failures.min(16))).min(self.cfg().backoff_max);
-                let floor = self.st.start_time.map_or(self.now(), |s| s + self.cfg().deactivation_floor + Duration::seconds(1));
+                let backoff = (self.cfg().backoff_base * 2i32.saturating_pow(failures.min(16)))
+                    .min(self.cfg().backoff_max);
+                let floor = self.st.start_time.map_or(self.now(), |s| {
+                    s + self.cfg().deactivation_floor + Duration::seconds(1)
+                });
                 let at = floor.max(self.now() + backoff);
-                self.st.retry = Some(RetryState { failures, not_before: at, category: reason::WAITING_MINIMUM_ACTIVE.into() });
-                self.transition(Phase::Revoking, reason::WAITING_MINIMUM_ACTIVE, format!("Azure keeps an activation for at least 5 minutes; deactivating at {}", at.to_rfc3339()));
+                self.st.retry = Some(RetryState {
+                    failures,
+                    not_before: at,
+                    category: reason::WAITING_MINIMUM_ACTIVE.into(),
+                });
+                self.transition(
+                    Phase::Revoking,
+                    reason::WAITING_MINIMUM_ACTIVE,
+                    format!(
+                        "Azure keeps an activation for at least 5 minutes; deactivating at {}",
+                        at.to_rfc3339()
+                    ),
+                );
                 self.wake_at(at);
             }
             AzureError::DoesNotExist { .. } if removal => {
                 self.st.intent = None;
                 self.clear_retry();
-                self.access_gone(self.revoke_reason(), "Azure reports no assignment left to remove".into());
+                self.access_gone(
+                    self.revoke_reason(),
+                    "Azure reports no assignment left to remove".into(),
+                );
             }
             _ if removal => {
                 // Never give up on taking access away: keep retrying, loudly.
@@ -567,22 +677,44 @@ impl<'a> Ctx<'a> {
             AzureError::PolicyRules { rules, message } => {
                 self.st.intent = None;
                 self.clear_retry();
-                let first = rules.first().cloned().unwrap_or_else(|| "PolicyRule".into());
-                self.st.status_reason = Some(format!("RoleAssignmentRequestPolicyValidationFailed: {}", rules.join(", ")));
-                let hint = rules.iter().map(|r| rule_hint(r)).collect::<Vec<_>>().join(" ");
-                self.transition(Phase::Failed, &first, format!("Azure refused the request: {message}. {hint}"));
+                let first = rules
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "PolicyRule".into());
+                self.st.status_reason = Some(format!(
+                    "RoleAssignmentRequestPolicyValidationFailed: {}",
+                    rules.join(", ")
+                ));
+                let hint = rules
+                    .iter()
+                    .map(|r| rule_hint(r))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                self.transition(
+                    Phase::Failed,
+                    &first,
+                    format!("Azure refused the request: {message}. {hint}"),
+                );
             }
             AzureError::NotFound { code, message } if self.is_jit() => {
                 self.st.intent = None;
                 self.clear_retry();
                 self.st.status_reason = Some(code.clone());
-                self.transition(Phase::Failed, reason::JIT_POLICY_NOT_FOUND, format!("the JIT policy was not found: {message}"));
+                self.transition(
+                    Phase::Failed,
+                    reason::JIT_POLICY_NOT_FOUND,
+                    format!("the JIT policy was not found: {message}"),
+                );
             }
             AzureError::Forbidden { code, message } => {
                 self.st.intent = None;
                 self.clear_retry();
                 self.st.status_reason = Some(code.clone());
-                self.transition(Phase::Failed, reason::AUTHORIZATION_FAILED, format!("the operator's Azure identity is not allowed to do this: {message}"));
+                self.transition(
+                    Phase::Failed,
+                    reason::AUTHORIZATION_FAILED,
+                    format!("the operator's Azure identity is not allowed to do this: {message}"),
+                );
             }
             AzureError::PendingRequestExists { .. } => self.retry_later(e),
             _ => {
@@ -590,8 +722,16 @@ impl<'a> Ctx<'a> {
                 self.clear_retry();
                 let (code, message) = error_code_message(e);
                 self.st.status_reason = Some(code);
-                let why = if self.is_jit() { reason::JIT_REQUEST_REJECTED } else { reason::AZURE_REJECTED };
-                self.transition(Phase::Failed, why, format!("Azure rejected the request: {message}"));
+                let why = if self.is_jit() {
+                    reason::JIT_REQUEST_REJECTED
+                } else {
+                    reason::AZURE_REJECTED
+                };
+                self.transition(
+                    Phase::Failed,
+                    why,
+                    format!("Azure rejected the request: {message}"),
+                );
             }
         }
     }
@@ -616,7 +756,11 @@ impl<'a> Ctx<'a> {
                     false
                 }
                 Read::Found(pol) => {
-                    if let Some(req) = pol.requests.iter().find(|r| r.justification.as_deref().is_some_and(|j| j.contains(&intent.request_id))) {
+                    if let Some(req) = pol.requests.iter().find(|r| {
+                        r.justification
+                            .as_deref()
+                            .is_some_and(|j| j.contains(&intent.request_id))
+                    }) {
                         let req = req.clone();
                         self.clear_retry();
                         self.apply_answer(&intent, &WriteAnswer::Jit(req));
@@ -625,9 +769,7 @@ impl<'a> Ctx<'a> {
                         self.resend(&intent)
                     }
                 }
-                Read::Missing => {
-                    self.resend(&intent)
-                }
+                Read::Missing => self.resend(&intent),
             }
         } else {
             match &self.input.observed.pim_request {
@@ -691,7 +833,9 @@ impl<'a> Ctx<'a> {
                 // Cannot happen by construction (finalizer before any write); nothing we may do.
                 return;
             }
-            if self.input.covered_by_other && matches!(self.st.phase, Phase::Active | Phase::Renewing) {
+            if self.input.covered_by_other
+                && matches!(self.st.phase, Phase::Active | Phase::Renewing)
+            {
                 self.transition(Phase::Revoked, reason::HANDED_OVER, "another live AccessGrant covers the same access; left it in place for that grant".into());
                 self.access_gone_done();
                 return;
@@ -708,7 +852,11 @@ impl<'a> Ctx<'a> {
             Unwanted::Deleted => {}
             Unwanted::Suspended => {
                 if !self.st.phase.is_terminal() || self.generation_moved() {
-                    self.transition(Phase::Revoked, reason::SUSPENDED, "suspended before access was granted".into());
+                    self.transition(
+                        Phase::Revoked,
+                        reason::SUSPENDED,
+                        "suspended before access was granted".into(),
+                    );
                 }
             }
             Unwanted::Invalid => {
@@ -749,7 +897,11 @@ impl<'a> Ctx<'a> {
         let Some(t) = self.st.target.as_ref().and_then(|t| t.pim.clone()) else {
             // Nothing recorded: nothing was ever sent.
             self.st.intent = None;
-            self.transition(Phase::Revoked, self.revoke_reason(), "no access had been requested".into());
+            self.transition(
+                Phase::Revoked,
+                self.revoke_reason(),
+                "no access had been requested".into(),
+            );
             self.access_gone_done();
             return;
         };
@@ -762,10 +914,24 @@ impl<'a> Ctx<'a> {
                 Read::Missing => {}
                 Read::Found(req) => {
                     let class = pim_class(&req.status);
-                    let is_grant = !matches!(req.request_type.as_str(), "SelfDeactivate" | "AdminRemove");
+                    let is_grant =
+                        !matches!(req.request_type.as_str(), "SelfDeactivate" | "AdminRemove");
                     if is_grant && matches!(class, PimClass::Pending | PimClass::InProgress) {
-                        let w = AzureWrite::PimCancel { scope: t.scope.clone(), name: name.clone(), identity: t.identity.clone() };
-                        self.write(Operation::Cancel, attempt, name, None, w, Phase::Revoking, self.revoke_reason(), "canceling the pending PIM request".into());
+                        let w = AzureWrite::PimCancel {
+                            scope: t.scope.clone(),
+                            name: name.clone(),
+                            identity: t.identity.clone(),
+                        };
+                        self.write(
+                            Operation::Cancel,
+                            attempt,
+                            name,
+                            None,
+                            w,
+                            Phase::Revoking,
+                            self.revoke_reason(),
+                            "canceling the pending PIM request".into(),
+                        );
                         return;
                     }
                 }
@@ -774,7 +940,10 @@ impl<'a> Ctx<'a> {
         let inst = match &self.input.observed.pim_instance {
             Read::NotRead => return self.need(Need::PimInstance),
             Read::Missing => {
-                self.access_gone(self.revoke_reason(), "Azure shows no active assignment".into());
+                self.access_gone(
+                    self.revoke_reason(),
+                    "Azure shows no active assignment".into(),
+                );
                 return;
             }
             Read::Found(i) => i.clone(),
@@ -788,7 +957,14 @@ impl<'a> Ctx<'a> {
         if let Some(s) = started {
             let floor = s + self.cfg().deactivation_floor;
             if self.now() < floor {
-                self.transition(Phase::Revoking, reason::WAITING_MINIMUM_ACTIVE, format!("Azure keeps an activation for at least 5 minutes; removing at {}", floor.to_rfc3339()));
+                self.transition(
+                    Phase::Revoking,
+                    reason::WAITING_MINIMUM_ACTIVE,
+                    format!(
+                        "Azure keeps an activation for at least 5 minutes; removing at {}",
+                        floor.to_rfc3339()
+                    ),
+                );
                 self.wake_at(floor + Duration::seconds(1));
                 return;
             }
@@ -799,37 +975,74 @@ impl<'a> Ctx<'a> {
         };
         let name = request_name(&self.meta().uid, attempt, op);
         let body = PimRequestBody {
-            request_type: if op == Operation::SelfDeactivate { "SelfDeactivate" } else { "AdminRemove" },
+            request_type: if op == Operation::SelfDeactivate {
+                "SelfDeactivate"
+            } else {
+                "AdminRemove"
+            },
             principal_id: t.principal_id.clone(),
             role_definition_id: t.role_definition_id.clone(),
             linked_role_eligibility_schedule_id: None,
             target_role_assignment_schedule_id: None,
             start: None,
             duration: None,
-            justification: Some(format!("accessgrant {}/{}: {}", self.meta().namespace, self.meta().name, self.revoke_reason())),
+            justification: Some(format!(
+                "accessgrant {}/{}: {}",
+                self.meta().namespace,
+                self.meta().name,
+                self.revoke_reason()
+            )),
             ticket: None,
         };
-        let w = AzureWrite::Pim { scope: t.scope.clone(), name: name.clone(), body, identity: if op == Operation::SelfDeactivate { t.identity.clone() } else { None } };
-        self.write(op, attempt, name, None, w, Phase::Revoking, self.revoke_reason(), "removing the role assignment".into());
+        let w = AzureWrite::Pim {
+            scope: t.scope.clone(),
+            name: name.clone(),
+            body,
+            identity: if op == Operation::SelfDeactivate {
+                t.identity.clone()
+            } else {
+                None
+            },
+        };
+        self.write(
+            op,
+            attempt,
+            name,
+            None,
+            w,
+            Phase::Revoking,
+            self.revoke_reason(),
+            "removing the role assignment".into(),
+        );
     }
 
     fn take_away_jit(&mut self) {
         let Some(t) = self.st.target.as_ref().and_then(|t| t.jit.clone()) else {
             self.st.intent = None;
-            self.transition(Phase::Revoked, self.revoke_reason(), "no access had been requested".into());
+            self.transition(
+                Phase::Revoked,
+                self.revoke_reason(),
+                "no access had been requested".into(),
+            );
             self.access_gone_done();
             return;
         };
         let pol = match &self.input.observed.jit_policy {
             Read::NotRead => return self.need(Need::JitPolicy),
             Read::Missing => {
-                self.access_gone(self.revoke_reason(), "the JIT policy no longer exists; its requests are gone".into());
+                self.access_gone(
+                    self.revoke_reason(),
+                    "the JIT policy no longer exists; its requests are gone".into(),
+                );
                 return;
             }
             Read::Found(p) => p.clone(),
         };
         let Some(marker) = self.st.jit.as_ref().and_then(|j| j.marker.clone()) else {
-            self.access_gone(self.revoke_reason(), "no JIT request had reached Azure".into());
+            self.access_gone(
+                self.revoke_reason(),
+                "no JIT request had reached Azure".into(),
+            );
             return;
         };
         let open_until = jit_open_until(&pol, &marker, self.now());
@@ -838,13 +1051,20 @@ impl<'a> Ctx<'a> {
             return;
         };
         let closing = self.st.intent.is_none() && self.st.phase == Phase::Revoking;
-        if let (Some(window), false) = (self.cfg().jit_early_close, closing) {
-            if open_until > self.now() + window {
+        if let (Some(window), false) = (self.cfg().jit_early_close, closing)
+            && open_until > self.now() + window
+        {
+            {
                 let attempt = self.st.attempt + 1;
                 let marker = jit_marker(self.meta(), attempt);
                 let end = self.now() + window;
                 let vms = jit_initiate_vms(&t, end);
-                let justification = format!("accessgrant {}/{}: closing early ({}) {marker}", self.meta().namespace, self.meta().name, self.revoke_reason());
+                let justification = format!(
+                    "accessgrant {}/{}: closing early ({}) {marker}",
+                    self.meta().namespace,
+                    self.meta().name,
+                    self.revoke_reason()
+                );
                 let w = AzureWrite::JitInitiate {
                     subscription_id: t.subscription_id.clone(),
                     resource_group: t.resource_group.clone(),
@@ -853,14 +1073,29 @@ impl<'a> Ctx<'a> {
                     vms,
                     justification,
                 };
-                self.write(Operation::JitClose, attempt, marker, Some(end), w, Phase::Revoking, self.revoke_reason(), "closing JIT access early by superseding it with a one-minute window".into());
+                self.write(
+                    Operation::JitClose,
+                    attempt,
+                    marker,
+                    Some(end),
+                    w,
+                    Phase::Revoking,
+                    self.revoke_reason(),
+                    "closing JIT access early by superseding it with a one-minute window".into(),
+                );
                 return;
             }
         }
         let msg = if self.cfg().jit_early_close.is_none() {
-            format!("JIT has no revoke API and early close is off: the ports close at {}", open_until.to_rfc3339())
+            format!(
+                "JIT has no revoke API and early close is off: the ports close at {}",
+                open_until.to_rfc3339()
+            )
         } else {
-            format!("waiting for the JIT ports to close at {}", open_until.to_rfc3339())
+            format!(
+                "waiting for the JIT ports to close at {}",
+                open_until.to_rfc3339()
+            )
         };
         self.st.end_time = Some(open_until);
         self.transition(Phase::Revoking, self.revoke_reason(), msg);
@@ -870,7 +1105,9 @@ impl<'a> Ctx<'a> {
     // ----- keeping access -----
 
     fn generation_moved(&self) -> bool {
-        self.st.observed_generation.is_some_and(|g| g < self.meta().generation)
+        self.st
+            .observed_generation
+            .is_some_and(|g| g < self.meta().generation)
     }
 
     fn keep(&mut self) {
@@ -916,7 +1153,13 @@ impl<'a> Ctx<'a> {
         self.st.retry = None;
         self.st.jit = None;
         self.st.pim = None;
-        self.history("NewGeneration", format!("spec changed (generation {}); requesting again as attempt {attempt}", self.meta().generation));
+        self.history(
+            "NewGeneration",
+            format!(
+                "spec changed (generation {}); requesting again as attempt {attempt}",
+                self.meta().generation
+            ),
+        );
     }
 
     /// The window end for a grant with a scheduled start.
@@ -930,14 +1173,26 @@ impl<'a> Ctx<'a> {
             if let Some(start) = g.start_time
                 && start > now
             {
-                self.transition(Phase::Scheduled, reason::SCHEDULED, format!("access starts at {}", start.to_rfc3339()));
+                self.transition(
+                    Phase::Scheduled,
+                    reason::SCHEDULED,
+                    format!("access starts at {}", start.to_rfc3339()),
+                );
                 self.wake_at(start);
                 return;
             }
             if let Some(end) = self.window_end(g)
                 && end <= now + Duration::seconds(1)
             {
-                self.transition(Phase::Expired, reason::WINDOW_ELAPSED, format!("the window {} + {} ended before access could be granted", fmt_t(g.start_time), crate::api::duration::format_iso_duration(g.duration)));
+                self.transition(
+                    Phase::Expired,
+                    reason::WINDOW_ELAPSED,
+                    format!(
+                        "the window {} + {} ended before access could be granted",
+                        fmt_t(g.start_time),
+                        crate::api::duration::format_iso_duration(g.duration)
+                    ),
+                );
                 self.st.status_reason = Some("Expired".into());
                 return;
             }
@@ -968,7 +1223,9 @@ impl<'a> Ctx<'a> {
                     scope: p.scope.to_string(),
                     role_definition_id: p.role_definition_id.to_string(),
                     principal_id: p.principal_id.clone(),
-                    linked_role_eligibility_schedule_id: p.linked_role_eligibility_schedule_id.clone(),
+                    linked_role_eligibility_schedule_id: p
+                        .linked_role_eligibility_schedule_id
+                        .clone(),
                     identity: p.identity.clone(),
                 }),
             },
@@ -990,7 +1247,9 @@ impl<'a> Ctx<'a> {
                                 .map(|p| crate::api::JitPort {
                                     number: i32::from(p.number),
                                     allowed_source_address_prefix: None,
-                                    allowed_source_address_prefixes: Some(p.prefixes.iter().map(ToString::to_string).collect()),
+                                    allowed_source_address_prefixes: Some(
+                                        p.prefixes.iter().map(ToString::to_string).collect(),
+                                    ),
                                 })
                                 .collect(),
                         })
@@ -1011,15 +1270,27 @@ impl<'a> Ctx<'a> {
         let mut note = String::new();
         if let Some(pol) = &policy {
             let (max, enabled, level) = match p.mode {
-                PimMode::Activate => (pol.enduser_max_duration, &pol.enduser_enabled_rules, "activation"),
-                PimMode::Assign => (pol.admin_max_duration, &pol.admin_enabled_rules, "assignment"),
+                PimMode::Activate => (
+                    pol.enduser_max_duration,
+                    &pol.enduser_enabled_rules,
+                    "activation",
+                ),
+                PimMode::Assign => (
+                    pol.admin_max_duration,
+                    &pol.admin_enabled_rules,
+                    "assignment",
+                ),
             };
             let mut failed: Vec<(&str, String)> = vec![];
             if let Some(max) = max
                 && dur > max
             {
                 if g.clamp_duration {
-                    note = format!(" (clamped from {} to the role's maximum {})", crate::api::duration::format_iso_duration(dur), crate::api::duration::format_iso_duration(max));
+                    note = format!(
+                        " (clamped from {} to the role's maximum {})",
+                        crate::api::duration::format_iso_duration(dur),
+                        crate::api::duration::format_iso_duration(max)
+                    );
                     dur = max;
                 } else {
                     failed.push(("ExpirationRule", format!("the duration {} exceeds the role's maximum {level} duration {}: set spec.duration to {} or less, or spec.clampDuration: true.", crate::api::duration::format_iso_duration(dur), crate::api::duration::format_iso_duration(max), crate::api::duration::format_iso_duration(max))));
@@ -1027,31 +1298,56 @@ impl<'a> Ctx<'a> {
             }
             let has = |r: &str| enabled.iter().any(|e| e.eq_ignore_ascii_case(r));
             if has("Justification") && g.justification.is_none() {
-                failed.push(("JustificationRule", "the role requires a justification: set spec.justification.".into()));
+                failed.push((
+                    "JustificationRule",
+                    "the role requires a justification: set spec.justification.".into(),
+                ));
             }
             if has("Ticketing") && g.ticket.is_none() && p.mode == PimMode::Activate {
-                failed.push(("TicketingRule", "the role requires ticket information: set spec.ticket.".into()));
+                failed.push((
+                    "TicketingRule",
+                    "the role requires ticket information: set spec.ticket.".into(),
+                ));
             }
             if has("MultiFactorAuthentication") {
                 failed.push(("MfaRule", format!("the role's {level} settings require multi-factor authentication, which a workload identity cannot satisfy: remove MFA from the role settings or use a role without it.")));
             }
             if !failed.is_empty() {
                 let names: Vec<&str> = failed.iter().map(|f| f.0).collect();
-                let msg = failed.iter().map(|f| f.1.as_str()).collect::<Vec<_>>().join(" ");
+                let msg = failed
+                    .iter()
+                    .map(|f| f.1.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 self.st.status_reason = Some(format!("PolicyPreCheck: {}", names.join(", ")));
-                self.transition(Phase::Failed, names[0], format!("refused before asking Azure, by the role's PIM settings: {msg}"));
+                self.transition(
+                    Phase::Failed,
+                    names[0],
+                    format!("refused before asking Azure, by the role's PIM settings: {msg}"),
+                );
                 return;
             }
         }
         self.record_target(g);
-        let attempt = if renewing { self.st.attempt + 1 } else { self.st.attempt.max(1) };
+        let attempt = if renewing {
+            self.st.attempt + 1
+        } else {
+            self.st.attempt.max(1)
+        };
         let (op, request_type) = match (p.mode, renewing) {
             (PimMode::Activate, _) => (Operation::SelfActivate, "SelfActivate"),
             (PimMode::Assign, false) => (Operation::AdminAssign, "AdminAssign"),
             (PimMode::Assign, true) => (Operation::AdminExtend, "AdminExtend"),
         };
         let name = request_name(&self.meta().uid, attempt, op);
-        let target_schedule = if op == Operation::AdminExtend { self.st.pim.as_ref().and_then(|x| x.target_schedule_id.clone()) } else { None };
+        let target_schedule = if op == Operation::AdminExtend {
+            self.st
+                .pim
+                .as_ref()
+                .and_then(|x| x.target_schedule_id.clone())
+        } else {
+            None
+        };
         let body = PimRequestBody {
             request_type,
             principal_id: p.principal_id.clone(),
@@ -1063,11 +1359,36 @@ impl<'a> Ctx<'a> {
             justification: self.justification_text(g),
             ticket: g.ticket.clone(),
         };
-        let w = AzureWrite::Pim { scope: p.scope.to_string(), name: name.clone(), body, identity: if p.mode == PimMode::Activate { p.identity.clone() } else { None } };
-        let (phase, why) = if renewing { (Phase::Renewing, reason::RENEWED) } else { (Phase::Requesting, reason::REQUESTED) };
+        let w = AzureWrite::Pim {
+            scope: p.scope.to_string(),
+            name: name.clone(),
+            body,
+            identity: if p.mode == PimMode::Activate {
+                p.identity.clone()
+            } else {
+                None
+            },
+        };
+        let (phase, why) = if renewing {
+            (Phase::Renewing, reason::RENEWED)
+        } else {
+            (Phase::Requesting, reason::REQUESTED)
+        };
         let pim = self.st.pim.get_or_insert_with(PimStatus::default);
         pim.request_name = Some(name.clone());
-        self.write(op, attempt, name, Some(now + dur), w, phase, why, format!("{request_type} requested for {}{note}", crate::api::duration::format_iso_duration(dur)));
+        self.write(
+            op,
+            attempt,
+            name,
+            Some(now + dur),
+            w,
+            phase,
+            why,
+            format!(
+                "{request_type} requested for {}{note}",
+                crate::api::duration::format_iso_duration(dur)
+            ),
+        );
     }
 
     /// The justification sent to Azure: the user's words plus who asked. Never invented when
@@ -1093,7 +1414,11 @@ impl<'a> Ctx<'a> {
         let mut end = end;
         let mut note = String::new();
         for vm in &j.vms {
-            let Some(pvm) = pol.vms.iter().find(|v| crate::azure::ids::ArmId::parse(&v.id).is_ok_and(|id| id == vm.id)) else {
+            let Some(pvm) = pol
+                .vms
+                .iter()
+                .find(|v| crate::azure::ids::ArmId::parse(&v.id).is_ok_and(|id| id == vm.id))
+            else {
                 self.st.status_reason = Some("VirtualMachineNotInPolicy".into());
                 self.transition(Phase::Failed, reason::JIT_REQUEST_REJECTED, format!("VM {} is not configured in JIT policy {}: ask an admin to enable JIT for it", vm.id, j.policy_name));
                 return;
@@ -1106,7 +1431,16 @@ impl<'a> Ctx<'a> {
                 };
                 for prefix in &port.prefixes {
                     let ok = rule.allowed_prefixes.iter().any(|a| {
-                        a == "*" || crate::validate::parse_prefix(a).is_ok_and(|net| net == *prefix || (net.contains(prefix) && matches!((net, prefix), (ipnet::IpNet::V4(_), ipnet::IpNet::V4(_)) | (ipnet::IpNet::V6(_), ipnet::IpNet::V6(_)))))
+                        a == "*"
+                            || crate::validate::parse_prefix(a).is_ok_and(|net| {
+                                net == *prefix
+                                    || (net.contains(prefix)
+                                        && matches!(
+                                            (net, prefix),
+                                            (ipnet::IpNet::V4(_), ipnet::IpNet::V4(_))
+                                                | (ipnet::IpNet::V6(_), ipnet::IpNet::V6(_))
+                                        ))
+                            })
                     });
                     if !ok {
                         self.st.status_reason = Some("SourcePrefixNotAllowed".into());
@@ -1118,7 +1452,10 @@ impl<'a> Ctx<'a> {
                     && end - now > max
                 {
                     if g.clamp_duration {
-                        note = format!(" (clamped to the JIT policy's maximum {})", crate::api::duration::format_iso_duration(max));
+                        note = format!(
+                            " (clamped to the JIT policy's maximum {})",
+                            crate::api::duration::format_iso_duration(max)
+                        );
                         end = now + max;
                     } else {
                         self.st.status_reason = Some("MaxRequestAccessDuration".into());
@@ -1129,10 +1466,18 @@ impl<'a> Ctx<'a> {
             }
         }
         self.record_target(g);
-        let attempt = if renewing { self.st.attempt + 1 } else { self.st.attempt.max(1) };
+        let attempt = if renewing {
+            self.st.attempt + 1
+        } else {
+            self.st.attempt.max(1)
+        };
         let marker = jit_marker(self.meta(), attempt);
-        let Some(t) = self.st.target.as_ref().and_then(|t| t.jit.clone()) else { return };
-        let mut justification = self.justification_text(g).unwrap_or_else(|| format!("accessgrant {}/{}", self.meta().namespace, self.meta().name));
+        let Some(t) = self.st.target.as_ref().and_then(|t| t.jit.clone()) else {
+            return;
+        };
+        let mut justification = self.justification_text(g).unwrap_or_else(|| {
+            format!("accessgrant {}/{}", self.meta().namespace, self.meta().name)
+        });
         if let Some(tk) = &g.ticket {
             justification.push_str(&format!(" ticket {} {}", tk.system, tk.number));
         }
@@ -1148,8 +1493,21 @@ impl<'a> Ctx<'a> {
         };
         let js = self.st.jit.get_or_insert_with(JitStatus::default);
         js.marker = Some(marker.clone());
-        let (phase, why) = if renewing { (Phase::Renewing, reason::RENEWED) } else { (Phase::Requesting, reason::REQUESTED) };
-        self.write(Operation::JitInitiate, attempt, marker, Some(end), w, phase, why, format!("JIT initiate requested until {}{note}", end.to_rfc3339()));
+        let (phase, why) = if renewing {
+            (Phase::Renewing, reason::RENEWED)
+        } else {
+            (Phase::Requesting, reason::REQUESTED)
+        };
+        self.write(
+            Operation::JitInitiate,
+            attempt,
+            marker,
+            Some(end),
+            w,
+            phase,
+            why,
+            format!("JIT initiate requested until {}{note}", end.to_rfc3339()),
+        );
     }
 
     fn poll_request(&mut self, _g: &ValidGrant) {
@@ -1169,14 +1527,37 @@ impl<'a> Ctx<'a> {
             }
             Read::Found(req) => {
                 let req = req.clone();
-                let op = if self.st.target.as_ref().and_then(|t| t.pim.as_ref()).is_some_and(|p| p.mode == PimMode::Assign) { Operation::AdminAssign } else { Operation::SelfActivate };
-                let intent = Intent { operation: op, attempt: self.st.attempt, request_id: name, recorded_at: self.now(), requested_end: None };
+                let op = if self
+                    .st
+                    .target
+                    .as_ref()
+                    .and_then(|t| t.pim.as_ref())
+                    .is_some_and(|p| p.mode == PimMode::Assign)
+                {
+                    Operation::AdminAssign
+                } else {
+                    Operation::SelfActivate
+                };
+                let intent = Intent {
+                    operation: op,
+                    attempt: self.st.attempt,
+                    request_id: name,
+                    recorded_at: self.now(),
+                    requested_end: None,
+                };
                 self.apply_pim_request(&intent, &req);
                 match self.st.phase {
                     Phase::PendingApproval => {
                         // Approvals take minutes to hours: look again with growing gaps.
-                        let since = self.st.history.iter().rev().find(|h| h.event == "PendingApproval").map_or(self.now(), |h| h.time);
-                        let gap = ((self.now() - since) / 4).clamp(Duration::seconds(5), Duration::minutes(5));
+                        let since = self
+                            .st
+                            .history
+                            .iter()
+                            .rev()
+                            .find(|h| h.event == "PendingApproval")
+                            .map_or(self.now(), |h| h.time);
+                        let gap = ((self.now() - since) / 4)
+                            .clamp(Duration::seconds(5), Duration::minutes(5));
                         self.wake_at(self.now() + gap);
                     }
                     Phase::Requesting => self.wake_at(self.now() + self.cfg().confirm_poll),
@@ -1209,19 +1590,45 @@ impl<'a> Ctx<'a> {
                 }
                 Read::Found(p) => p.clone(),
             };
-            let marker = self.st.jit.as_ref().and_then(|j| j.marker.clone()).unwrap_or_default();
-            let ours = pol.requests.iter().find(|r| r.justification.as_deref().is_some_and(|j| j.contains(&marker)));
+            let marker = self
+                .st
+                .jit
+                .as_ref()
+                .and_then(|j| j.marker.clone())
+                .unwrap_or_default();
+            let ours = pol.requests.iter().find(|r| {
+                r.justification
+                    .as_deref()
+                    .is_some_and(|j| j.contains(&marker))
+            });
             let Some(req) = ours.cloned() else {
                 if now >= end {
                     self.expired("Expired".into());
                 } else {
                     self.st.status_reason = Some("RequestNotListed".into());
-                    self.transition(Phase::Revoked, reason::REVOKED_OUT_OF_BAND, "our JIT request is no longer listed in the policy; not re-granted".into());
+                    self.transition(
+                        Phase::Revoked,
+                        reason::REVOKED_OUT_OF_BAND,
+                        "our JIT request is no longer listed in the policy; not re-granted".into(),
+                    );
                 }
                 return;
             };
-            self.record_jit_request(&Intent { operation: Operation::JitInitiate, attempt: self.st.attempt, request_id: marker.clone(), recorded_at: now, requested_end: None }, &req);
-            let closed: Vec<&JitRequestPortView> = req.ports.iter().filter(|p| p.status.eq_ignore_ascii_case("Revoked")).collect();
+            self.record_jit_request(
+                &Intent {
+                    operation: Operation::JitInitiate,
+                    attempt: self.st.attempt,
+                    request_id: marker.clone(),
+                    recorded_at: now,
+                    requested_end: None,
+                },
+                &req,
+            );
+            let closed: Vec<&JitRequestPortView> = req
+                .ports
+                .iter()
+                .filter(|p| p.status.eq_ignore_ascii_case("Revoked"))
+                .collect();
             if !closed.is_empty() {
                 let reason_s = closed[0].status_reason.clone().unwrap_or_default();
                 if reason_s.eq_ignore_ascii_case("Expired") || now >= end {
@@ -1258,7 +1665,12 @@ impl<'a> Ctx<'a> {
             Read::Missing => None,
             Read::Found(i) => Some(i.clone()),
         };
-        let mode = self.st.target.as_ref().and_then(|t| t.pim.as_ref()).map_or(PimMode::Activate, |p| p.mode);
+        let mode = self
+            .st
+            .target
+            .as_ref()
+            .and_then(|t| t.pim.as_ref())
+            .map_or(PimMode::Activate, |p| p.mode);
         match inst {
             None => {
                 if now + self.cfg().confirm_poll >= end {
@@ -1267,7 +1679,11 @@ impl<'a> Ctx<'a> {
                         return self.renew(g);
                     }
                     self.expired("Expired".into());
-                } else if self.st.start_time.is_some_and(|s| now - s < self.cfg().visibility_grace) {
+                } else if self
+                    .st
+                    .start_time
+                    .is_some_and(|s| now - s < self.cfg().visibility_grace)
+                {
                     self.wake_at(now + self.cfg().confirm_poll);
                 } else {
                     self.st.status_reason = Some("Revoked".into());
@@ -1312,8 +1728,16 @@ impl<'a> Ctx<'a> {
             self.wake_at(now + self.cfg().drift_check);
             return;
         };
-        let mode_assign = self.st.target.as_ref().and_then(|t| t.pim.as_ref()).is_some_and(|p| p.mode == PimMode::Assign);
-        let can_renew = g.renewal.as_ref().is_some_and(|r| r.until > end + Duration::seconds(30));
+        let mode_assign = self
+            .st
+            .target
+            .as_ref()
+            .and_then(|t| t.pim.as_ref())
+            .is_some_and(|p| p.mode == PimMode::Assign);
+        let can_renew = g
+            .renewal
+            .as_ref()
+            .is_some_and(|r| r.until > end + Duration::seconds(30));
         if can_renew && (self.is_jit() || mode_assign) {
             let renew_at = end - g.renewal.as_ref().map_or(Duration::zero(), |r| r.before);
             if renew_at <= now {
@@ -1322,7 +1746,13 @@ impl<'a> Ctx<'a> {
             }
             self.wake_at(renew_at);
         }
-        self.wake_at(end + if self.is_jit() { self.cfg().confirm_poll } else { Duration::zero() });
+        self.wake_at(
+            end + if self.is_jit() {
+                self.cfg().confirm_poll
+            } else {
+                Duration::zero()
+            },
+        );
         self.wake_at(now + self.cfg().drift_check);
     }
 
@@ -1331,8 +1761,16 @@ impl<'a> Ctx<'a> {
     }
 
     fn expired(&mut self, status_reason: String) {
-        self.st.status_reason = Some(if status_reason.is_empty() { "Expired".into() } else { status_reason });
-        self.transition(Phase::Expired, reason::EXPIRED, format!("access ended at {}", fmt_t(self.st.end_time)));
+        self.st.status_reason = Some(if status_reason.is_empty() {
+            "Expired".into()
+        } else {
+            status_reason
+        });
+        self.transition(
+            Phase::Expired,
+            reason::EXPIRED,
+            format!("access ended at {}", fmt_t(self.st.end_time)),
+        );
     }
 
     // ----- finishing -----
@@ -1340,40 +1778,111 @@ impl<'a> Ctx<'a> {
     fn finish_conditions(&mut self) {
         let now = self.now();
         let generation = self.meta().generation;
-        let spec_ok = self.input.spec.as_ref().err().map(|e| format!("{}: {}", e.field, e.reason));
+        let spec_ok = self
+            .input
+            .spec
+            .as_ref()
+            .err()
+            .map(|e| format!("{}: {}", e.field, e.reason));
         match spec_ok {
-            None => set_condition(&mut self.st.conditions, cond::SPEC_VALID, true, "Valid", "", now, generation),
-            Some(m) => set_condition(&mut self.st.conditions, cond::SPEC_VALID, false, reason::INVALID_SPEC, &m, now, generation),
+            None => set_condition(
+                &mut self.st.conditions,
+                cond::SPEC_VALID,
+                true,
+                "Valid",
+                "",
+                now,
+                generation,
+            ),
+            Some(m) => set_condition(
+                &mut self.st.conditions,
+                cond::SPEC_VALID,
+                false,
+                reason::INVALID_SPEC,
+                &m,
+                now,
+                generation,
+            ),
         }
         match self.input.verdict {
-            Some(Verdict::Allowed { policy }) => set_condition(&mut self.st.conditions, cond::POLICY_ALLOWED, true, reason::POLICY_ALLOWED, &format!("allowed by AccessPolicy {policy}"), now, generation),
-            Some(Verdict::Denied { rule, message }) => set_condition(&mut self.st.conditions, cond::POLICY_ALLOWED, false, rule, message, now, generation),
+            Some(Verdict::Allowed { policy }) => set_condition(
+                &mut self.st.conditions,
+                cond::POLICY_ALLOWED,
+                true,
+                reason::POLICY_ALLOWED,
+                &format!("allowed by AccessPolicy {policy}"),
+                now,
+                generation,
+            ),
+            Some(Verdict::Denied { rule, message }) => set_condition(
+                &mut self.st.conditions,
+                cond::POLICY_ALLOWED,
+                false,
+                rule,
+                message,
+                now,
+                generation,
+            ),
             None => {}
         }
-        let active = matches!(self.st.phase, Phase::Active | Phase::Renewing) || (self.st.phase == Phase::Revoking && self.st.end_time.is_some_and(|e| e > now));
-        let r = self.st.reason.clone().unwrap_or_else(|| format!("{:?}", self.st.phase));
+        let active = matches!(self.st.phase, Phase::Active | Phase::Renewing)
+            || (self.st.phase == Phase::Revoking && self.st.end_time.is_some_and(|e| e > now));
+        let r = self
+            .st
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("{:?}", self.st.phase));
         let m = self.st.message.clone().unwrap_or_default();
-        set_condition(&mut self.st.conditions, cond::ACTIVE, active, &r, &m, now, generation);
-        set_condition(&mut self.st.conditions, cond::READY, self.st.phase == Phase::Active, &r, &m, now, generation);
+        set_condition(
+            &mut self.st.conditions,
+            cond::ACTIVE,
+            active,
+            &r,
+            &m,
+            now,
+            generation,
+        );
+        set_condition(
+            &mut self.st.conditions,
+            cond::READY,
+            self.st.phase == Phase::Active,
+            &r,
+            &m,
+            now,
+            generation,
+        );
         match &self.st.retry {
             Some(rt) => {
-                let msg = format!("{} failure(s); next try at {}", rt.failures, rt.not_before.to_rfc3339());
+                let msg = format!(
+                    "{} failure(s); next try at {}",
+                    rt.failures,
+                    rt.not_before.to_rfc3339()
+                );
                 let cat = rt.category.clone();
-                set_condition(&mut self.st.conditions, cond::RETRYING, true, &cat, &msg, now, generation);
+                set_condition(
+                    &mut self.st.conditions,
+                    cond::RETRYING,
+                    true,
+                    &cat,
+                    &msg,
+                    now,
+                    generation,
+                );
             }
-            None => set_condition(&mut self.st.conditions, cond::RETRYING, false, "NoError", "", now, generation),
+            None => set_condition(
+                &mut self.st.conditions,
+                cond::RETRYING,
+                false,
+                "NoError",
+                "",
+                now,
+                generation,
+            ),
         }
     }
 
     fn finish(mut self) -> Plan {
-        if self.needs.is_empty() && self.st.intent.is_none() {
-            self.st.observed_generation = Some(self.meta().generation);
-        } else if self.st.observed_generation.is_none() {
-            self.st.observed_generation = Some(self.meta().generation);
-        }
-        if self.steps.iter().any(|s| matches!(s, Step::Azure(_))) {
-            self.st.observed_generation = Some(self.meta().generation);
-        }
+        self.st.observed_generation = Some(self.meta().generation);
         self.finish_conditions();
         if let Some(w) = self.wake
             && w <= self.now()
@@ -1391,7 +1900,15 @@ impl<'a> Ctx<'a> {
 }
 
 /// Sets a condition, keeping `lastTransitionTime` unless status or reason changed.
-pub fn set_condition(conds: &mut Vec<Condition>, type_: &str, status: bool, why: &str, message: &str, now: DateTime<Utc>, generation: i64) {
+pub fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    why: &str,
+    message: &str,
+    now: DateTime<Utc>,
+    generation: i64,
+) {
     let status_s = if status { "True" } else { "False" };
     let why = if why.is_empty() { "Unknown" } else { why };
     if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
@@ -1427,7 +1944,11 @@ fn jit_open_until(pol: &JitPolicyView, marker: &str, now: DateTime<Utc>) -> Opti
     // Our own close request (a newer attempt) may hold the ports open until its end too.
     pol.requests
         .iter()
-        .filter(|r| r.justification.as_deref().is_some_and(|j| j.contains(marker) || jit_same_grant(j, marker)))
+        .filter(|r| {
+            r.justification
+                .as_deref()
+                .is_some_and(|j| j.contains(marker) || jit_same_grant(j, marker))
+        })
         .flat_map(|r| r.ports.iter())
         .filter(|p| !p.status.eq_ignore_ascii_case("Revoked"))
         .filter_map(|p| p.end)
@@ -1444,7 +1965,13 @@ fn jit_same_grant(justification: &str, marker: &str) -> bool {
     let (prefix, suffix) = (&marker[..=hash], &marker[dot..]);
     justification.find(prefix).is_some_and(|i| {
         let rest = &justification[i + prefix.len()..];
-        rest.find(']').is_some_and(|close| rest[..=close].ends_with(suffix) && rest[..rest.len().min(close)].split('.').next().is_some_and(|n| n.chars().all(|c| c.is_ascii_digit())))
+        rest.find(']').is_some_and(|close| {
+            rest[..=close].ends_with(suffix)
+                && rest[..rest.len().min(close)]
+                    .split('.')
+                    .next()
+                    .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+        })
     })
 }
 
@@ -1457,7 +1984,10 @@ fn jit_initiate_vms(t: &crate::api::JitTarget, end: DateTime<Utc>) -> Vec<JitIni
                 .ports
                 .iter()
                 .flat_map(|p| {
-                    let prefixes: Vec<String> = match (&p.allowed_source_address_prefix, &p.allowed_source_address_prefixes) {
+                    let prefixes: Vec<String> = match (
+                        &p.allowed_source_address_prefix,
+                        &p.allowed_source_address_prefixes,
+                    ) {
                         (Some(one), _) => vec![one.clone()],
                         (None, Some(many)) => many.clone(),
                         (None, None) => vec![],
@@ -1480,29 +2010,54 @@ fn summary(g: &ValidGrant) -> GrantSummary {
             target: j
                 .vms
                 .iter()
-                .map(|v| format!("{}:{}", v.id.name().unwrap_or_default(), v.ports.iter().map(|p| p.number.to_string()).collect::<Vec<_>>().join(",")))
+                .map(|v| {
+                    format!(
+                        "{}:{}",
+                        v.id.name().unwrap_or_default(),
+                        v.ports
+                            .iter()
+                            .map(|p| p.number.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(" "),
         },
         ValidTarget::Pim(p) => {
-            let role = p.role_definition_id.role_guid().map(|g| g.chars().take(8).collect::<String>()).unwrap_or_default();
+            let role = p
+                .role_definition_id
+                .role_guid()
+                .map(|g| g.chars().take(8).collect::<String>())
+                .unwrap_or_default();
             let scope = p.scope.name().unwrap_or("/");
             let mode = match p.mode {
                 PimMode::Activate => "Activate",
                 PimMode::Assign => "Assign",
             };
-            GrantSummary { kind: "PIM".into(), target: format!("{mode} {role}@{scope}") }
+            GrantSummary {
+                kind: "PIM".into(),
+                target: format!("{mode} {role}@{scope}"),
+            }
         }
     }
 }
 
 fn rule_hint(rule: &str) -> &'static str {
     match rule {
-        "ExpirationRule" => "ExpirationRule: the duration exceeds the role's maximum; shorten spec.duration or set spec.clampDuration: true.",
-        "JustificationRule" => "JustificationRule: the role requires a justification; set spec.justification.",
+        "ExpirationRule" => {
+            "ExpirationRule: the duration exceeds the role's maximum; shorten spec.duration or set spec.clampDuration: true."
+        }
+        "JustificationRule" => {
+            "JustificationRule: the role requires a justification; set spec.justification."
+        }
         "TicketingRule" => "TicketingRule: the role requires ticket information; set spec.ticket.",
-        "MfaRule" => "MfaRule: the role requires multi-factor authentication, which a workload identity cannot satisfy; change the role's settings or use another role.",
-        "EligibilityRule" => "EligibilityRule: the principal is not eligible for this role at this scope; ask an admin for an eligible assignment, or check spec.pim.scope and roleDefinitionId.",
+        "MfaRule" => {
+            "MfaRule: the role requires multi-factor authentication, which a workload identity cannot satisfy; change the role's settings or use another role."
+        }
+        "EligibilityRule" => {
+            "EligibilityRule: the principal is not eligible for this role at this scope; ask an admin for an eligible assignment, or check spec.pim.scope and roleDefinitionId."
+        }
         _ => "Change the spec to satisfy the role's PIM settings.",
     }
 }
@@ -1513,7 +2068,9 @@ fn error_code_message(e: &AzureError) -> (String, String) {
         | AzureError::NotFound { code, message }
         | AzureError::Forbidden { code, message }
         | AzureError::Auth { code, message }
-        | AzureError::Transient { code, message, .. } => (code.clone(), format!("{code}: {message}")),
+        | AzureError::Transient { code, message, .. } => {
+            (code.clone(), format!("{code}: {message}"))
+        }
         other => (other.category().to_string(), other.to_string()),
     }
 }

@@ -272,6 +272,7 @@ pub enum AzureWrite {
 }
 
 /// A step of a plan, executed in order; an error stops the rest.
+#[allow(clippy::large_enum_variant)] // plans are short-lived and hold at most one write
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     /// Add our finalizer (JSON patch test+add).

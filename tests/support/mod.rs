@@ -4,7 +4,9 @@
 
 use accessgrant_operator::api::*;
 use accessgrant_operator::azure_model::{AzureModel, ModelGrant, ReconcileReport, reconcile};
-use accessgrant_operator::lifecycle::{GrantMeta, JitPolicyPort, JitPolicyView, JitPolicyVm, PlannerConfig};
+use accessgrant_operator::lifecycle::{
+    GrantMeta, JitPolicyPort, JitPolicyView, JitPolicyVm, PlannerConfig,
+};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::BTreeMap;
@@ -14,7 +16,9 @@ pub const PRINCIPAL: &str = "a3bb8764-cb92-4276-9d2a-ca1e895e55ea";
 pub const ROLE_GUID: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
 
 pub fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).single().expect("valid")
+    Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0)
+        .single()
+        .expect("valid")
 }
 
 pub fn scope() -> String {
@@ -26,7 +30,9 @@ pub fn role() -> String {
 }
 
 pub fn vm_id(name: &str) -> String {
-    format!("/subscriptions/{SUB}/resourceGroups/myRg1/providers/Microsoft.Compute/virtualMachines/{name}")
+    format!(
+        "/subscriptions/{SUB}/resourceGroups/myRg1/providers/Microsoft.Compute/virtualMachines/{name}"
+    )
 }
 
 pub fn pim_spec(mode: PimMode) -> AccessGrantSpec {
@@ -55,7 +61,11 @@ pub fn jit_spec() -> AccessGrantSpec {
             policy_name: "default".into(),
             virtual_machines: vec![JitVirtualMachine {
                 id: vm_id("vm1"),
-                ports: vec![JitPort { number: 22, allowed_source_address_prefix: Some("10.0.0.7".into()), allowed_source_address_prefixes: None }],
+                ports: vec![JitPort {
+                    number: 22,
+                    allowed_source_address_prefix: Some("10.0.0.7".into()),
+                    allowed_source_address_prefixes: None,
+                }],
             }],
         }),
         ..Default::default()
@@ -67,10 +77,23 @@ pub fn allow_all_policy() -> AccessPolicy {
         "allow",
         AccessPolicySpec {
             namespace_selector: LabelSelector::default(),
-            jit: Some(JitRules { virtual_machines: vec![format!("/subscriptions/{SUB}/resourceGroups/myRg1/providers/Microsoft.Compute/virtualMachines/*")], ports: vec![22, 3389], source_prefixes: vec!["10.0.0.0/8".into()] }),
-            pim: Some(PimRules { scopes: vec![format!("/subscriptions/{SUB}")], role_definition_ids: vec![role()], principals: vec![PRINCIPAL.into()], modes: vec![PimMode::Activate, PimMode::Assign] }),
+            jit: Some(JitRules {
+                virtual_machines: vec![format!(
+                    "/subscriptions/{SUB}/resourceGroups/myRg1/providers/Microsoft.Compute/virtualMachines/*"
+                )],
+                ports: vec![22, 3389],
+                source_prefixes: vec!["10.0.0.0/8".into()],
+            }),
+            pim: Some(PimRules {
+                scopes: vec![format!("/subscriptions/{SUB}")],
+                role_definition_ids: vec![role()],
+                principals: vec![PRINCIPAL.into()],
+                modes: vec![PimMode::Activate, PimMode::Assign],
+            }),
             max_duration: Some(IsoDuration::new("PT8H")),
-            renewal: Some(RenewalRules { max_total_duration: IsoDuration::new("P2D") }),
+            renewal: Some(RenewalRules {
+                max_total_duration: IsoDuration::new("P2D"),
+            }),
             require_justification: false,
             require_ticket: false,
         },
@@ -79,7 +102,21 @@ pub fn allow_all_policy() -> AccessPolicy {
 
 pub fn jit_policy_view() -> JitPolicyView {
     JitPolicyView {
-        vms: vec![JitPolicyVm { id: vm_id("vm1"), ports: vec![JitPolicyPort { number: 22, allowed_prefixes: vec!["*".into()], max_duration: Some(Duration::hours(3)) }, JitPolicyPort { number: 3389, allowed_prefixes: vec!["10.0.0.0/8".into()], max_duration: Some(Duration::hours(3)) }] }],
+        vms: vec![JitPolicyVm {
+            id: vm_id("vm1"),
+            ports: vec![
+                JitPolicyPort {
+                    number: 22,
+                    allowed_prefixes: vec!["*".into()],
+                    max_duration: Some(Duration::hours(3)),
+                },
+                JitPolicyPort {
+                    number: 3389,
+                    allowed_prefixes: vec!["10.0.0.0/8".into()],
+                    max_duration: Some(Duration::hours(3)),
+                },
+            ],
+        }],
         requests: vec![],
     }
 }
@@ -102,7 +139,15 @@ impl World {
         World {
             model,
             grant: ModelGrant {
-                meta: GrantMeta { uid: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(), namespace: "team-a".into(), name: "g1".into(), generation: 1, deleting: false, has_finalizer: false, requested_by: Some("alice".into()) },
+                meta: GrantMeta {
+                    uid: "1b4e28ba-2fa1-11d2-883f-0016d3cca427".into(),
+                    namespace: "team-a".into(),
+                    name: "g1".into(),
+                    generation: 1,
+                    deleting: false,
+                    has_finalizer: false,
+                    requested_by: Some("alice".into()),
+                },
                 spec,
                 status: AccessGrantStatus::default(),
                 gone: false,
@@ -118,8 +163,21 @@ impl World {
 
     /// One reconcile at the current time; panics on ordering violations.
     pub fn reconcile(&mut self) -> &ReconcileReport {
-        self.last = reconcile(&mut self.grant, &mut self.model, &self.policies, &BTreeMap::new(), self.covered_by_other, self.now, &self.config, None);
-        assert!(self.last.violations.is_empty(), "violations: {:?}", self.last.violations);
+        self.last = reconcile(
+            &mut self.grant,
+            &mut self.model,
+            &self.policies,
+            &BTreeMap::new(),
+            self.covered_by_other,
+            self.now,
+            &self.config,
+            None,
+        );
+        assert!(
+            self.last.violations.is_empty(),
+            "violations: {:?}",
+            self.last.violations
+        );
         if let Some(w) = self.last.wake_at {
             assert!(w > self.now, "wake_at {w} is not after now {}", self.now);
         }
@@ -128,7 +186,11 @@ impl World {
 
     /// Advances the clock to the planner's wake time (or by `max`), then reconciles.
     pub fn wake(&mut self, max: Duration) -> &ReconcileReport {
-        let to = self.last.wake_at.unwrap_or(self.now + max).min(self.now + max);
+        let to = self
+            .last
+            .wake_at
+            .unwrap_or(self.now + max)
+            .min(self.now + max);
         self.now = to.max(self.now);
         self.reconcile()
     }
@@ -147,7 +209,12 @@ impl World {
     }
 
     pub fn writes(&self) -> Vec<String> {
-        self.model.log.iter().filter(|w| w.applied).map(|w| w.kind.clone()).collect()
+        self.model
+            .log
+            .iter()
+            .filter(|w| w.applied)
+            .map(|w| w.kind.clone())
+            .collect()
     }
 
     pub fn edit_spec(&mut self, f: impl FnOnce(&mut AccessGrantSpec)) {
