@@ -411,4 +411,14 @@ async fn tables_discovery_and_openapi() {
         schema["x-kubernetes-group-version-kind"][0]["kind"],
         "Widget"
     );
+
+    // Swagger 2.0 (kubectl < 1.27 reads it as protobuf; the encoding has unit tests)
+    let v2 = raw(&client, "GET", "/openapi/v2", None).await;
+    assert_eq!(v2["swagger"], "2.0");
+    let w2 = &v2["definitions"]["io.kube-sim.test.v1.Widget"];
+    assert_eq!(
+        w2["properties"]["metadata"]["$ref"],
+        "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    );
+    assert_eq!(w2["properties"]["apiVersion"]["type"], "string");
 }

@@ -23,7 +23,6 @@ pub(crate) fn route(
     if method != Method::GET {
         return Ok(None);
     }
-    let _ = ctx;
     let registry = sim.lock().registry.clone();
     let host = sim.base_url.trim_start_matches("http://").to_string();
     let r = match segs {
@@ -62,6 +61,20 @@ pub(crate) fn route(
                 return Err(ApiError::not_found_path());
             }
             json_response(StatusCode::OK, &resource_list(&registry, g, v))
+        }
+        ["openapi", "v2"] => {
+            let doc = super::openapi_v2::v2_json(&registry);
+            if ctx.accept.contains(super::openapi_v2::PROTO_MIME) {
+                (
+                    StatusCode::OK,
+                    // kube-openapi answers the protobuf Accept type with octet-stream
+                    [("content-type", "application/octet-stream")],
+                    super::openapi_v2::v2_proto(&doc),
+                )
+                    .into_response()
+            } else {
+                json_response(StatusCode::OK, &doc)
+            }
         }
         ["openapi", "v3"] => json_response(StatusCode::OK, &openapi_v3_index(&registry)),
         ["openapi", "v3", "api", "v1"] => {
@@ -189,7 +202,7 @@ fn openapi_v3_index(registry: &Registry) -> Value {
 const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 const LIST_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta";
 
-fn object_meta_schema() -> Value {
+pub(crate) fn object_meta_schema() -> Value {
     let s = |d: &str| json!({"type": "string", "description": d});
     json!({
         "description": "ObjectMeta is metadata that all persisted resources must have, which includes all objects users must create.",
@@ -210,7 +223,7 @@ fn object_meta_schema() -> Value {
     })
 }
 
-fn kind_schema(d: &ResourceDef) -> Value {
+pub(crate) fn kind_schema(d: &ResourceDef) -> Value {
     let mut s = match &d.schema {
         Some(s) => s.clone(),
         None => json!({
@@ -227,6 +240,13 @@ fn kind_schema(d: &ResourceDef) -> Value {
     if !s["properties"].is_object() {
         s["properties"] = json!({});
     }
+    // kube-apiserver adds the TypeMeta fields to every published CRD schema
+    if s["properties"]["apiVersion"].is_null() {
+        s["properties"]["apiVersion"] = json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources"});
+    }
+    if s["properties"]["kind"].is_null() {
+        s["properties"]["kind"] = json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"});
+    }
     s["properties"]["metadata"] = json!({
         "allOf": [{"$ref": format!("#/components/schemas/{OBJECT_META}")}],
         "default": {},
@@ -237,6 +257,12 @@ fn kind_schema(d: &ResourceDef) -> Value {
     s
 }
 
+pub(crate) fn list_meta_schema() -> Value {
+    json!({"type": "object", "description": "ListMeta describes metadata that synthetic resources must have.",
+           "properties": {"resourceVersion": {"type": "string", "description": "The version of the list."},
+                          "continue": {"type": "string", "description": "Token to retrieve the next page."}}})
+}
+
 fn param(name: &str) -> Value {
     json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}})
 }
@@ -245,10 +271,7 @@ fn openapi_v3_gv(registry: &Registry, g: &str, v: &str) -> Value {
     let mut schemas = Map::new();
     let mut paths = Map::new();
     schemas.insert(OBJECT_META.into(), object_meta_schema());
-    schemas.insert(
-        LIST_META.into(),
-        json!({"type": "object", "properties": {"resourceVersion": {"type": "string"}, "continue": {"type": "string"}}}),
-    );
+    schemas.insert(LIST_META.into(), list_meta_schema());
     for d in registry.in_group_version(g, v) {
         let name = definition_name(&d);
         schemas.insert(name.clone(), kind_schema(&d));

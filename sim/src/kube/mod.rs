@@ -18,6 +18,7 @@ mod clock;
 mod discovery;
 mod error;
 mod managed;
+mod openapi_v2;
 mod patch;
 mod registry;
 mod schema;

@@ -57,6 +57,8 @@ pub(crate) struct ResourceDef {
     pub columns: Vec<Value>,
     /// selectableFields json paths (custom resources only), e.g. `.spec.color`.
     pub selectable_fields: Vec<String>,
+    /// The schema's CEL rules, compiled once.
+    pub compiled: Option<Arc<kube::core::cel::CompiledSchema>>,
 }
 
 impl ResourceDef {
@@ -132,6 +134,7 @@ fn builtin(
         schema: None,
         columns: vec![],
         selectable_fields: vec![],
+        compiled: None,
     }
 }
 
@@ -317,6 +320,11 @@ pub(crate) fn defs_from_crd(crd: &Value) -> Vec<ResourceDef> {
             schema: v["schema"]["openAPIV3Schema"]
                 .is_object()
                 .then(|| v["schema"]["openAPIV3Schema"].clone()),
+            compiled: v["schema"]["openAPIV3Schema"].is_object().then(|| {
+                Arc::new(kube::core::cel::compile_schema(
+                    &v["schema"]["openAPIV3Schema"],
+                ))
+            }),
             columns: v["additionalPrinterColumns"]
                 .as_array()
                 .cloned()

@@ -1,7 +1,7 @@
 //! Structural-schema handling of custom resources: pruning, defaulting, OpenAPI v3 value
 //! validation and `x-kubernetes-validations` CEL rules (through kube's `cel` feature).
 
-use kube::core::cel::{ErrorKind, RootContext, Validator, apply_defaults};
+use kube::core::cel::{CompiledSchema, ErrorKind, RootContext, Validator, apply_defaults};
 use serde_json::{Map, Value};
 
 use super::error::{FieldError, display_value};
@@ -222,7 +222,7 @@ fn validate_string(schema: &Value, s: &str, v: &Value, path: &str, errs: &mut Ve
         ));
     }
     if let Some(p) = schema["pattern"].as_str() {
-        match regex::Regex::new(p) {
+        match cached_regex(p) {
             Ok(re) if !re.is_match(s) => errs.push(FieldError::invalid(
                 path,
                 v,
@@ -427,13 +427,17 @@ fn validate_object(
 
 /// Evaluates the `x-kubernetes-validations` rules (transition rules only when `old` is given).
 pub(crate) fn validate_cel(
-    schema: &Value,
+    compiled: &CompiledSchema,
     obj: &Value,
     old: Option<&Value>,
     root: RootContext,
 ) -> Vec<FieldError> {
-    let validator = Validator::new();
-    match validator.validate_with_context(schema, obj, old, Some(&root)) {
+    thread_local! {
+        static VALIDATOR: Validator = Validator::new();
+    }
+    let result =
+        VALIDATOR.with(|v| v.validate_compiled_with_context(compiled, obj, old, Some(&root)));
+    match result {
         Ok(()) => vec![],
         Err(errs) => errs
             .into_vec()
@@ -506,14 +510,16 @@ pub(crate) fn value_at_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value>
 /// (errors on values unchanged from the old object are dropped, as CRDValidationRatcheting).
 pub(crate) fn validate_custom(
     schema: &Value,
+    compiled: Option<&CompiledSchema>,
     obj: &Value,
     old: Option<&Value>,
     root: RootContext,
 ) -> Vec<FieldError> {
     let mut errs = vec![];
     validate(schema, obj, "", &mut errs);
-    let cel = validate_cel(schema, obj, old, root);
-    errs.extend(cel);
+    if let Some(compiled) = compiled {
+        errs.extend(validate_cel(compiled, obj, old, root));
+    }
     if let Some(old) = old {
         errs.retain(|e| {
             if e.reason.ends_with("\u{0}transition") {
@@ -563,4 +569,23 @@ pub(crate) fn validate_name(name: &str, label_only: bool) -> Option<FieldError> 
         ));
     }
     (!ok).then(|| FieldError::invalid("metadata.name", &Value::String(name.into()), what))
+}
+
+/// Compiled regexes by pattern (schema patterns repeat on every write).
+fn cached_regex(p: &str) -> Result<regex::Regex, regex::Error> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, regex::Regex>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(r) = cache.lock().ok().and_then(|c| c.get(p).cloned()) {
+        return Ok(r);
+    }
+    let r = regex::Regex::new(p)?;
+    if let Ok(mut c) = cache.lock() {
+        if c.len() > 4096 {
+            c.clear();
+        }
+        c.insert(p.to_string(), r.clone());
+    }
+    Ok(r)
 }

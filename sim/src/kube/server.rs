@@ -893,7 +893,13 @@ fn validate_obj(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Fiel
                     api_group: def.group.clone(),
                     kind: def.kind.clone(),
                 };
-                errs.extend(schema::validate_custom(s, obj, old, root));
+                errs.extend(schema::validate_custom(
+                    s,
+                    def.compiled.as_deref(),
+                    obj,
+                    old,
+                    root,
+                ));
             }
         }
         Builtin::Crd => errs.extend(validate_crd(obj)),
