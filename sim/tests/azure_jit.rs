@@ -273,9 +273,7 @@ async fn policy_crud_and_errors() {
         204
     );
 
-    let no_version = sim
-        .call("GET", &format!("{JIT_POLICY}"), Some(&tok), None)
-        .await;
+    let no_version = sim.call("GET", JIT_POLICY, Some(&tok), None).await;
     assert_eq!(
         (no_version.status, no_version.code()),
         (400, "MissingApiVersionParameter")

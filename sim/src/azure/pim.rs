@@ -594,6 +594,12 @@ pub fn create(
                 ));
             }
             if dry_run {
+                // Validation reports the schedule the request would create.
+                req.target_schedule_id = Some(arm_child(
+                    scope,
+                    "RoleAssignmentSchedules",
+                    &uuid::Uuid::new_v4().to_string(),
+                ));
                 return Ok(state.request_json(&req));
             }
             if is_self && approval_required(&policy.rules, false) {
