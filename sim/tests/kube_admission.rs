@@ -194,3 +194,93 @@ async fn failure_policy_ignore_and_fail() {
         st.message
     );
 }
+
+/// An HTTPS webhook (self-signed certificate, trusted through `caBundle`), as the operator
+/// serves its own.
+#[tokio::test]
+async fn https_webhook_trusted_through_ca_bundle() {
+    use std::sync::Arc as StdArc;
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("certificate");
+    let cert_pem = ck.cert.pem();
+    let cert_der = rustls::pki_types::CertificateDer::from(ck.cert.der().to_vec());
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let tls = rustls::ServerConfig::builder_with_provider(StdArc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert_der], key_der)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(StdArc::new(tls));
+    let seen: Seen = Arc::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/validate",
+        post(move |Json(review): Json<Value>| {
+            let seen = s2.clone();
+            async move {
+                seen.lock().unwrap().push(review["request"].clone());
+                Json(
+                    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                    "response": {"uid": review["request"]["uid"], "allowed": false,
+                                 "status": {"message": "checked over TLS"}}}),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+
+    let (_sim, client) = start().await;
+    let mut h = hook(
+        "tls.test.kube-sim.io",
+        &format!("https://{addr}/validate"),
+        "gadgets",
+        "Fail",
+    );
+    h["clientConfig"]["caBundle"] =
+        json!(base64::engine::general_purpose::STANDARD.encode(cert_pem));
+    let vwc: ValidatingWebhookConfiguration =
+        serde_json::from_value(json!({"metadata": {"name": "tls"}, "webhooks": [h]})).unwrap();
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &vwc)
+        .await
+        .unwrap();
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("test.kube-sim.io", "v1", "Gadget"),
+        "gadgets",
+    );
+    let gadgets: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let g: DynamicObject = serde_json::from_value(
+        json!({"apiVersion": "test.kube-sim.io/v1", "kind": "Gadget", "metadata": {"name": "tls"}}),
+    )
+    .unwrap();
+    let st = api_err(gadgets.create(&PostParams::default(), &g).await);
+    assert_eq!(st.code, 400);
+    assert_eq!(
+        st.message,
+        "admission webhook \"tls.test.kube-sim.io\" denied the request: checked over TLS"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
