@@ -492,3 +492,64 @@ async fn cluster_scoped_custom_resources() {
         .await
         .expect("delete");
 }
+
+#[tokio::test]
+async fn paging_across_namespaces_and_metadata_only_views() {
+    let (_sim, client) = start().await;
+    let nss: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    // "a-b" sorts before "a/" as a string but after "a" as a namespace: paging must not skip
+    for ns in ["a", "a-b"] {
+        let n = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+        nss.create(&PostParams::default(), &n).await.unwrap();
+        for name in ["x", "y"] {
+            widgets(&client, ns)
+                .create(&PostParams::default(), &widget(name, json!({"size": 1})))
+                .await
+                .unwrap();
+        }
+    }
+    let all: kube::Api<kube::api::DynamicObject> =
+        kube::Api::all_with(client.clone(), &widget_ar());
+    let mut seen = vec![];
+    let mut lp = ListParams::default().limit(1);
+    loop {
+        let page = all.list(&lp).await.unwrap();
+        seen.extend(page.items.iter().map(|o| {
+            format!(
+                "{}/{}",
+                o.metadata.namespace.clone().unwrap(),
+                o.metadata.name.clone().unwrap()
+            )
+        }));
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, vec!["a/x", "a/y", "a-b/x", "a-b/y"]);
+
+    // PartialObjectMetadata list and watch (kube-runtime's metadata_watcher)
+    let meta = all.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(meta.items.len(), 4);
+    assert!(meta.items.iter().all(|m| m.metadata.uid.is_some()));
+    use futures::TryStreamExt;
+    let meta_api: kube::Api<kube::core::PartialObjectMeta<kube::api::DynamicObject>> =
+        kube::Api::namespaced_with(client.clone(), "a", &widget_ar());
+    let mut mw = Box::pin(kube::runtime::watcher(
+        meta_api,
+        kube::runtime::watcher::Config::default(),
+    ));
+    let mut names = vec![];
+    while let Some(ev) = tokio::time::timeout(std::time::Duration::from_secs(10), mw.try_next())
+        .await
+        .expect("in time")
+        .expect("ok")
+    {
+        match ev {
+            kube::runtime::watcher::Event::InitApply(m) => names.push(m.metadata.name.unwrap()),
+            kube::runtime::watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(names, vec!["x", "y"]);
+}

@@ -320,6 +320,28 @@ async fn bearer_tokens_map_to_users_and_groups() {
     let admin = whoami(&sim.client().await.unwrap()).await;
     assert_eq!(admin["username"], "kube-sim-admin");
 
+    // impersonation headers (kubectl --as/--as-group) set the acting user
+    let req = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+        .header("content-type", "application/json")
+        .header("impersonate-user", "bob")
+        .header("impersonate-group", "auditors")
+        .body(b"{}".to_vec())
+        .unwrap();
+    let v: Value = alice.request(req).await.unwrap();
+    assert_eq!(v["status"]["userInfo"]["username"], "bob");
+    assert_eq!(
+        v["status"]["userInfo"]["groups"],
+        json!(["auditors", "system:authenticated"])
+    );
+
+    // protobuf bodies are not understood: 415 like an apiserver without that codec
+    let req = http::Request::post("/api/v1/namespaces")
+        .header("content-type", "application/vnd.kubernetes.protobuf")
+        .body(vec![0x6b, 0x38, 0x73, 0x00])
+        .unwrap();
+    let r: Result<Value, _> = alice.request(req).await;
+    assert_eq!(api_err(r).code, 415);
+
     let bad = Client::try_from(sim.kube_config_for(Some("wrong")).await.unwrap()).unwrap();
     let r: Result<Value, _> = bad
         .request(

@@ -325,6 +325,15 @@ fn event_v1_to_core(v1: &Value) -> Value {
 }
 
 fn parse_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
+    if content_type.contains("protobuf") || content_type.contains("cbor") {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {content_type})"
+            ),
+        ));
+    }
     if body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
@@ -431,6 +440,9 @@ fn get(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
         .get(&rr.def.store, rr.ns_str(), rr.name_str())
         .ok_or_else(|| ApiError::not_found(&rr.def, rr.name_str()))?;
     let obj = present(&rr.def, obj);
+    if wants_metadata_only(ctx) {
+        return Ok(json_response(StatusCode::OK, &partial_metadata(&obj)));
+    }
     if is_table(ctx) {
         let rv = inner.store.current_rv();
         return Ok(json_response(
@@ -500,7 +512,16 @@ fn field_supported(def: &ResourceDef, path: &str) -> bool {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ContinueToken {
     rv: u64,
-    start: String,
+    ns: String,
+    name: String,
+}
+
+fn wants_metadata_only(ctx: &Ctx) -> bool {
+    ctx.accept.contains("as=PartialObjectMetadata")
+}
+
+fn partial_metadata(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
 }
 
 fn list(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
@@ -513,7 +534,7 @@ fn list(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
         .unwrap_or(usize::MAX);
     let inner = sim.lock();
     let mut list_rv = inner.store.current_rv();
-    let mut start_after: Option<String> = None;
+    let mut start_after: Option<(String, String)> = None;
     if let Some(c) = ctx.q("continue").filter(|c| !c.is_empty()) {
         let tok: ContinueToken = base64::engine::general_purpose::STANDARD
             .decode(c)
@@ -526,7 +547,7 @@ fn list(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
             ));
         }
         list_rv = tok.rv;
-        start_after = Some(tok.start);
+        start_after = Some((tok.ns, tok.name));
     } else if ctx.q("resourceVersionMatch") == Some("Exact")
         && let Some(rv) = ctx.q("resourceVersion").and_then(|r| r.parse::<u64>().ok())
         && rv != list_rv
@@ -541,36 +562,45 @@ fn list(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
     } else {
         None
     };
-    let all = inner.store.list(&rr.def.store, ns);
-    drop(inner);
+    // Selectors see the object as the requested version shows it; only events.k8s.io
+    // differs from the stored form.
+    let needs_present = rr.def.builtin == Builtin::EventV1;
     let mut items = vec![];
-    let mut next: Option<String> = None;
+    let mut last: Option<(String, String)> = None;
     let mut remaining = 0usize;
-    for ((ons, oname), obj) in all {
-        let key = format!("{ons}/{oname}");
-        if let Some(s) = &start_after
-            && key.as_str() <= s.as_str()
-        {
-            continue;
-        }
-        let p = present(&rr.def, &obj);
-        if !sel.matches(&p) {
+    for (key, obj) in inner
+        .store
+        .iter_from(&rr.def.store, ns, start_after.as_ref())
+    {
+        let matches = if needs_present {
+            sel.matches(&present(&rr.def, obj))
+        } else {
+            sel.matches(obj)
+        };
+        if !matches {
             continue;
         }
         if items.len() >= limit {
             remaining += 1;
+            if !sel.is_empty() {
+                break;
+            }
             continue;
         }
-        if items.len() + 1 == limit {
-            next = Some(key);
-        }
-        items.push(p);
+        items.push(present(&rr.def, obj));
+        last = Some(key.clone());
     }
+    drop(inner);
     let mut metadata = json!({"resourceVersion": list_rv.to_string()});
     if remaining > 0
-        && let Some(start) = next
+        && let Some((ns, name)) = last
     {
-        let tok = serde_json::to_vec(&ContinueToken { rv: list_rv, start }).unwrap_or_default();
+        let tok = serde_json::to_vec(&ContinueToken {
+            rv: list_rv,
+            ns,
+            name,
+        })
+        .unwrap_or_default();
         metadata["continue"] = json!(base64::engine::general_purpose::STANDARD.encode(tok));
         if sel.is_empty() {
             metadata["remainingItemCount"] = json!(remaining);
@@ -586,6 +616,14 @@ fn list(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
                 metadata.get("continue").cloned(),
                 ctx.q("includeObject"),
             ),
+        ));
+    }
+    if wants_metadata_only(ctx) {
+        let items: Vec<Value> = items.iter().map(partial_metadata).collect();
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                    "metadata": metadata, "items": items}),
         ));
     }
     Ok(json_response(
@@ -688,6 +726,13 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
             ),
         }
     };
+    let render_mode = if is_table(ctx) {
+        Render::Table(ctx.q("includeObject").map(str::to_string))
+    } else if wants_metadata_only(ctx) {
+        Render::Metadata
+    } else {
+        Render::Full
+    };
     let (mut tx, body_rx) = futures::channel::mpsc::channel::<Result<Bytes, Infallible>>(256);
     let def = rr.def.clone();
     let bookmark_interval = sim.bookmark_interval;
@@ -702,8 +747,14 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
         }
         let Some(mut rx) = rx else { return };
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut first = true;
+        let mut render = |obj: &Value| render_mode.render(&def, obj, &mut first);
         for obj in initial {
-            if tx.send(Ok(watch_line("ADDED", &obj))).await.is_err() {
+            if tx
+                .send(Ok(watch_line("ADDED", &render(&obj))))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -749,7 +800,7 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
         for ev in past {
             last_rv = last_rv.max(ev.rv);
             if let Some((t, o)) = deliver(&ev)
-                && tx.send(Ok(watch_line(&t, &o))).await.is_err()
+                && tx.send(Ok(watch_line(&t, &render(&o)))).await.is_err()
             {
                 return;
             }
@@ -770,7 +821,7 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
                             if ev.rv <= last_rv { continue; }
                             last_rv = ev.rv;
                             if let Some((t, o)) = deliver(&ev)
-                                && tx.send(Ok(watch_line(&t, &o))).await.is_err()
+                                && tx.send(Ok(watch_line(&t, &render(&o)))).await.is_err()
                             {
                                 return;
                             }
@@ -788,6 +839,36 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
         .header("transfer-encoding", "chunked")
         .body(Body::from_stream(body_rx))
         .unwrap_or_else(|_| ApiError::internal("watch response").into_response()))
+}
+
+/// How watch events carry their objects (per the request's Accept header).
+enum Render {
+    Full,
+    Metadata,
+    /// Tables; only the first event carries column definitions, as in kube-apiserver.
+    Table(Option<String>),
+}
+
+impl Render {
+    fn render(&self, def: &ResourceDef, obj: &Value, first: &mut bool) -> Value {
+        match self {
+            Render::Full => obj.clone(),
+            Render::Metadata => partial_metadata(obj),
+            Render::Table(include) => {
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0);
+                let mut t =
+                    table::table(def, std::slice::from_ref(obj), rv, None, include.as_deref());
+                if !*first {
+                    t["columnDefinitions"] = json!([]);
+                }
+                *first = false;
+                t
+            }
+        }
+    }
 }
 
 async fn tx_closed(tx: &mut futures::channel::mpsc::Sender<Result<Bytes, Infallible>>) {
@@ -1268,6 +1349,12 @@ async fn create_object(
     }
     let attrs = AdmissionAttrs::new(def, url_ns, &name, "CREATE", None, &ctx.user, ctx.dry_run());
     admission::mutate(sim, &attrs, &mut obj, None).await?;
+    ensure_shape(&obj).map_err(|e| {
+        ApiError::internal(format!(
+            "Internal error occurred: a mutating webhook broke the object: {}",
+            e.message
+        ))
+    })?;
     let mut unknown2 = vec![];
     normalise(def, &mut obj, &mut unknown2);
     let errs = validate_obj(def, &obj, None);
@@ -1569,6 +1656,12 @@ async fn write_existing(
             ctx.dry_run(),
         );
         admission::mutate(sim, &attrs, &mut new, Some(&current)).await?;
+        ensure_shape(&new).map_err(|e| {
+            ApiError::internal(format!(
+                "Internal error occurred: a mutating webhook broke the object: {}",
+                e.message
+            ))
+        })?;
         let mut unknown2 = vec![];
         normalise(def, &mut new, &mut unknown2);
         let errs = validate_obj(def, &new, Some(&current));

@@ -97,6 +97,29 @@ impl Store {
         }
     }
 
+    /// Objects in key order, optionally in one namespace and after a key (for paging).
+    pub fn iter_from<'a>(
+        &'a self,
+        key: &StoreKey,
+        ns: Option<&'a str>,
+        after: Option<&ObjKey>,
+    ) -> Box<dyn Iterator<Item = (&'a ObjKey, &'a Value)> + 'a> {
+        use std::ops::Bound;
+        let Some(m) = self.objects.get(key) else {
+            return Box::new(std::iter::empty());
+        };
+        let lower = match (after, ns) {
+            (Some(a), _) => Bound::Excluded(a.clone()),
+            (None, Some(ns)) => Bound::Included((ns.to_string(), String::new())),
+            (None, None) => Bound::Unbounded,
+        };
+        let it = m.range((lower, Bound::Unbounded));
+        match ns {
+            Some(ns) => Box::new(it.take_while(move |((n, _), _)| n == ns)),
+            None => Box::new(it),
+        }
+    }
+
     pub fn count_in_namespace(&self, ns: &str) -> usize {
         self.objects
             .values()
