@@ -29,11 +29,15 @@ async fn webhook_server(seen: Seen) -> String {
                 async move {
                     let req = &review["request"];
                     seen.lock().unwrap().push(req.clone());
-                    let patch = if req["object"]["metadata"]["labels"].is_object() {
+                    let mut patch = if req["object"]["metadata"]["labels"].is_object() {
                         json!([{"op": "add", "path": "/metadata/labels/mutated", "value": "true"}])
                     } else {
                         json!([{"op": "add", "path": "/metadata/labels", "value": {"mutated": "true"}}])
                     };
+                    // status set by a webhook through the main endpoint is dropped afterwards
+                    if let Some(p) = patch.as_array_mut() {
+                        p.push(json!({"op": "add", "path": "/status", "value": {"phase": "FromWebhook"}}));
+                    }
                     Json(json!({
                         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
                         "response": {"uid": req["uid"], "allowed": true, "patchType": "JSONPatch",
@@ -119,6 +123,11 @@ async fn mutating_then_validating_webhooks_with_user_info() {
         "true",
         "mutating webhook patched"
     );
+    assert!(
+        w.data.get("status").is_none(),
+        "status from a webhook is dropped on create"
+    );
+    assert!(w.metadata.uid.is_some());
     {
         let seen = seen.lock().unwrap();
         let req = &seen[0];
@@ -132,6 +141,10 @@ async fn mutating_then_validating_webhooks_with_user_info() {
         );
         assert_eq!(req["resource"]["resource"], "widgets");
         assert_eq!(req["namespace"], "default");
+        assert!(
+            req["object"]["metadata"]["uid"].is_null(),
+            "mutating webhooks see the object before the server's fields"
+        );
     }
 
     let st = api_err(

@@ -1070,7 +1070,19 @@ fn validate_crd(obj: &Value) -> Vec<FieldError> {
 }
 
 fn crd_status(obj: &mut Value) {
+    // keep the transition times of conditions that already hold
+    let since = |t: &str| {
+        obj["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+            .and_then(|c| c["lastTransitionTime"].as_str())
+            .map(str::to_string)
+    };
     let now = now_rfc3339();
+    let (t_names, t_est) = (
+        since("NamesAccepted").unwrap_or_else(|| now.clone()),
+        since("Established").unwrap_or_else(|| now.clone()),
+    );
     let names = obj["spec"]["names"].clone();
     let stored: Vec<Value> = obj["spec"]["versions"]
         .as_array()
@@ -1084,9 +1096,9 @@ fn crd_status(obj: &mut Value) {
         "storedVersions": stored,
         "conditions": [
             {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-             "message": "no conflicts found", "lastTransitionTime": now},
+             "message": "no conflicts found", "lastTransitionTime": t_names},
             {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-             "message": "the initial names have been accepted", "lastTransitionTime": now},
+             "message": "the initial names have been accepted", "lastTransitionTime": t_est},
         ],
     });
 }
@@ -1157,6 +1169,26 @@ fn separate(def: &ResourceDef, scope: Scope, current: &Value, mut new: Value) ->
             new
         }
     }
+}
+
+/// The server's part of an update (PrepareForUpdate): status/main separation, immutable
+/// metadata, generation.
+fn prepare_update(def: &ResourceDef, scope: Scope, current: &Value, new: Value) -> Value {
+    let mut new = separate(def, scope, current, new);
+    carry_metadata(def, current, &mut new);
+    if scope == Scope::Status {
+        // /status keeps everything but status from the stored object, metadata included
+        let mut keep = current.clone();
+        keep["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+        if keep["status"].is_null()
+            && let Some(o) = keep.as_object_mut()
+        {
+            o.remove("status");
+        }
+        keep["metadata"]["resourceVersion"] = new["metadata"]["resourceVersion"].clone();
+        new = keep;
+    }
+    new
 }
 
 /// Immutable metadata, generation, managed fields: the server-owned parts of an update.
@@ -1301,6 +1333,38 @@ async fn create_object(
     }
     let now = now_rfc3339();
     {
+        // system fields are the server's; clients cannot set them
+        let md = meta_mut(&mut obj);
+        for k in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "resourceVersion",
+            "managedFields",
+            "selfLink",
+            "generation",
+        ] {
+            md.remove(k);
+        }
+    }
+    // NamespaceLifecycle runs before the webhooks
+    check_namespace(&sim.lock(), def, url_ns, &name)?;
+    let mut unknown = vec![];
+    normalise(def, &mut obj, &mut unknown);
+    strict_check(ctx, &unknown)?;
+    let attrs = AdmissionAttrs::new(def, url_ns, &name, "CREATE", None, &ctx.user, ctx.dry_run());
+    admission::mutate(sim, &attrs, &mut obj, None).await?;
+    ensure_shape(&obj).map_err(|e| {
+        ApiError::internal(format!(
+            "Internal error occurred: a mutating webhook broke the object: {}",
+            e.message
+        ))
+    })?;
+    let mut unknown2 = vec![];
+    normalise(def, &mut obj, &mut unknown2);
+    // PrepareForCreate and the system fields, after mutating admission as in kube-apiserver
+    {
         let md = meta_mut(&mut obj);
         md.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         md.insert("creationTimestamp".into(), json!(now));
@@ -1308,24 +1372,21 @@ async fn create_object(
         md.remove("deletionGracePeriodSeconds");
         md.remove("resourceVersion");
         md.remove("managedFields");
-        md.remove("selfLink");
+        md.remove("generation");
     }
     if def.has_generation() {
         obj["metadata"]["generation"] = json!(1);
-    } else if let Some(md) = obj["metadata"].as_object_mut() {
-        md.remove("generation");
     }
     if def.status_sub
         && let Some(o) = obj.as_object_mut()
     {
         o.remove("status");
     }
-    if def.builtin == Builtin::Namespace {
-        obj["status"] = json!({"phase": "Active"});
+    match def.builtin {
+        Builtin::Namespace => obj["status"] = json!({"phase": "Active"}),
+        Builtin::Crd => crd_status(&mut obj),
+        _ => {}
     }
-    let mut unknown = vec![];
-    normalise(def, &mut obj, &mut unknown);
-    strict_check(ctx, &unknown)?;
     match &apply_result {
         Some(applied) => {
             if let Some(mf) = applied["metadata"].get("managedFields") {
@@ -1344,19 +1405,6 @@ async fn create_object(
             &now,
         ),
     }
-    if def.builtin == Builtin::Crd {
-        crd_status(&mut obj);
-    }
-    let attrs = AdmissionAttrs::new(def, url_ns, &name, "CREATE", None, &ctx.user, ctx.dry_run());
-    admission::mutate(sim, &attrs, &mut obj, None).await?;
-    ensure_shape(&obj).map_err(|e| {
-        ApiError::internal(format!(
-            "Internal error occurred: a mutating webhook broke the object: {}",
-            e.message
-        ))
-    })?;
-    let mut unknown2 = vec![];
-    normalise(def, &mut obj, &mut unknown2);
     let errs = validate_obj(def, &obj, None);
     if !errs.is_empty() {
         return Err(ApiError::invalid(def, &name, &errs));
@@ -1364,19 +1412,7 @@ async fn create_object(
     admission::validate(sim, &attrs, &obj, None).await?;
 
     let mut inner = sim.lock();
-    if def.namespaced {
-        let ns = url_ns.unwrap_or_default();
-        match inner.store.get(&StoreKey::new("", "namespaces"), "", ns) {
-            None => return Err(ApiError::not_found_gr("", "namespaces", ns)),
-            Some(n) if is_deleting(n) => {
-                return Err(ApiError::forbidden(format!(
-                    "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                    def.gr()
-                )));
-            }
-            _ => {}
-        }
-    }
+    check_namespace(&inner, def, url_ns, &name)?;
     let ns = if def.namespaced {
         url_ns.unwrap_or_default()
     } else {
@@ -1395,6 +1431,27 @@ async fn create_object(
         rebuild_registry(&mut inner);
     }
     Ok((obj, unknown))
+}
+
+/// NamespaceLifecycle: the namespace must exist and not be terminating.
+fn check_namespace(
+    inner: &Inner,
+    def: &ResourceDef,
+    url_ns: Option<&str>,
+    name: &str,
+) -> ApiResult<()> {
+    if !def.namespaced {
+        return Ok(());
+    }
+    let ns = url_ns.unwrap_or_default();
+    match inner.store.get(&StoreKey::new("", "namespaces"), "", ns) {
+        None => Err(ApiError::not_found_gr("", "namespaces", ns)),
+        Some(n) if is_deleting(n) => Err(ApiError::forbidden(format!(
+            "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+            def.gr()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------- update / patch
@@ -1602,19 +1659,7 @@ async fn write_existing(
             return Err(ApiError::modified(def, name));
         }
         let applied_managed = new["metadata"].get("managedFields").cloned();
-        let mut new = separate(def, scope, &current, new);
-        carry_metadata(def, &current, &mut new);
-        if scope == Scope::Status {
-            // /status keeps everything but status from the stored object, metadata included
-            let mut keep = current.clone();
-            keep["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-            if keep["status"].is_null()
-                && let Some(o) = keep.as_object_mut()
-            {
-                o.remove("status");
-            }
-            new = keep;
-        }
+        let mut new = prepare_update(def, scope, &current, new);
         let mut unknown = vec![];
         normalise(def, &mut new, &mut unknown);
         strict_check(ctx, &unknown)?;
@@ -1640,12 +1685,6 @@ async fn write_existing(
             }
         }
         new["metadata"]["resourceVersion"] = json!(cur_rv);
-        if same_object(&current, &new) {
-            return Ok((current, unknown, StatusCode::OK));
-        }
-        if def.builtin == Builtin::Crd && scope != Scope::Status {
-            crd_status(&mut new);
-        }
         let attrs = AdmissionAttrs::new(
             def,
             rr.ns.as_deref(),
@@ -1662,8 +1701,23 @@ async fn write_existing(
                 e.message
             ))
         })?;
+        // PrepareForUpdate runs after mutating admission: webhooks cannot change status
+        // through the main endpoint (or the rest through /status) either
+        let managed_fields = new["metadata"].get("managedFields").cloned();
+        let mut new = prepare_update(def, scope, &current, new);
+        if let Some(mf) = managed_fields {
+            new["metadata"]["managedFields"] = mf;
+        }
+        new["metadata"]["resourceVersion"] = json!(cur_rv);
         let mut unknown2 = vec![];
         normalise(def, &mut new, &mut unknown2);
+        if def.builtin == Builtin::Crd && scope != Scope::Status {
+            crd_status(&mut new);
+        }
+        if same_object(&current, &new) {
+            // nothing changed: no write, no new resourceVersion, no event
+            return Ok((current, unknown, StatusCode::OK));
+        }
         let errs = validate_obj(def, &new, Some(&current));
         if !errs.is_empty() {
             return Err(ApiError::invalid(def, name, &errs));
