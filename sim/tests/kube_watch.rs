@@ -262,3 +262,26 @@ async fn streaming_list_initial_events() {
     }
     assert_eq!(got, vec!["x"]);
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_watches() {
+    let sim = start_with(|_| {}).await;
+    let client = sim.client().await.unwrap();
+    let api = widgets(&client, "default");
+    let mut s = api
+        .watch(&WatchParams::default().timeout(290), "0")
+        .await
+        .unwrap()
+        .boxed();
+    api.create(&PostParams::default(), &widget("w", json!({"size": 1})))
+        .await
+        .unwrap();
+    assert!(matches!(next_event(&mut s, 5).await, WatchEvent::Added(_)));
+    tokio::time::timeout(Duration::from_secs(10), sim.shutdown())
+        .await
+        .expect("shutdown does not wait for the watch's timeout");
+    let end = tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("stream ends");
+    assert!(!matches!(end, Some(Ok(_))), "no more events after shutdown");
+}

@@ -265,6 +265,7 @@ pub async fn serve(config: SimConfig) -> anyhow::Result<RunningSim> {
             )?;
         }
     }
+    let (close_tx, close_rx) = tokio::sync::watch::channel(false);
     let sim = Arc::new(server::Sim {
         inner: Mutex::new(inner),
         auth: auth::Auth {
@@ -276,6 +277,7 @@ pub async fn serve(config: SimConfig) -> anyhow::Result<RunningSim> {
         base_url: base_url.clone(),
         bookmark_interval: config.bookmark_interval,
         request_log: Mutex::new(vec![]),
+        closing: close_rx,
     });
     if let Some(path) = &config.kubeconfig {
         if let Some(parent) = path.parent()
@@ -294,6 +296,8 @@ pub async fn serve(config: SimConfig) -> anyhow::Result<RunningSim> {
         let res = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = rx.await;
+                // end open watches so their connections close
+                let _ = close_tx.send(true);
             })
             .await;
         if let Err(e) = res {

@@ -36,6 +36,8 @@ pub(crate) struct Sim {
     pub base_url: String,
     pub bookmark_interval: Duration,
     pub request_log: Mutex<Vec<String>>,
+    /// Turns true when the server shuts down: open watches end so connections can close.
+    pub closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Sim {
@@ -737,7 +739,10 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
     let def = rr.def.clone();
     let bookmark_interval = sim.bookmark_interval;
     let initial_end_bookmark = send_initial == Some("true");
+    let closing = sim.closing.clone();
     tokio::spawn(async move {
+        let closed = wait_closed(closing);
+        tokio::pin!(closed);
         if let Some(compacted) = gone {
             let e = ApiError::gone(format!(
                 "too old resource version: {start_rv} ({compacted})"
@@ -810,6 +815,7 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
+                _ = &mut closed => return,
                 _ = tick.tick(), if bookmarks => {
                     if tx.send(Ok(watch_line("BOOKMARK", &bookmark(last_rv, false)))).await.is_err() {
                         return;
@@ -867,6 +873,16 @@ impl Render {
                 *first = false;
                 t
             }
+        }
+    }
+}
+
+/// Resolves once the server starts shutting down.
+async fn wait_closed(mut rx: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let is_closing = *rx.borrow_and_update();
+        if is_closing || rx.changed().await.is_err() {
+            return;
         }
     }
 }
