@@ -744,3 +744,109 @@ async fn api_version_and_scope_errors() {
         .await;
     assert_eq!(r.status, 404);
 }
+
+#[tokio::test]
+async fn admin_extend_moves_the_end_of_the_running_assignment() {
+    let sim = Sim::start().await;
+    let tok = sim.operator().await;
+    let assign = json!({
+        "principalId": DEPLOYER_OID,
+        "roleDefinitionId": role_id(CONTRIBUTOR),
+        "requestType": "AdminAssign",
+        "scheduleInfo": {"expiration": {"type": "AfterDuration", "duration": "PT1H"}},
+    });
+    let (_, r) = sim.pim_put(&tok, RG_SCOPE, assign).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let sched = r.body["properties"]["targetRoleAssignmentScheduleId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let before = sim
+        .call(
+            "GET",
+            &format!("{sched}?api-version=2020-10-01"),
+            Some(&tok),
+            None,
+        )
+        .await;
+    let end_before = before.body["properties"]["endDateTime"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let extend = json!({
+        "principalId": DEPLOYER_OID,
+        "roleDefinitionId": role_id(CONTRIBUTOR),
+        "requestType": "AdminExtend",
+        "targetRoleAssignmentScheduleId": sched,
+        "scheduleInfo": {"expiration": {"type": "AfterDuration", "duration": "PT3H"}},
+    });
+    let (_, r) = sim.pim_put(&tok, RG_SCOPE, extend.clone()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["properties"]["status"], "Provisioned");
+    assert_eq!(
+        r.body["properties"]["targetRoleAssignmentScheduleId"],
+        sched.as_str()
+    );
+    let after = sim
+        .call(
+            "GET",
+            &format!("{sched}?api-version=2020-10-01"),
+            Some(&tok),
+            None,
+        )
+        .await;
+    let end_after = after.body["properties"]["endDateTime"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(end_after > end_before, "{end_before} -> {end_after}");
+    // Nothing to extend for someone without an assignment.
+    let mut other = extend;
+    other["principalId"] = json!(ALICE_OID);
+    let (_, r) = sim.pim_put(&tok, RG_SCOPE, other).await;
+    assert_eq!(r.code(), "RoleAssignmentDoesNotExist");
+    // A principal cannot self-deactivate an admin assignment.
+    let alice = sim.token(ALICE_APP, ALICE_SECRET).await;
+    let assign_alice = json!({
+        "principalId": ALICE_OID, "roleDefinitionId": role_id(READER), "requestType": "AdminAssign",
+        "scheduleInfo": {"expiration": {"type": "AfterDuration", "duration": "PT1H"}},
+    });
+    assert_eq!(
+        sim.pim_put(&tok, RG_SCOPE, assign_alice).await.1.status,
+        201
+    );
+    let (_, r) = sim
+        .pim_put(&alice, RG_SCOPE, json!({"principalId": ALICE_OID, "roleDefinitionId": role_id(READER), "requestType": "SelfDeactivate"}))
+        .await;
+    assert_eq!(r.code(), "RoleAssignmentDoesNotExist");
+}
+
+#[tokio::test]
+async fn accepted_knob_makes_clients_poll() {
+    let sim = Sim::start_with(|y| {
+        set_yaml(
+            y,
+            &["settings", "pimAcceptedReads"],
+            serde_yaml::Value::Number(2.into()),
+        );
+    })
+    .await;
+    let tok = sim.operator().await;
+    let (name, r) = sim
+        .pim_put(&tok, RG_SCOPE, activate(OPERATOR_OID, READER, "PT1H"))
+        .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(r.body["properties"]["status"], "Accepted");
+    let path = format!("roleAssignmentScheduleRequests/{name}");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let g = sim.pim_get(&tok, RG_SCOPE, &path, "").await;
+        seen.push(
+            g.body["properties"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert_eq!(seen, vec!["Accepted", "Accepted", "Provisioned"]);
+}

@@ -534,6 +534,7 @@ pub fn create(
         target_schedule_id: input.target_schedule.clone(),
         target_instance_id: input.target_instance.clone(),
         planned_end: None,
+        accepted_reads_left: 0,
     };
     let length = input.length(start);
     req.planned_end = match length {
@@ -614,8 +615,15 @@ pub fn create(
             }
         }
         "SelfDeactivate" | "AdminRemove" => {
-            let Some(a) = active_for(state, scope, &input.role_guid, &input.principal_id, now)
-            else {
+            // A principal deactivates its own activations; admins remove any assignment.
+            let found = state.assignments.iter().find(|a| {
+                scope_eq(&a.scope, scope)
+                    && a.role_guid.eq_ignore_ascii_case(&input.role_guid)
+                    && a.principal_id.eq_ignore_ascii_case(&input.principal_id)
+                    && a.active(now)
+                    && (rt == "AdminRemove" || a.assignment_type == "Activated")
+            });
+            let Some(a) = found else {
                 return Err(ArmError::bad_request(
                     "RoleAssignmentDoesNotExist",
                     "The Role assignment does not exist.",
@@ -694,6 +702,12 @@ pub fn create(
                 format!("The request type '{rt}' is not supported."),
             ));
         }
+    }
+    if req.status == "Provisioned"
+        && !req.request_type.ends_with("Remove")
+        && req.request_type != "SelfDeactivate"
+    {
+        req.accepted_reads_left = state.world.settings.pim_accepted_reads;
     }
     let out = state.request_json(&req);
     state.requests.push(req);
@@ -790,13 +804,18 @@ fn request_not_found(name: &str, scope: &str) -> ArmError {
     )
 }
 
-pub fn get_request(state: &State, scope: &str, name: &str) -> Result<Value, ArmError> {
-    state
+pub fn get_request(state: &mut State, scope: &str, name: &str) -> Result<Value, ArmError> {
+    let Some(idx) = state
         .requests
         .iter()
-        .find(|r| r.name.eq_ignore_ascii_case(name) && scope_eq(&r.scope, scope))
-        .map(|r| state.request_json(r))
-        .ok_or_else(|| request_not_found(name, scope))
+        .position(|r| r.name.eq_ignore_ascii_case(name) && scope_eq(&r.scope, scope))
+    else {
+        return Err(request_not_found(name, scope));
+    };
+    let out = state.request_json(&state.requests[idx]);
+    let r = &mut state.requests[idx];
+    r.accepted_reads_left = r.accepted_reads_left.saturating_sub(1);
+    Ok(out)
 }
 
 pub fn cancel(state: &mut State, scope: &str, name: &str) -> Result<(), ArmError> {

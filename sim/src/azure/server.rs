@@ -410,6 +410,11 @@ fn error_code_for(status: u16) -> &'static str {
         504 => "GatewayTimeout",
         429 => "TooManyRequests",
         408 => "RequestTimeout",
+        400 => "BadRequest",
+        401 => "AuthenticationFailed",
+        403 => "AuthorizationFailed",
+        404 => "ResourceNotFound",
+        409 => "Conflict",
         _ => "InjectedFault",
     }
 }

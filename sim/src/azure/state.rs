@@ -110,6 +110,8 @@ pub struct PimRequest {
     pub target_instance_id: Option<String>,
     /// Effective end computed at creation (for approval and scheduled starts).
     pub planned_end: Option<DateTime<Utc>>,
+    /// GETs left that still show `Accepted` for a provisioned request.
+    pub accepted_reads_left: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -445,7 +447,7 @@ impl State {
             "principalId": r.principal_id,
             "principalType": r.principal_type,
             "requestType": r.request_type,
-            "status": r.status,
+            "status": if r.status == "Provisioned" && r.accepted_reads_left > 0 { "Accepted" } else { r.status.as_str() },
             "approvalId": r.approval_id,
             "scheduleInfo": {
                 "startDateTime": fmt_time(r.start),

@@ -259,6 +259,10 @@ pub struct Settings {
     /// JIT requests kept per policy (oldest dropped first).
     #[serde(default = "default_retention")]
     pub jit_request_retention: usize,
+    /// A provisioned PIM request first reads as `Accepted` in its PUT answer and this many
+    /// following GETs by name (exercises the client's polling); 0 = `Provisioned` at once.
+    #[serde(default)]
+    pub pim_accepted_reads: u32,
     #[serde(default)]
     pub throttle: ThrottleSettings,
 }
@@ -291,6 +295,7 @@ impl Default for Settings {
             request_exists_status: default_exists_status(),
             jit_initiate_status: default_initiate_status(),
             jit_request_retention: default_retention(),
+            pim_accepted_reads: 0,
             throttle: ThrottleSettings::default(),
         }
     }
