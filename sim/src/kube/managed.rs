@@ -518,3 +518,28 @@ fn value_changed(a: &Value, b: &Value) -> bool {
     };
     strip(a) != strip(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_v1_round_trip() {
+        let obj = json!({"metadata": {"labels": {"a": "1"}, "finalizers": ["x", "y"], "name": "n"},
+                         "spec": {"a": {"b": 1}, "list": [1, 2]}, "status": {"s": 1}});
+        let scope = Scope::Main { with_status: false };
+        let set = leaves(&scoped(&obj, scope), None);
+        assert!(set.contains(&vec![Pe::F("spec".into()), Pe::F("list".into())]));
+        assert!(set.contains(&vec![
+            Pe::F("metadata".into()),
+            Pe::F("finalizers".into()),
+            Pe::V("\"x\"".into())
+        ]));
+        assert!(!set.iter().any(|p| p[0] == Pe::F("status".into())));
+        let v1 = fields_to_v1(&set);
+        assert_eq!(v1["f:metadata"]["f:finalizers"]["v:\"y\""], json!({}));
+        let mut back = FieldSet::new();
+        v1_to_fields(&v1, &mut vec![], &mut back);
+        assert_eq!(back, set);
+    }
+}

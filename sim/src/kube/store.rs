@@ -340,3 +340,55 @@ pub(crate) fn fields_match(reqs: &[FieldReq], obj: &Value) -> bool {
     reqs.iter()
         .all(|r| (field_value(obj, &r.path) == r.value) != r.negate)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(labels: Value) -> Value {
+        json!({"metadata": {"name": "n", "namespace": "ns", "labels": labels}, "spec": {"x": 1}})
+    }
+
+    #[test]
+    fn label_selectors() {
+        let o = obj(json!({"app": "web", "tier": "front"}));
+        let m = |s: &str| labels_match(&parse_label_selector(s).unwrap(), &o);
+        assert!(m("app=web"));
+        assert!(m("app==web,tier"));
+        assert!(!m("app!=web"));
+        assert!(m("app in (api, web)"));
+        assert!(!m("app notin (api,web)"));
+        assert!(m("!missing"));
+        assert!(!m("!app"));
+        assert!(m("tier in (front),app"));
+        assert!(m(""));
+        assert!(parse_label_selector("app in (a").is_err());
+    }
+
+    #[test]
+    fn field_selectors() {
+        let o = obj(json!({}));
+        let m = |s: &str| fields_match(&parse_field_selector(s).unwrap(), &o);
+        assert!(m("metadata.name=n"));
+        assert!(m("metadata.namespace==ns,spec.x=1"));
+        assert!(!m("metadata.name!=n"));
+        assert!(parse_field_selector("nonsense").is_err());
+    }
+
+    #[test]
+    fn history_window_and_compaction() {
+        let mut s = Store::new(2);
+        let key = StoreKey::new("g", "r");
+        for i in 1..=4u64 {
+            let rv = s.next_rv();
+            s.put(&key, "ns", &format!("o{i}"), json!({"metadata": {}}), rv);
+        }
+        // events 3 and 4 are kept: watching from 2 works, from 1 is too old
+        assert_eq!(s.subscribe_from(2).map(|(p, _)| p.len()), Some(2));
+        assert!(s.subscribe_from(1).is_none());
+        s.compact();
+        assert!(s.subscribe_from(3).is_none());
+        assert_eq!(s.subscribe_from(4).map(|(p, _)| p.len()), Some(0));
+    }
+}

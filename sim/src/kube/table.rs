@@ -398,3 +398,38 @@ pub(crate) fn table(
         "rows": rows,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations_match_kubernetes() {
+        assert_eq!(human_duration(-5), "<invalid>");
+        assert_eq!(human_duration(-1), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(119), "119s");
+        assert_eq!(human_duration(150), "2m30s");
+        assert_eq!(human_duration(600), "10m");
+        assert_eq!(human_duration(3 * 3600 + 120), "3h2m");
+        assert_eq!(human_duration(10 * 3600), "10h");
+        assert_eq!(human_duration(3 * 86400 + 3600), "3d1h");
+        assert_eq!(human_duration(30 * 86400), "30d");
+        assert_eq!(human_duration(3 * 365 * 86400 + 86400), "3y1d");
+    }
+
+    #[test]
+    fn jsonpath_subset() {
+        let o = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True"}, {"type": "Active", "status": "False"}]},
+            "spec": {"ports": [{"n": 1}, {"n": 2}]}});
+        assert_eq!(
+            jsonpath(&o, ".status.conditions[?(@.type==\"Active\")].status"),
+            vec![&json!("False")]
+        );
+        assert_eq!(jsonpath(&o, ".spec.ports[1].n"), vec![&json!(2)]);
+        assert_eq!(jsonpath(&o, ".spec.ports[*].n").len(), 2);
+        assert_eq!(jsonpath(&o, "{.spec.ports[-1].n}"), vec![&json!(2)]);
+        assert!(jsonpath(&o, ".spec.missing").is_empty());
+    }
+}
