@@ -346,6 +346,14 @@ async fn validation_schema_and_cel() {
         "{}",
         st.message
     );
+    // blocking schema errors stop the CEL rules, as kube-apiserver says
+    assert!(
+        st.message.contains(
+            "<nil>: Invalid value: \"null\": some validation rules were not checked because the object was invalid"
+        ),
+        "{}",
+        st.message
+    );
 
     // defaults and pruning of unknown fields
     let w = api

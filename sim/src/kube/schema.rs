@@ -506,8 +506,10 @@ pub(crate) fn value_at_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value>
     Some(cur)
 }
 
-/// Full validation of a custom resource. `old` enables transition rules and ratcheting
-/// (errors on values unchanged from the old object are dropped, as CRDValidationRatcheting).
+/// Full validation of a custom resource, in kube-apiserver's order: OpenAPI schema, then the
+/// CEL rules unless a blocking schema error (wrong type, required, enum, too long, too many)
+/// makes them moot. `old` enables transition rules and ratcheting (errors on values unchanged
+/// from the old object are dropped, as CRDValidationRatcheting does).
 pub(crate) fn validate_custom(
     schema: &Value,
     compiled: Option<&CompiledSchema>,
@@ -517,26 +519,46 @@ pub(crate) fn validate_custom(
 ) -> Vec<FieldError> {
     let mut errs = vec![];
     validate(schema, obj, "", &mut errs);
+    ratchet(&mut errs, obj, old);
+    const BLOCKING: [&str; 5] = [
+        "FieldValueNotSupported",
+        "FieldValueRequired",
+        "FieldValueTooLong",
+        "FieldValueTooMany",
+        "FieldValueTypeInvalid",
+    ];
+    if errs.iter().any(|e| BLOCKING.contains(&e.reason.as_str())) {
+        errs.push(FieldError::new(
+            "FieldValueInvalid",
+            "<nil>",
+            "Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+        ));
+        return errs;
+    }
     if let Some(compiled) = compiled {
-        errs.extend(validate_cel(compiled, obj, old, root));
-    }
-    if let Some(old) = old {
-        errs.retain(|e| {
-            if e.reason.ends_with("\u{0}transition") {
-                return true;
+        let mut cel = validate_cel(compiled, obj, old, root);
+        ratchet(&mut cel, obj, old);
+        for e in &mut cel {
+            if let Some(r) = e.reason.strip_suffix("\u{0}transition") {
+                e.reason = r.to_string();
             }
-            match (value_at_path(obj, &e.field), value_at_path(old, &e.field)) {
-                (Some(a), Some(b)) => a != b,
-                _ => true,
-            }
-        });
-    }
-    for e in &mut errs {
-        if let Some(r) = e.reason.strip_suffix("\u{0}transition") {
-            e.reason = r.to_string();
         }
+        errs.extend(cel);
     }
     errs
+}
+
+fn ratchet(errs: &mut Vec<FieldError>, obj: &Value, old: Option<&Value>) {
+    let Some(old) = old else { return };
+    errs.retain(|e| {
+        if e.reason.ends_with("\u{0}transition") {
+            return true;
+        }
+        match (value_at_path(obj, &e.field), value_at_path(old, &e.field)) {
+            (Some(a), Some(b)) => a != b,
+            _ => true,
+        }
+    });
 }
 
 const DNS1123_SUBDOMAIN: &str =
