@@ -89,10 +89,11 @@ fn parse_fault(body: &[u8]) -> Result<Fault, ArmError> {
         subscription: s("subscription"),
         kind,
         status: status as u16,
-        retry_after_seconds: u("retryAfterSeconds"),
-        latency_ms: u("latencyMs").unwrap_or(100),
+        retry_after_seconds: u("retryAfterSeconds").map(|s| s.min(86_400)),
+        latency_ms: u("latencyMs").unwrap_or(100).min(600_000),
         count: u("count"),
-        until: u("durationSeconds").map(|d| super::clock::now() + Duration::seconds(d as i64)),
+        until: u("durationSeconds")
+            .map(|d| super::clock::now() + Duration::seconds(d.min(10 * 365 * 86_400) as i64)),
     })
 }
 
@@ -103,6 +104,18 @@ pub async fn get_throttle(AxState(s): AxState<Arc<Shared>>) -> Response {
 
 pub async fn put_throttle(AxState(s): AxState<Arc<Shared>>, body: Bytes) -> Response {
     match serde_json::from_slice::<ThrottleSettings>(&body) {
+        Ok(t)
+            if [t.reads, t.writes, t.deletes].iter().any(|b| {
+                !(b.burst.is_finite()
+                    && b.per_second.is_finite()
+                    && b.burst >= 0.0
+                    && b.per_second >= 0.0)
+            }) =>
+        {
+            err(&ArmError::invalid_body(
+                "burst and perSecond must be finite and >= 0",
+            ))
+        }
         Ok(t) => {
             let mut st = s.lock();
             st.throttle = t;

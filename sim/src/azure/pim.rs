@@ -964,7 +964,7 @@ fn split_ci<'a>(s: &'a str, sep: &str) -> Vec<&'a str> {
         if bytes[i] == b'\'' {
             in_quote = !in_quote;
         }
-        if !in_quote && lower[i..].starts_with(sep) {
+        if !in_quote && bytes[i..].starts_with(sep.as_bytes()) {
             out.push(&s[last..i]);
             i += sep.len();
             last = i;

@@ -574,7 +574,9 @@ pub fn pre_checks(
         }
     } else {
         let secs = if cfg.per_second > 0.0 {
-            ((1.0 - b.tokens) / cfg.per_second).ceil().max(1.0) as u64
+            ((1.0 - b.tokens) / cfg.per_second)
+                .ceil()
+                .clamp(1.0, 86_400.0) as u64
         } else {
             60
         };

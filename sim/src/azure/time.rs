@@ -51,7 +51,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
             }
         }
     }
-    if !num.is_empty() || !any {
+    // Beyond ~31,000 years nothing is meaningful (and date arithmetic would overflow).
+    if !num.is_empty() || !any || total_ms > 1_000_000_000_000_000 {
         return None;
     }
     Some(Duration::milliseconds(total_ms))
