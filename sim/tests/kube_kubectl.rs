@@ -151,6 +151,23 @@ fn kubectl_against_kube_sim() {
     let version = k.ok(&["version", "-o", "json"]);
     assert!(version.contains("kube-sim"), "{version}");
 
+    // identity: kubectl sends no bearer token over plain HTTP, the kubeconfig's `as` makes it
+    // act as the admin; --as impersonates another user
+    let ssr = fixtures().join("selfsubjectreview.yaml");
+    let who = |extra: &[&str]| {
+        let mut args = vec![
+            "create",
+            "-f",
+            ssr.to_str().unwrap(),
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ];
+        args.extend_from_slice(extra);
+        k.ok(&args)
+    };
+    assert_eq!(who(&[]), "kube-sim-admin");
+    assert_eq!(who(&["--as", "alice", "--as-group", "devs"]), "alice");
+
     // CRDs: the fixtures, and the operator's crds/ when it exists
     let fixture_crds = fixtures().join("widgets.yaml");
     k.ok(&["apply", "-f", fixture_crds.to_str().unwrap()]);

@@ -134,11 +134,15 @@ impl RunningSim {
     }
     /// The kubeconfig (admin user) as YAML.
     pub fn kubeconfig_yaml(&self) -> String {
-        kubeconfig_yaml(&self.base_url(), &self.admin_token)
+        kubeconfig_yaml(&self.base_url(), &self.admin_token, true)
     }
     /// A kube client config for a bearer token (the admin's when None).
     pub async fn kube_config_for(&self, token: Option<&str>) -> anyhow::Result<kube::Config> {
-        let yaml = kubeconfig_yaml(&self.base_url(), token.unwrap_or(&self.admin_token));
+        let yaml = kubeconfig_yaml(
+            &self.base_url(),
+            token.unwrap_or(&self.admin_token),
+            token.is_none(),
+        );
         let kc = kube::config::Kubeconfig::from_yaml(&yaml)?;
         Ok(
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
@@ -187,12 +191,20 @@ impl Drop for RunningSim {
     }
 }
 
-fn kubeconfig_yaml(server: &str, token: &str) -> String {
+/// `impersonate_admin` adds `as: kube-sim-admin`: kubectl (client-go) never sends a bearer
+/// token over plain HTTP, but it does send impersonation headers, so kubectl acts as the admin
+/// too instead of `system:anonymous`.
+fn kubeconfig_yaml(server: &str, token: &str, impersonate_admin: bool) -> String {
+    let mut user = json!({"token": token});
+    if impersonate_admin {
+        user["as"] = json!("kube-sim-admin");
+        user["as-groups"] = json!(["system:masters"]);
+    }
     let kc = json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "kube-sim", "cluster": {"server": server}}],
-        "users": [{"name": "kube-sim-admin", "user": {"token": token}}],
+        "users": [{"name": "kube-sim-admin", "user": user}],
         "contexts": [{"name": "kube-sim", "context": {"cluster": "kube-sim", "user": "kube-sim-admin", "namespace": "default"}}],
         "current-context": "kube-sim",
         "preferences": {},
@@ -285,7 +297,7 @@ pub async fn serve(config: SimConfig) -> anyhow::Result<RunningSim> {
         {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(path, kubeconfig_yaml(&base_url, &config.admin_token))
+        std::fs::write(path, kubeconfig_yaml(&base_url, &config.admin_token, true))
             .with_context(|| format!("writing kubeconfig {}", path.display()))?;
     }
     let app = axum::Router::new()
