@@ -1,0 +1,718 @@
+//! The ARM client: reqwest + azure_identity. Bearer tokens (cached by the credentials until near
+//! expiry), one retry loop (azure_core's is switched off), jittered backoff honouring
+//! Retry-After, a client-side token bucket per (subscription, principal, read|write|delete)
+//! that follows ARM's `x-ms-ratelimit-remaining-*` headers and refuses to send into a bucket
+//! Azure throttled until its Retry-After elapsed, and a concurrency limit. Tokens never reach a
+//! log line or an error.
+
+use super::error::{AzureError, classify};
+use crate::api::GrantIdentity;
+use azure_core::credentials::{Secret, TokenCredential};
+use azure_core::http::{ClientOptions, RetryOptions, Transport};
+use azure_identity::{
+    ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
+    ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
+    WorkloadIdentityCredentialOptions,
+};
+use rand::Rng;
+use reqwest::Method;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+/// The ARM token scope.
+pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
+
+/// How the operator authenticates to Azure.
+#[derive(Clone)]
+pub enum AuthConfig {
+    /// AKS workload identity (federated token file).
+    WorkloadIdentity {
+        /// Tenant id.
+        tenant_id: String,
+        /// Client id.
+        client_id: String,
+        /// Token file.
+        token_file: std::path::PathBuf,
+    },
+    /// Managed identity (IMDS or App Service endpoint).
+    ManagedIdentity {
+        /// User-assigned client id, or system-assigned when None.
+        client_id: Option<String>,
+    },
+    /// Client secret.
+    ClientSecret {
+        /// Tenant id.
+        tenant_id: String,
+        /// Client id.
+        client_id: String,
+        /// Secret (never logged).
+        secret: String,
+    },
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthConfig::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                ..
+            } => write!(f, "WorkloadIdentity({tenant_id}/{client_id})"),
+            AuthConfig::ManagedIdentity { client_id } => {
+                write!(f, "ManagedIdentity({client_id:?})")
+            }
+            AuthConfig::ClientSecret {
+                tenant_id,
+                client_id,
+                ..
+            } => write!(f, "ClientSecret({tenant_id}/{client_id}, secret redacted)"),
+        }
+    }
+}
+
+/// Token bucket sizes per operation class (ARM defaults: azure-api.md §2.7).
+#[derive(Clone, Copy, Debug)]
+pub struct BucketSize {
+    /// Burst.
+    pub capacity: f64,
+    /// Refill per second.
+    pub refill_per_sec: f64,
+}
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ArmConfig {
+    /// ARM base URL.
+    pub arm_endpoint: url::Url,
+    /// Entra authority host (https).
+    pub authority_host: url::Url,
+    /// Extra trusted roots (PEM), e.g. azure-sim's CA.
+    pub extra_ca_pem: Option<Vec<u8>>,
+    /// Operator identity.
+    pub auth: AuthConfig,
+    /// Concurrent ARM calls.
+    pub max_concurrency: usize,
+    /// Attempts per call (first try included).
+    pub max_attempts: u32,
+    /// Longest wait the client does inline; longer waits go back to the caller as `Throttled`.
+    pub max_inline_wait: Duration,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// Read bucket.
+    pub reads: BucketSize,
+    /// Write bucket.
+    pub writes: BucketSize,
+    /// Delete bucket.
+    pub deletes: BucketSize,
+}
+
+impl ArmConfig {
+    /// Defaults for the given endpoints and identity.
+    pub fn new(arm_endpoint: url::Url, authority_host: url::Url, auth: AuthConfig) -> Self {
+        Self {
+            arm_endpoint,
+            authority_host,
+            extra_ca_pem: None,
+            auth,
+            max_concurrency: 32,
+            max_attempts: 4,
+            max_inline_wait: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            reads: BucketSize {
+                capacity: 250.0,
+                refill_per_sec: 25.0,
+            },
+            writes: BucketSize {
+                capacity: 200.0,
+                refill_per_sec: 10.0,
+            },
+            deletes: BucketSize {
+                capacity: 200.0,
+                refill_per_sec: 10.0,
+            },
+        }
+    }
+}
+
+/// Supplies a client assertion (e.g. a ServiceAccount token) for a grant's workload identity.
+#[async_trait::async_trait]
+pub trait AssertionSource: Send + Sync + std::fmt::Debug {
+    /// A fresh assertion JWT for `identity` of `namespace`.
+    async fn assertion(&self, namespace: &str, identity: &GrantIdentity) -> Result<String, String>;
+}
+
+#[derive(Debug)]
+struct GrantAssertion {
+    source: Arc<dyn AssertionSource>,
+    namespace: String,
+    identity: GrantIdentity,
+}
+
+#[async_trait::async_trait]
+impl ClientAssertion for GrantAssertion {
+    async fn secret(
+        &self,
+        _options: Option<azure_core::http::ClientMethodOptions<'_>>,
+    ) -> azure_core::Result<String> {
+        self.source
+            .assertion(&self.namespace, &self.identity)
+            .await
+            .map_err(|e| {
+                azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, e)
+            })
+    }
+}
+
+/// Operation class for throttling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpClass {
+    /// GET.
+    Read,
+    /// PUT/POST/PATCH.
+    Write,
+    /// DELETE.
+    Delete,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    size: BucketSize,
+    last: Instant,
+    blocked_until: Option<Instant>,
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.size.refill_per_sec).min(self.size.capacity);
+        self.last = now;
+    }
+    /// How long until one token may be taken (zero = take it now).
+    fn wait(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if let Some(b) = self.blocked_until {
+            if b > now {
+                return b - now;
+            }
+            self.blocked_until = None;
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.size.refill_per_sec.max(0.001))
+        }
+    }
+}
+
+/// Answer of an ARM call.
+#[derive(Debug)]
+pub struct ArmResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Body.
+    pub body: bytes::Bytes,
+}
+
+/// Who makes a call.
+#[derive(Clone, Debug)]
+pub enum Caller<'a> {
+    /// The operator's own identity.
+    Operator,
+    /// A grant's workload identity (namespace, identity).
+    Grant(&'a str, &'a GrantIdentity),
+}
+
+/// Whether a call may be replayed after an ambiguous failure (sent, no answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Safe to replay (GET, PIM PUT with a deterministic name).
+    Safe,
+    /// Replay only when Azure provably did not process it (429, connect errors).
+    Unsafe,
+}
+
+/// Credentials per (namespace, tenant, client) for grant workload identities.
+type GrantCredentials = HashMap<(String, String, String), Arc<dyn TokenCredential>>;
+
+/// The ARM client.
+pub struct ArmClient {
+    http: reqwest::Client,
+    cfg: ArmConfig,
+    operator: Arc<dyn TokenCredential>,
+    operator_key: String,
+    assertions: Option<Arc<dyn AssertionSource>>,
+    grant_creds: Mutex<GrantCredentials>,
+    sem: Semaphore,
+    buckets: Mutex<HashMap<(String, String, OpClass), Bucket>>,
+}
+
+impl std::fmt::Debug for ArmClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArmClient")
+            .field("arm_endpoint", &self.cfg.arm_endpoint.as_str())
+            .field("auth", &self.cfg.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Client construction errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ArmClientError {
+    /// TLS or HTTP client setup.
+    #[error("HTTP client: {0}")]
+    Http(String),
+    /// Credential setup.
+    #[error("credential: {0}")]
+    Credential(String),
+}
+
+/// Builds a reqwest client trusting the platform roots plus `extra_ca_pem`, with rustls + ring.
+pub fn http_client(
+    extra_ca_pem: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<reqwest::Client, ArmClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    if let Some(pem) = extra_ca_pem {
+        let mut reader = std::io::BufReader::new(pem);
+        for cert in rustls_pemfile::certs(&mut reader) {
+            let cert = cert.map_err(|e| ArmClientError::Http(format!("bad CA file: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| ArmClientError::Http(format!("bad CA certificate: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ArmClientError::Http(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(timeout)
+        .build()
+        .map_err(|e| ArmClientError::Http(e.to_string()))
+}
+
+impl ArmClient {
+    /// Builds the client and the operator's credential.
+    pub fn new(
+        cfg: ArmConfig,
+        assertions: Option<Arc<dyn AssertionSource>>,
+    ) -> Result<Self, ArmClientError> {
+        let http = http_client(cfg.extra_ca_pem.as_deref(), cfg.request_timeout)?;
+        let opts = client_options(&http, &cfg.authority_host);
+        let (operator, operator_key): (Arc<dyn TokenCredential>, String) = match &cfg.auth {
+            AuthConfig::ClientSecret {
+                tenant_id,
+                client_id,
+                secret,
+            } => (
+                ClientSecretCredential::new(
+                    tenant_id,
+                    client_id.clone(),
+                    Secret::new(secret.clone()),
+                    Some(ClientSecretCredentialOptions {
+                        client_options: opts,
+                    }),
+                )
+                .map_err(|e| ArmClientError::Credential(e.to_string()))?,
+                client_id.clone(),
+            ),
+            AuthConfig::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                token_file,
+            } => (
+                WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+                    credential_options: ClientAssertionCredentialOptions {
+                        client_options: opts,
+                    },
+                    client_id: Some(client_id.clone()),
+                    tenant_id: Some(tenant_id.clone()),
+                    token_file_path: Some(token_file.clone()),
+                }))
+                .map_err(|e| ArmClientError::Credential(e.to_string()))?,
+                client_id.clone(),
+            ),
+            AuthConfig::ManagedIdentity { client_id } => (
+                ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                    user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
+                    client_options: opts,
+                }))
+                .map_err(|e| ArmClientError::Credential(e.to_string()))?,
+                client_id.clone().unwrap_or_else(|| "system".into()),
+            ),
+        };
+        let sem = Semaphore::new(cfg.max_concurrency.max(1));
+        Ok(Self {
+            http,
+            cfg,
+            operator,
+            operator_key,
+            assertions,
+            grant_creds: Mutex::new(HashMap::new()),
+            sem,
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn credential(
+        &self,
+        caller: &Caller<'_>,
+    ) -> Result<(Arc<dyn TokenCredential>, String), AzureError> {
+        match caller {
+            Caller::Operator => Ok((self.operator.clone(), self.operator_key.clone())),
+            Caller::Grant(ns, id) => {
+                let source = self.assertions.clone().ok_or_else(|| AzureError::Auth {
+                    code: "NoAssertionSource".into(),
+                    message: "per-grant identities are not configured".into(),
+                })?;
+                let key = (
+                    ns.to_string(),
+                    id.tenant_id.to_ascii_lowercase(),
+                    id.client_id.to_ascii_lowercase(),
+                );
+                let mut map = self.grant_creds.lock().map_err(|_| AzureError::Auth {
+                    code: "Poisoned".into(),
+                    message: "credential cache poisoned".into(),
+                })?;
+                if let Some(c) = map.get(&key) {
+                    return Ok((c.clone(), id.client_id.clone()));
+                }
+                let cred: Arc<dyn TokenCredential> = ClientAssertionCredential::new(
+                    id.tenant_id.clone(),
+                    id.client_id.clone(),
+                    GrantAssertion {
+                        source,
+                        namespace: ns.to_string(),
+                        identity: (*id).clone(),
+                    },
+                    Some(ClientAssertionCredentialOptions {
+                        client_options: client_options(&self.http, &self.cfg.authority_host),
+                    }),
+                )
+                .map_err(|e| AzureError::Auth {
+                    code: "CredentialSetup".into(),
+                    message: e.to_string(),
+                })?;
+                map.insert(key, cred.clone());
+                Ok((cred, id.client_id.clone()))
+            }
+        }
+    }
+
+    /// Waits for (or refuses) a slot in the bucket; returns Throttled when the wait is too long.
+    async fn take_token(&self, key: (String, String, OpClass)) -> Result<(), AzureError> {
+        loop {
+            let wait = {
+                let mut map = self.buckets.lock().map_err(|_| AzureError::Transient {
+                    status: None,
+                    code: "Poisoned".into(),
+                    message: "bucket lock".into(),
+                })?;
+                let size = match key.2 {
+                    OpClass::Read => self.cfg.reads,
+                    OpClass::Write => self.cfg.writes,
+                    OpClass::Delete => self.cfg.deletes,
+                };
+                let now = Instant::now();
+                map.entry(key.clone())
+                    .or_insert(Bucket {
+                        tokens: size.capacity,
+                        size,
+                        last: now,
+                        blocked_until: None,
+                    })
+                    .wait(now)
+            };
+            if wait.is_zero() {
+                return Ok(());
+            }
+            if wait > self.cfg.max_inline_wait {
+                return Err(AzureError::Throttled {
+                    code: "ClientThrottled".into(),
+                    retry_after_secs: wait.as_secs().max(1),
+                });
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn observe_headers(
+        &self,
+        key: &(String, String, OpClass),
+        headers: &reqwest::header::HeaderMap,
+        status: u16,
+        retry_after: Option<u64>,
+    ) {
+        let Ok(mut map) = self.buckets.lock() else {
+            return;
+        };
+        let Some(b) = map.get_mut(key) else { return };
+        let name = match key.2 {
+            OpClass::Read => "x-ms-ratelimit-remaining-subscription-reads",
+            OpClass::Write => "x-ms-ratelimit-remaining-subscription-writes",
+            OpClass::Delete => "x-ms-ratelimit-remaining-subscription-deletes",
+        };
+        if let Some(rem) = headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            // Azure knows better than our estimate: never hold more tokens than it says remain.
+            b.tokens = b.tokens.min(rem);
+        }
+        if status == 429 {
+            let secs = retry_after.unwrap_or(1).max(1);
+            let until = Instant::now() + Duration::from_secs(secs);
+            b.blocked_until = Some(b.blocked_until.map_or(until, |x| x.max(until)));
+            b.tokens = 0.0;
+        }
+    }
+
+    /// One ARM call with the retry loop. `path` starts with `/`; `query` excludes api-version.
+    #[allow(clippy::too_many_arguments)] // mirrors the ARM call's parts one to one
+    pub async fn call(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        api_version: &str,
+        body: Option<&Value>,
+        caller: &Caller<'_>,
+        replay: Replay,
+    ) -> Result<ArmResponse, AzureError> {
+        let mut url = self.cfg.arm_endpoint.clone();
+        url.set_path(path);
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("api-version", api_version);
+            for (k, v) in query {
+                q.append_pair(k, v);
+            }
+        }
+        self.call_url(operation, method, url, body, caller, replay)
+            .await
+    }
+
+    /// Like `call`, for an absolute URL (e.g. a `nextLink`).
+    pub async fn call_url(
+        &self,
+        operation: &'static str,
+        method: Method,
+        url: url::Url,
+        body: Option<&Value>,
+        caller: &Caller<'_>,
+        replay: Replay,
+    ) -> Result<ArmResponse, AzureError> {
+        let class = if method == Method::GET {
+            OpClass::Read
+        } else if method == Method::DELETE {
+            OpClass::Delete
+        } else {
+            OpClass::Write
+        };
+        let sub = subscription_of(url.path());
+        let (cred, principal) = self.credential(caller)?;
+        let key = (sub, principal, class);
+        let span = tracing::info_span!("arm", op = operation, method = %method, path = url.path());
+        async move {
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                self.take_token(key.clone()).await?;
+                let _permit = self.sem.acquire().await.map_err(|_| AzureError::Transient { status: None, code: "ShuttingDown".into(), message: "client closed".into() })?;
+                let token = cred.get_token(&[ARM_SCOPE], None).await.map_err(|e| AzureError::Auth { code: "TokenRequestFailed".into(), message: redact(&e.to_string()) })?;
+                let mut req = self.http.request(method.clone(), url.clone()).bearer_auth(token.token.secret()).header("x-ms-client-request-id", uuid::Uuid::new_v4().to_string());
+                if let Some(b) = body {
+                    req = req.json(b);
+                }
+                let sent = req.send().await;
+                let err = match sent {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        let retry_after = retry_after_secs(resp.headers());
+                        self.observe_headers(&key, resp.headers(), status, retry_after);
+                        let bytes = resp.bytes().await.map_err(|e| AzureError::Transient { status: Some(status), code: "BodyReadFailed".into(), message: e.to_string() })?;
+                        tracing::debug!(status, attempt, "arm answer");
+                        if status < 400 {
+                            return Ok(ArmResponse { status, body: bytes });
+                        }
+                        classify(status, &String::from_utf8_lossy(&bytes), retry_after)
+                    }
+                    Err(e) => {
+                        let processed_maybe = !e.is_connect();
+                        if processed_maybe && replay == Replay::Unsafe {
+                            return Err(AzureError::Transient { status: None, code: "NoAnswer".into(), message: format!("no answer from Azure ({e}); not replayed because the call may have been processed") });
+                        }
+                        AzureError::Transient { status: None, code: if e.is_timeout() { "Timeout".into() } else { "ConnectionFailed".into() }, message: e.to_string() }
+                    }
+                };
+                let wait = match &err {
+                    AzureError::Throttled { retry_after_secs, .. } => Duration::from_secs((*retry_after_secs).max(1)),
+                    AzureError::Transient { status: Some(s), .. } if replay == Replay::Unsafe && *s != 503 => return Err(err),
+                    AzureError::Transient { .. } | AzureError::Auth { .. } => backoff(attempt),
+                    _ => return Err(err),
+                };
+                if attempt >= self.cfg.max_attempts || wait > self.cfg.max_inline_wait {
+                    return Err(err);
+                }
+                tracing::info!(category = err.category(), attempt, wait_ms = wait.as_millis() as u64, "retrying ARM call");
+                tokio::time::sleep(wait).await;
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// GETs a resource; `Ok(None)` on 404.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &str,
+        query: &[(&str, &str)],
+        api_version: &str,
+        caller: &Caller<'_>,
+    ) -> Result<Option<T>, AzureError> {
+        match self
+            .call(
+                operation,
+                Method::GET,
+                path,
+                query,
+                api_version,
+                None,
+                caller,
+                Replay::Safe,
+            )
+            .await
+        {
+            Ok(r) => parse(&r.body).map(Some),
+            Err(AzureError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// GETs every page of a list.
+    pub async fn list_all<T: serde::de::DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &str,
+        query: &[(&str, &str)],
+        api_version: &str,
+        caller: &Caller<'_>,
+    ) -> Result<Vec<T>, AzureError> {
+        let first = self
+            .call(
+                operation,
+                Method::GET,
+                path,
+                query,
+                api_version,
+                None,
+                caller,
+                Replay::Safe,
+            )
+            .await?;
+        let mut page: super::models::List<T> = parse(&first.body)?;
+        let mut out = std::mem::take(&mut page.value);
+        let mut next = page.next_link;
+        let mut pages = 0;
+        while let Some(link) = next.filter(|l| !l.is_empty()) {
+            pages += 1;
+            if pages > 1000 {
+                break;
+            }
+            let url = url::Url::parse(&link).map_err(|e| AzureError::Invalid {
+                status: 0,
+                code: "BadNextLink".into(),
+                message: e.to_string(),
+            })?;
+            let r = self
+                .call_url(operation, Method::GET, url, None, caller, Replay::Safe)
+                .await?;
+            let mut p: super::models::List<T> = parse(&r.body)?;
+            out.append(&mut p.value);
+            next = p.next_link;
+        }
+        Ok(out)
+    }
+}
+
+fn client_options(http: &reqwest::Client, authority: &url::Url) -> ClientOptions {
+    let mut custom = azure_core::cloud::CustomConfiguration::default();
+    custom.authority_host = authority.as_str().trim_end_matches('/').to_string();
+    ClientOptions {
+        // One retry loop only: ours (ArmClient::call) retries token failures too.
+        retry: RetryOptions::none(),
+        transport: Some(Transport::new(Arc::new(http.clone()))),
+        cloud: Some(Arc::new(custom.into())),
+        ..Default::default()
+    }
+}
+
+/// Parses a JSON body into `T`, as an `Invalid` error when it does not fit.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AzureError> {
+    serde_json::from_slice(body).map_err(|e| AzureError::Invalid {
+        status: 0,
+        code: "UnparseableResponse".into(),
+        message: e.to_string(),
+    })
+}
+
+/// The subscription a path belongs to (lower case), or `tenant` for tenant-level paths.
+pub fn subscription_of(path: &str) -> String {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    segs.windows(2)
+        .find(|w| w[0].eq_ignore_ascii_case("subscriptions"))
+        .map(|w| w[1].to_ascii_lowercase())
+        .unwrap_or_else(|| "tenant".into())
+}
+
+fn retry_after_secs(h: &reqwest::header::HeaderMap) -> Option<u64> {
+    if let Some(ms) = h
+        .get("retry-after-ms")
+        .or_else(|| h.get("x-ms-retry-after-ms"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return Some(ms.div_ceil(1000));
+    }
+    h.get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 200u64.saturating_mul(1u64 << attempt.min(8));
+    let jitter = rand::rng().random_range(0..=base / 2);
+    Duration::from_millis(base + jitter)
+}
+
+/// Removes anything that looks like a bearer token or secret from an error message.
+pub fn redact(s: &str) -> String {
+    s.split_whitespace()
+        .map(|w| {
+            if w.len() > 60 && w.chars().filter(|c| *c == '.').count() >= 2 {
+                "[redacted]"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
