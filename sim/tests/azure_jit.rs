@@ -295,3 +295,29 @@ async fn policy_crud_and_errors() {
         .await;
     assert_eq!((no_rg.status, no_rg.code()), (404, "ResourceGroupNotFound"));
 }
+
+#[tokio::test]
+async fn initiating_knob_reproduces_the_examples_off_enum_status() {
+    let sim = Sim::start_with(|y| {
+        set_yaml(
+            y,
+            &["settings", "jitInitiateStatus"],
+            serde_yaml::Value::String("Initiating".into()),
+        );
+    })
+    .await;
+    let tok = sim.operator().await;
+    let mut b = port_req(22, "10.0.0.3", "PT1H");
+    b["justification"] = json!("knob");
+    let r = sim.jit_initiate(&tok, b).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(
+        r.body["virtualMachines"][0]["ports"][0]["status"],
+        "Initiating"
+    );
+    let g = sim.jit_get(&tok).await;
+    assert_eq!(
+        find_port(&g.body, "knob", 22).map(|p| p["status"].clone()),
+        Some(json!("Initiated"))
+    );
+}
