@@ -137,6 +137,29 @@ async fn too_old_resource_version_is_410_gone() {
 }
 
 #[tokio::test]
+async fn resource_version_from_the_future_is_504() {
+    let sim = start_with(|_| {}).await;
+    // kube's client retries 504 (honouring Retry-After) by default; look at the answer itself
+    let mut cfg = sim.kube_config().await.unwrap();
+    cfg.default_retry = false;
+    let client = kube::Client::try_from(cfg).unwrap();
+    let api = widgets(&client, "default");
+    let future = (sim.resource_version() + 100).to_string();
+    let r = api.watch(&WatchParams::default(), &future).await;
+    let st = match r {
+        Err(kube::Error::Api(s)) => *s,
+        Err(e) => panic!("unexpected error {e:?}"),
+        Ok(_) => panic!("watch from the future must fail"),
+    };
+    assert_eq!((st.code, st.reason.as_str()), (504, "Timeout"));
+    assert!(
+        st.message.starts_with("Too large resource version"),
+        "{}",
+        st.message
+    );
+}
+
+#[tokio::test]
 async fn watcher_and_reflector_list_watch_and_relist_after_410() {
     // no bookmarks, short watch timeouts: the watcher re-watches from its last seen version
     let sim = start_with(|c| c.bookmark_interval = Duration::from_secs(3600)).await;

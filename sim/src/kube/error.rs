@@ -256,6 +256,16 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = self.to_status().to_string();
-        (code, [("content-type", "application/json")], body).into_response()
+        let mut resp = (code, [("content-type", "application/json")], body).into_response();
+        // like kube-apiserver, retryAfterSeconds also becomes a Retry-After header
+        if let Some(secs) = self
+            .details
+            .as_ref()
+            .and_then(|d| d["retryAfterSeconds"].as_u64())
+            && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert("retry-after", v);
+        }
+        resp
     }
 }

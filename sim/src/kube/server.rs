@@ -518,6 +518,20 @@ struct ContinueToken {
     name: String,
 }
 
+/// kube-apiserver's answer to a resourceVersion it has not reached (after waiting for it).
+fn too_large_rv(rv: u64, current: u64) -> ApiError {
+    let mut e = ApiError::new(
+        504,
+        "Timeout",
+        format!("Too large resource version: {rv}, current: {current}"),
+    );
+    e.details = Some(json!({
+        "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+        "retryAfterSeconds": 1,
+    }));
+    e
+}
+
 fn wants_metadata_only(ctx: &Ctx) -> bool {
     ctx.accept.contains("as=PartialObjectMetadata")
 }
@@ -550,6 +564,10 @@ fn list(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
         }
         list_rv = tok.rv;
         start_after = Some((tok.ns, tok.name));
+    } else if let Some(rv) = ctx.q("resourceVersion").and_then(|r| r.parse::<u64>().ok())
+        && rv > list_rv
+    {
+        return Err(too_large_rv(rv, list_rv));
     } else if ctx.q("resourceVersionMatch") == Some("Exact")
         && let Some(rv) = ctx.q("resourceVersion").and_then(|r| r.parse::<u64>().ok())
         && rv != list_rv
@@ -698,6 +716,7 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
             current
         } else {
             match rv_param.parse::<u64>() {
+                Ok(r) if r > current => return Err(too_large_rv(r, current)),
                 Ok(r) => r,
                 Err(_) => {
                     return Err(ApiError::bad_request(format!(
