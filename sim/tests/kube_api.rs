@@ -561,3 +561,54 @@ async fn paging_across_namespaces_and_metadata_only_views() {
     }
     assert_eq!(names, vec!["x", "y"]);
 }
+
+#[tokio::test]
+async fn concurrent_writers_optimistic_concurrency() {
+    let (_sim, client) = start().await;
+    let api = widgets(&client, "default");
+    let base = api
+        .create(
+            &PostParams::default(),
+            &widget("c", json!({"size": 1, "tags": []})),
+        )
+        .await
+        .unwrap();
+    // 20 concurrent PUTs from the same resourceVersion: exactly one wins
+    let mut puts = vec![];
+    for i in 0..20 {
+        let api = api.clone();
+        let mut w = base.clone();
+        w.data["spec"]["color"] = json!(if i % 2 == 0 { "red" } else { "blue" });
+        puts.push(tokio::spawn(async move {
+            api.replace("c", &PostParams::default(), &w).await
+        }));
+    }
+    let mut ok = 0;
+    for p in puts {
+        match p.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 409),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    // 20 concurrent merge patches (no resourceVersion): all apply, none is lost
+    let mut patches = vec![];
+    for i in 0..20 {
+        let api = api.clone();
+        patches.push(tokio::spawn(async move {
+            let p = Patch::Merge(json!({"metadata": {"labels": {format!("l{i}"): "x"}}}));
+            api.patch("c", &PatchParams::default(), &p).await
+        }));
+    }
+    for p in patches {
+        p.await.unwrap().expect("merge patches retry internally");
+    }
+    let w = api.get("c").await.unwrap();
+    assert_eq!(w.metadata.labels.unwrap().len(), 20);
+    assert_eq!(
+        w.metadata.generation,
+        Some(2),
+        "labels do not move generation"
+    );
+}
