@@ -139,8 +139,8 @@ impl ApiError {
     }
     pub fn invalid(def: &ResourceDef, name: &str, errs: &[FieldError]) -> Self {
         let texts: Vec<String> = errs.iter().map(FieldError::text).collect();
-        let joined = if texts.len() == 1 {
-            texts[0].clone()
+        let joined = if texts.len() <= 1 {
+            texts.first().cloned().unwrap_or_default()
         } else {
             format!("[{}]", texts.join(", "))
         };
@@ -184,10 +184,9 @@ impl ApiError {
                        "field": field})
             })
             .collect();
-        let message = if conflicts.len() == 1 {
+        let message = if let [(manager, field)] = conflicts {
             format!(
-                "Apply failed with 1 conflict: conflict with \"{}\" using {api_version}: {}",
-                conflicts[0].0, conflicts[0].1
+                "Apply failed with 1 conflict: conflict with \"{manager}\" using {api_version}: {field}"
             )
         } else {
             let lines: Vec<String> = conflicts

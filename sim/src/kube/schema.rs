@@ -209,7 +209,10 @@ fn validate_string(schema: &Value, s: &str, v: &Value, path: &str, errs: &mut Ve
         errs.push(FieldError::new(
             "FieldValueTooLong",
             path,
-            format!("Too long: may not be more than {max} bytes"),
+            format!(
+                "Too long: may not be more than {max} {}",
+                if max == 1 { "byte" } else { "bytes" }
+            ),
         ));
     }
     if let Some(min) = schema["minLength"].as_u64()
@@ -323,7 +326,11 @@ fn validate_array(
         errs.push(FieldError::new(
             "FieldValueTooMany",
             path,
-            format!("Too many: {}: must have at most {max} items", items.len()),
+            format!(
+                "Too many: {}: must have at most {max} {}",
+                items.len(),
+                if max == 1 { "item" } else { "items" }
+            ),
         ));
     }
     if let Some(min) = schema["minItems"].as_u64()

@@ -1887,6 +1887,9 @@ fn delete_locked(
             obj["metadata"]["generation"] = json!(g);
         }
         if def.builtin == Builtin::Namespace {
+            if !obj["status"].is_object() {
+                obj["status"] = json!({});
+            }
             obj["status"]["phase"] = json!("Terminating");
         }
         if dry {
