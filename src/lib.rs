@@ -9,6 +9,7 @@ pub mod azure;
 pub mod azure_model;
 pub mod clock;
 pub mod constants;
+pub mod controller;
 pub mod guard;
 pub mod lifecycle;
 pub mod validate;

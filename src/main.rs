@@ -1,5 +1,12 @@
-//! `accessgrant-operator`: `run` (controller + webhook + admin server) and `crd`.
+//! `accessgrant-operator`: `run` (controller) and `crd` (print CRDs). Thin: parses flags, builds
+//! clients, hands over to the library.
+use accessgrant_operator::api::IsoDuration;
+use accessgrant_operator::azure::client::{ArmClient, ArmConfig, AuthConfig};
+use accessgrant_operator::controller::{self, ControllerConfig, identity::ServiceAccountTokens};
+use accessgrant_operator::lifecycle::PlannerConfig;
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
 
 /// Temporary Azure access (Defender JIT, PIM) declared as Kubernetes objects.
 #[derive(Parser, Debug)]
@@ -13,8 +20,9 @@ struct Cli {
 enum Command {
     /// Print every CustomResourceDefinition as multi-document YAML.
     Crd,
-    /// Run the controller, admission webhook and admin server.
-    Run(RunArgs),
+    /// Run the controller. Kubernetes access follows the usual kubeconfig rules (KUBECONFIG,
+    /// in-cluster).
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -25,17 +33,158 @@ struct RunArgs {
         env = "ARM_ENDPOINT",
         default_value = "https://management.azure.com"
     )]
-    arm_endpoint: String,
+    arm_endpoint: url::Url,
     /// Microsoft Entra authority host (must be https).
     #[arg(
         long,
         env = "AZURE_AUTHORITY_HOST",
         default_value = "https://login.microsoftonline.com"
     )]
-    authority_host: String,
-    /// Extra trusted root CAs (PEM) for Azure endpoints.
+    authority_host: url::Url,
+    /// Extra trusted root CAs (PEM) for Azure endpoints; the platform roots are always trusted.
     #[arg(long, env = "AZURE_CA_FILE")]
     azure_ca_file: Option<std::path::PathBuf>,
+    /// Entra tenant id of the operator's identity.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    azure_tenant_id: Option<String>,
+    /// Client (application) id of the operator's identity.
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    azure_client_id: Option<String>,
+    /// Client secret (prefer workload identity in clusters).
+    #[arg(long, env = "AZURE_CLIENT_SECRET", hide_env_values = true)]
+    azure_client_secret: Option<String>,
+    /// Federated token file for workload identity (set by the AKS webhook).
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
+    azure_federated_token_file: Option<std::path::PathBuf>,
+    /// Use managed identity (IMDS) when no secret or federated token file is given.
+    #[arg(long, env = "AZURE_USE_MANAGED_IDENTITY", default_value_t = false)]
+    managed_identity: bool,
+    /// JIT has no revoke API: on delete/suspend supersede our request with a window this long
+    /// (ISO 8601), or `none` to let the ports close at their end time.
+    #[arg(long, env = "JIT_EARLY_CLOSE", default_value = "PT1M")]
+    jit_early_close: String,
+    /// PIM's minimum active time before deactivation (Azure: 5 minutes).
+    #[arg(long, env = "PIM_DEACTIVATION_FLOOR", default_value = "PT5M")]
+    deactivation_floor: String,
+    /// How often active grants are checked for out-of-band changes.
+    #[arg(long, env = "DRIFT_CHECK_INTERVAL", default_value = "PT5M")]
+    drift_check: String,
+    /// Concurrent reconciles.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
+    /// Log format: `text` or `json` (logs go to stderr; audit lines to stdout).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn duration(flag: &str, v: &str) -> anyhow::Result<chrono::Duration> {
+    IsoDuration::new(v)
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--{flag} {e}"))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested; finishing in-flight reconciles");
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn,azure_core=warn,azure_identity=warn".into());
+    if args.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let auth = match (&args.azure_client_secret, &args.azure_federated_token_file) {
+        (Some(secret), _) => AuthConfig::ClientSecret {
+            tenant_id: args
+                .azure_tenant_id
+                .clone()
+                .context("--azure-tenant-id is required with a client secret")?,
+            client_id: args
+                .azure_client_id
+                .clone()
+                .context("--azure-client-id is required with a client secret")?,
+            secret: secret.clone(),
+        },
+        (None, Some(file)) => AuthConfig::WorkloadIdentity {
+            tenant_id: args
+                .azure_tenant_id
+                .clone()
+                .context("--azure-tenant-id is required for workload identity")?,
+            client_id: args
+                .azure_client_id
+                .clone()
+                .context("--azure-client-id is required for workload identity")?,
+            token_file: file.clone(),
+        },
+        (None, None) if args.managed_identity => AuthConfig::ManagedIdentity {
+            client_id: args.azure_client_id.clone(),
+        },
+        (None, None) => anyhow::bail!(
+            "no Azure identity: set AZURE_CLIENT_SECRET, AZURE_FEDERATED_TOKEN_FILE or --managed-identity"
+        ),
+    };
+    let mut cfg = ArmConfig::new(args.arm_endpoint.clone(), args.authority_host.clone(), auth);
+    if let Some(f) = &args.azure_ca_file {
+        cfg.extra_ca_pem = Some(
+            std::fs::read(f).with_context(|| format!("reading --azure-ca-file {}", f.display()))?,
+        );
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let arm = Arc::new(ArmClient::new(
+        cfg,
+        Some(Arc::new(ServiceAccountTokens::new(client.clone()))),
+    )?);
+    let planner = PlannerConfig {
+        jit_early_close: if args.jit_early_close.eq_ignore_ascii_case("none") {
+            None
+        } else {
+            Some(duration("jit-early-close", &args.jit_early_close)?)
+        },
+        deactivation_floor: duration("deactivation-floor", &args.deactivation_floor)?,
+        drift_check: duration("drift-check", &args.drift_check)?,
+        ..PlannerConfig::default()
+    };
+    tracing::info!(arm = %args.arm_endpoint, authority = %args.authority_host, "accessgrant-operator starting");
+    controller::run(
+        client,
+        arm,
+        ControllerConfig {
+            planner,
+            concurrency: args.concurrency,
+        },
+        shutdown_signal(),
+    )
+    .await
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,14 +194,10 @@ fn main() -> anyhow::Result<()> {
             print!("{}", accessgrant_operator::api::crds_yaml()?);
             Ok(())
         }
-        Command::Run(args) => {
-            anyhow::bail!(
-                "the controller is not built yet (arm endpoint {}, authority {}, ca file {:?})",
-                args.arm_endpoint,
-                args.authority_host,
-                args.azure_ca_file
-            )
-        }
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(*args)),
     }
 }
 

@@ -1,0 +1,586 @@
+//! kube-runtime wiring: observe (status + Azure reads) -> validate -> guard -> plan -> execute
+//! (finalizer patches, intent status writes, Azure writes) -> one status patch -> requeue at
+//! the plan's `wake_at`. All decisions are in `crate::lifecycle`; this module only does I/O.
+
+pub mod identity;
+
+use crate::api::{AccessGrant, AccessGrantStatus, AccessPolicy, Phase};
+use crate::azure::client::ArmClient;
+use crate::azure::error::AzureError;
+use crate::constants::{FIELD_MANAGER, FINALIZER};
+use crate::guard::{GrantContext, guard};
+use crate::lifecycle::{
+    GrantMeta, Need, Observed, Plan, PlanInput, PlannerConfig, Read, Step, WriteResult, plan,
+};
+use crate::validate::{ValidTarget, validate};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Controller settings.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Planner settings.
+    pub planner: PlannerConfig,
+    /// Concurrent reconciles.
+    pub concurrency: u16,
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    client: Client,
+    arm: Arc<ArmClient>,
+    policies: Store<AccessPolicy>,
+    grants: Store<DeserializeGuard<AccessGrant>>,
+    recorder: Recorder,
+    cfg: ControllerConfig,
+}
+
+/// Reconcile errors (kube API failures; Azure failures are part of the plan).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Kubernetes API.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// An Azure read failed.
+    #[error("azure read: {0}")]
+    AzureRead(AzureError),
+}
+
+impl ReconcileError {
+    /// Stable category for metrics and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(_) => "Kubernetes",
+            ReconcileError::AzureRead(e) => e.category(),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` resolves, then finishes in-flight reconciles.
+pub async fn run(
+    client: Client,
+    arm: Arc<ArmClient>,
+    cfg: ControllerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let grants_api: Api<DeserializeGuard<AccessGrant>> = Api::all(client.clone());
+    let policies_api: Api<AccessPolicy> = Api::all(client.clone());
+
+    // Policies must be known before any grant is judged: default deny would otherwise revoke
+    // everything at start-up.
+    let (policies, writer) = reflector::store();
+    let policy_stream = watcher(policies_api.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    let policy_task = tokio::spawn(async move {
+        policy_stream.for_each(|_| async {}).await;
+    });
+    policies.wait_until_ready().await?;
+    tracing::info!(count = policies.state().len(), "AccessPolicies loaded");
+
+    let reporter = Reporter {
+        controller: "accessgrant-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let controller = Controller::new(grants_api, watcher::Config::default().any_semantic());
+    let grants = controller.store();
+    let map_store = grants.clone();
+    let ctx = Arc::new(Context {
+        client,
+        arm,
+        policies,
+        grants,
+        recorder,
+        cfg: cfg.clone(),
+    });
+    controller
+        .watches(
+            policies_api,
+            watcher::Config::default(),
+            move |_p: AccessPolicy| {
+                // A policy change re-evaluates every grant (policies select namespaces by labels).
+                map_store
+                    .state()
+                    .into_iter()
+                    .map(|g| ObjectRef::from_obj(&*g))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .with_config(kube::runtime::controller::Config::default().concurrency(cfg.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile loop");
+            }
+        })
+        .await;
+    policy_task.abort();
+    Ok(())
+}
+
+fn error_policy(
+    _obj: Arc<DeserializeGuard<AccessGrant>>,
+    err: &ReconcileError,
+    _ctx: Arc<Context>,
+) -> Action {
+    let wait = match err {
+        ReconcileError::AzureRead(AzureError::Throttled {
+            retry_after_secs, ..
+        }) => Duration::from_secs((*retry_after_secs).clamp(1, 600)),
+        _ => Duration::from_secs(5),
+    };
+    tracing::warn!(category = err.category(), error = %err, "reconcile failed; retrying in {}s", wait.as_secs());
+    Action::requeue(wait)
+}
+
+async fn reconcile(
+    obj: Arc<DeserializeGuard<AccessGrant>>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let grant = match &obj.0 {
+        Ok(g) => g.clone(),
+        Err(invalid) => {
+            // Malformed object: report and move on; other grants are unaffected.
+            tracing::warn!(ns = invalid.metadata.namespace.as_deref().unwrap_or_default(), name = invalid.metadata.name.as_deref().unwrap_or_default(), error = %invalid.error, "AccessGrant does not match the schema");
+            return Ok(Action::await_change());
+        }
+    };
+    let ns = grant.namespace().unwrap_or_default();
+    let name = grant.name_any();
+    let span = tracing::info_span!("reconcile", ns = %ns, name = %name, attempt = grant.status.as_ref().map_or(0, |s| s.attempt));
+    let _e = span.enter();
+    reconcile_grant(grant, &ctx).await
+}
+
+async fn namespace_labels(
+    client: &Client,
+    ns: &str,
+) -> Result<BTreeMap<String, String>, kube::Error> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    match api.get_opt(ns).await? {
+        Some(n) => Ok(n.metadata.labels.unwrap_or_default()),
+        None => Ok(BTreeMap::new()),
+    }
+}
+
+fn covered_by_other(ctx: &Context, me: &AccessGrant) -> bool {
+    let Some(my) = me.status.as_ref().and_then(|s| s.target.clone()) else {
+        return false;
+    };
+    let my_uid = me.uid();
+    ctx.grants
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .any(|other| {
+            if other.uid() == my_uid
+                || other.metadata.deletion_timestamp.is_some()
+                || other.spec.suspend == Some(true)
+            {
+                return false;
+            }
+            let Some(st) = other.status.as_ref() else {
+                return false;
+            };
+            if !matches!(st.phase, Phase::Active | Phase::Renewing) {
+                return false;
+            }
+            let Some(t) = st.target.as_ref() else {
+                return false;
+            };
+            match (&my.pim, &t.pim, &my.jit, &t.jit) {
+                (Some(a), Some(b), _, _) => {
+                    a.principal_id.eq_ignore_ascii_case(&b.principal_id)
+                        && a.role_definition_id
+                            .eq_ignore_ascii_case(&b.role_definition_id)
+                        && a.scope.eq_ignore_ascii_case(&b.scope)
+                        && a.mode == b.mode
+                }
+                (_, _, Some(a), Some(b)) => a.virtual_machines.iter().all(|vm| {
+                    vm.ports.iter().all(|p| {
+                        b.virtual_machines
+                            .iter()
+                            .filter(|v| v.id.eq_ignore_ascii_case(&vm.id))
+                            .any(|v| {
+                                v.ports.iter().any(|q| {
+                                    q.number == p.number
+                                        && q.allowed_source_address_prefixes
+                                            == p.allowed_source_address_prefixes
+                                })
+                            })
+                    })
+                }),
+                _ => false,
+            }
+        })
+}
+
+async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = grant.namespace().unwrap_or_default();
+    let api: Api<AccessGrant> = Api::namespaced(ctx.client.clone(), &ns);
+    let labels = namespace_labels(&ctx.client, &ns).await?;
+    let valid = validate(&grant.spec);
+    let policies: Vec<AccessPolicy> = ctx.policies.state().iter().map(|p| (**p).clone()).collect();
+    let gctx = GrantContext {
+        namespace: ns.clone(),
+        namespace_labels: labels,
+        created: grant
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0)),
+    };
+    let verdict = valid.as_ref().ok().map(|v| guard(v, &policies, &gctx));
+    let covered = covered_by_other(ctx, &grant);
+    let mut observed = Observed::default();
+    let status0 = grant.status.clone().unwrap_or_default();
+    let mut status = status0.clone();
+    let mut last_plan: Option<Plan> = None;
+    for _ in 0..12 {
+        let meta = GrantMeta {
+            uid: grant.uid().unwrap_or_default(),
+            namespace: ns.clone(),
+            name: grant.name_any(),
+            generation: grant.metadata.generation.unwrap_or(1),
+            deleting: grant.metadata.deletion_timestamp.is_some(),
+            has_finalizer: grant.finalizers().iter().any(|f| f == FINALIZER),
+            requested_by: None,
+        };
+        let now = crate::clock::now();
+        let input = PlanInput {
+            meta: &meta,
+            spec: valid.as_ref(),
+            suspend: grant.spec.suspend.unwrap_or(false),
+            status: &status,
+            verdict: verdict.as_ref(),
+            observed: &observed,
+            covered_by_other: covered,
+            now,
+            config: &ctx.cfg.planner,
+        };
+        let p = plan(&input);
+        if !p.needs.is_empty() {
+            for n in &p.needs {
+                read(ctx, &grant, &status, valid.as_ref().ok(), n, &mut observed)
+                    .await
+                    .map_err(ReconcileError::AzureRead)?;
+            }
+            continue;
+        }
+        let mut wrote = false;
+        for step in &p.steps {
+            match step {
+                Step::AddFinalizer => {
+                    grant = add_finalizer(&api, &grant).await?;
+                }
+                Step::RecordIntent(st) => {
+                    write_status(&api, &grant, &status, st).await?;
+                    status = (**st).clone();
+                }
+                Step::Azure(w) => {
+                    let intent = status.intent.clone();
+                    let outcome = ctx.arm.execute(&ns, w).await;
+                    if let Err(e) = &outcome {
+                        tracing::info!(category = e.category(), "azure write failed");
+                    }
+                    observed = Observed {
+                        last_write: intent.map(|i| WriteResult {
+                            operation: i.operation,
+                            request_id: i.request_id,
+                            outcome,
+                        }),
+                        ..Default::default()
+                    };
+                    wrote = true;
+                    break;
+                }
+                Step::RemoveFinalizer => {
+                    publish(ctx, &grant, &p).await;
+                    audit(&grant, &status0, &p.status);
+                    remove_finalizer(&api, &grant).await?;
+                    return Ok(Action::await_change());
+                }
+            }
+        }
+        if wrote {
+            last_plan = Some(p);
+            continue;
+        }
+        if p.status != status {
+            write_status(&api, &grant, &status, &p.status).await?;
+        }
+        publish(ctx, &grant, &p).await;
+        audit(&grant, &status0, &p.status);
+        let _ = last_plan;
+        return Ok(match p.wake_at {
+            Some(t) => Action::requeue(
+                (t - crate::clock::now())
+                    .to_std()
+                    .unwrap_or(Duration::from_secs(1))
+                    .max(Duration::from_millis(200)),
+            ),
+            None => Action::await_change(),
+        });
+    }
+    tracing::warn!("reconcile did not settle; retrying");
+    Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+async fn read(
+    ctx: &Context,
+    grant: &AccessGrant,
+    status: &AccessGrantStatus,
+    valid: Option<&crate::validate::ValidGrant>,
+    need: &Need,
+    observed: &mut Observed,
+) -> Result<(), AzureError> {
+    let ns = grant.namespace().unwrap_or_default();
+    let pim_target = status
+        .target
+        .as_ref()
+        .and_then(|t| t.pim.clone())
+        .or_else(|| match valid.map(|v| &v.target) {
+            Some(ValidTarget::Pim(p)) => Some(crate::api::PimTarget {
+                mode: p.mode,
+                scope: p.scope.to_string(),
+                role_definition_id: p.role_definition_id.to_string(),
+                principal_id: p.principal_id.clone(),
+                linked_role_eligibility_schedule_id: p.linked_role_eligibility_schedule_id.clone(),
+                identity: p.identity.clone(),
+            }),
+            _ => None,
+        });
+    let jit_target = status
+        .target
+        .as_ref()
+        .and_then(|t| t.jit.clone())
+        .or_else(|| match valid.map(|v| &v.target) {
+            Some(ValidTarget::Jit(j)) => Some(crate::api::JitTarget {
+                subscription_id: j.subscription_id.clone(),
+                resource_group: j.resource_group.clone(),
+                location: j.location.clone(),
+                policy_name: j.policy_name.clone(),
+                virtual_machines: vec![],
+            }),
+            _ => None,
+        });
+    match need {
+        Need::PimRequest(name) => {
+            let Some(t) = pim_target else {
+                observed.pim_request = Read::Missing;
+                return Ok(());
+            };
+            let who = match &t.identity {
+                Some(id) => crate::azure::client::Caller::Grant(&ns, id),
+                None => crate::azure::client::Caller::Operator,
+            };
+            observed.pim_request = match ctx.arm.pim_get(&t.scope, name, &who).await? {
+                Some(r) => Read::Found(r),
+                None => Read::Missing,
+            };
+        }
+        Need::PimInstance => {
+            let Some(t) = pim_target else {
+                observed.pim_instance = Read::Missing;
+                return Ok(());
+            };
+            observed.pim_instance = match ctx
+                .arm
+                .pim_instance(&t.scope, &t.role_definition_id, &t.principal_id)
+                .await?
+            {
+                Some(i) => Read::Found(i),
+                None => Read::Missing,
+            };
+        }
+        Need::PimPolicy => {
+            let Some(t) = pim_target else {
+                observed.pim_policy = Read::Missing;
+                return Ok(());
+            };
+            observed.pim_policy = match ctx.arm.pim_policy(&t.scope, &t.role_definition_id).await? {
+                Some(p) => Read::Found(p),
+                None => Read::Missing,
+            };
+        }
+        Need::JitPolicy => {
+            let Some(t) = jit_target else {
+                observed.jit_policy = Read::Missing;
+                return Ok(());
+            };
+            observed.jit_policy = match ctx
+                .arm
+                .jit_policy(
+                    &t.subscription_id,
+                    &t.resource_group,
+                    &t.location,
+                    &t.policy_name,
+                )
+                .await?
+            {
+                Some(p) => Read::Found(p),
+                None => Read::Missing,
+            };
+        }
+    }
+    Ok(())
+}
+
+async fn add_finalizer(
+    api: &Api<AccessGrant>,
+    g: &AccessGrant,
+) -> Result<AccessGrant, kube::Error> {
+    let patch = match &g.metadata.finalizers {
+        Some(f) => json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": f},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}
+        ]),
+        None => json!([{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}]),
+    };
+    let p: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+    api.patch(
+        &g.name_any(),
+        &PatchParams::default(),
+        &Patch::Json::<()>(p),
+    )
+    .await
+}
+
+async fn remove_finalizer(api: &Api<AccessGrant>, g: &AccessGrant) -> Result<(), kube::Error> {
+    let Some(i) = g.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let patch = json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER},
+        {"op": "remove", "path": format!("/metadata/finalizers/{i}")}
+    ]);
+    let p: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+    match api
+        .patch(
+            &g.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(p),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes status as a JSON merge patch computed from the last status we know to the new one
+/// (fields that went away become `null`), under our field manager.
+// A server-side apply of the status would be the idiomatic choice; kube-sim's apply keeps empty
+// parent maps of removed fields, which the CRD schema then rejects, so a diff-based merge patch
+// is used until kube-sim's apply removes them as kube-apiserver does.
+async fn write_status(
+    api: &Api<AccessGrant>,
+    g: &AccessGrant,
+    old: &AccessGrantStatus,
+    st: &AccessGrantStatus,
+) -> Result<(), kube::Error> {
+    let old = serde_json::to_value(old).map_err(kube::Error::SerdeError)?;
+    let new = serde_json::to_value(st).map_err(kube::Error::SerdeError)?;
+    let body = json!({"status": merge_diff(&old, &new)});
+    api.patch_status(
+        &g.name_any(),
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Merge(&body),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// An RFC 7386 merge patch turning `old` into `new`.
+pub fn merge_diff(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    match (old, new) {
+        (serde_json::Value::Object(o), serde_json::Value::Object(n)) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in n {
+                match o.get(k) {
+                    Some(ov) if ov == v => {}
+                    Some(ov) => {
+                        out.insert(k.clone(), merge_diff(ov, v));
+                    }
+                    None => {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            for k in o.keys() {
+                if !n.contains_key(k) {
+                    out.insert(k.clone(), serde_json::Value::Null);
+                }
+            }
+            serde_json::Value::Object(out)
+        }
+        _ => new.clone(),
+    }
+}
+
+async fn publish(ctx: &Context, g: &AccessGrant, p: &Plan) {
+    let reference = g.object_ref(&());
+    for e in &p.events {
+        let note: String = e.note.chars().take(1000).collect();
+        let ev = Event {
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: e.reason.clone(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
+            tracing::debug!(error = %err, "event not published");
+        }
+    }
+}
+
+/// One JSON line on stdout per transition: the audit trail outlives Azure's retention.
+fn audit(g: &AccessGrant, before: &AccessGrantStatus, after: &AccessGrantStatus) {
+    if before.phase == after.phase
+        && before.reason == after.reason
+        && before.attempt == after.attempt
+    {
+        return;
+    }
+    let line = json!({
+        "audit": "AccessGrantTransition",
+        "time": crate::clock::now().to_rfc3339(),
+        "namespace": g.namespace(),
+        "name": g.name_any(),
+        "uid": g.uid(),
+        "generation": g.metadata.generation,
+        "requestedBy": after.requested_by,
+        "from": format!("{:?}", before.phase),
+        "to": format!("{:?}", after.phase),
+        "reason": after.reason,
+        "statusReason": after.status_reason,
+        "message": after.message,
+        "attempt": after.attempt,
+        "target": after.target,
+        "startTime": after.start_time,
+        "endTime": after.end_time,
+        "pim": after.pim,
+        "jit": after.jit.as_ref().map(|j| json!({"marker": j.marker, "requestStartTime": j.request_start_time, "requestor": j.requestor})),
+    });
+    println!("{line}");
+}

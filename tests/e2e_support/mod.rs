@@ -1,0 +1,271 @@
+//! End-to-end harness: kube-sim and azure-sim on loopback, the real `accessgrant-operator`
+//! binary as a child process, and helpers that wait on conditions with a deadline.
+#![allow(dead_code)]
+
+use accessgrant_operator::api::*;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::runtime::wait::await_condition;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const TENANT: &str = "3c0a2b4e-7d1f-4c6a-9e8b-1f2a3b4c5d6e";
+pub const OPERATOR_APP: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4ea1";
+pub const OPERATOR_OID: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e01";
+pub const OPERATOR_SECRET: &str = "sandbox-operator-secret";
+pub const SUB: &str = "5f1e7a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+pub const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+pub const TICKET_ROLE: &str = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c";
+
+pub fn rg() -> String {
+    format!("/subscriptions/{SUB}/resourceGroups/rg-sandbox")
+}
+pub fn role(guid: &str) -> String {
+    format!("/subscriptions/{SUB}/providers/Microsoft.Authorization/roleDefinitions/{guid}")
+}
+pub fn vm(n: u8) -> String {
+    format!(
+        "{}/providers/Microsoft.Compute/virtualMachines/vm-sandbox-{n}",
+        rg()
+    )
+}
+
+pub struct Env {
+    pub kube: accessgrant_sim::kube::RunningSim,
+    pub azure: accessgrant_sim::azure::RunningSim,
+    pub client: kube::Client,
+    pub dir: tempfile::TempDir,
+    operator: Option<Child>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- operator output ----\n{}", self.operator_output());
+        }
+        if let Some(mut c) = self.operator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Env {
+    /// Starts both sims (the sandbox world with a short PIM deactivation floor) and the operator.
+    pub async fn start() -> Env {
+        accessgrant_sim::azure::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let kubeconfig = dir.path().join("kubeconfig");
+        let kube = accessgrant_sim::kube::serve(accessgrant_sim::kube::SimConfig {
+            crds_dir: Some(root.join("crds")),
+            kubeconfig: Some(kubeconfig.clone()),
+            bookmark_interval: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await
+        .expect("kube-sim");
+        let mut world =
+            accessgrant_sim::azure::World::from_file(&root.join("sim/worlds/sandbox.yaml"))
+                .expect("world");
+        world.settings.deactivation_floor = "PT3S".into();
+        let azure = accessgrant_sim::azure::serve(accessgrant_sim::azure::SimConfig::new(world))
+            .await
+            .expect("azure-sim");
+        let client = kube.client().await.expect("kube client");
+        let mut env = Env {
+            kube,
+            azure,
+            client,
+            dir,
+            operator: None,
+        };
+        env.start_operator();
+        env
+    }
+
+    pub fn start_operator(&mut self) {
+        let ca = self.dir.path().join("azure-ca.pem");
+        std::fs::write(&ca, self.azure.ca_pem()).expect("write CA");
+        let n = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let stdout = std::fs::File::create(self.dir.path().join(format!("operator-{n}.out")))
+            .expect("stdout file");
+        let stderr = std::fs::File::create(self.dir.path().join(format!("operator-{n}.err")))
+            .expect("stderr file");
+        let child = Command::new(env!("CARGO_BIN_EXE_accessgrant-operator"))
+            .arg("run")
+            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+            .env("ARM_ENDPOINT", self.azure.base_url())
+            .env("AZURE_AUTHORITY_HOST", self.azure.base_url())
+            .env("AZURE_CA_FILE", &ca)
+            .env("AZURE_TENANT_ID", TENANT)
+            .env("AZURE_CLIENT_ID", OPERATOR_APP)
+            .env("AZURE_CLIENT_SECRET", OPERATOR_SECRET)
+            .env("PIM_DEACTIVATION_FLOOR", "PT3S")
+            .env("JIT_EARLY_CLOSE", "PT3S")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start the operator");
+        self.operator = Some(child);
+    }
+
+    /// SIGKILL the operator (crash).
+    pub fn kill_operator(&mut self) {
+        if let Some(mut c) = self.operator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn operator_output(&self) -> String {
+        let mut s = String::new();
+        if let Ok(d) = std::fs::read_dir(self.dir.path()) {
+            let mut files: Vec<_> = d
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "out" || x == "err"))
+                .collect();
+            files.sort();
+            for f in files {
+                s.push_str(&std::fs::read_to_string(f).unwrap_or_default());
+            }
+        }
+        s
+    }
+
+    /// A namespace with labels and an AccessPolicy that selects it and allows the sandbox.
+    pub async fn namespace(&self, name: &str, with_policy: bool) -> Api<AccessGrant> {
+        let ns: Namespace = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name, "labels": {"team": name}}}),
+        )
+        .expect("ns");
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        if with_policy {
+            let p: AccessPolicy = serde_json::from_value(serde_json::json!({
+                "apiVersion": "accessgrant.io/v1alpha1", "kind": "AccessPolicy",
+                "metadata": {"name": format!("allow-{name}")},
+                "spec": {
+                    "namespaceSelector": {"matchLabels": {"team": name}},
+                    "jit": {"virtualMachines": [format!("{}/providers/Microsoft.Compute/virtualMachines/*", rg())], "ports": [22, 3389], "sourcePrefixes": ["10.0.0.0/8"]},
+                    "pim": {"scopes": [format!("/subscriptions/{SUB}")], "roleDefinitionIds": [role(READER), role(TICKET_ROLE)], "principals": [OPERATOR_OID], "modes": ["Activate", "Assign"]},
+                    "maxDuration": "PT8H",
+                    "renewal": {"maxTotalDuration": "P1D"}
+                }
+            }))
+            .expect("policy");
+            Api::<AccessPolicy>::all(self.client.clone())
+                .create(&PostParams::default(), &p)
+                .await
+                .expect("create policy");
+        }
+        Api::namespaced(self.client.clone(), name)
+    }
+
+    pub async fn calls(&self) -> Vec<Value> {
+        let c = accessgrant_operator::azure::client::http_client(
+            Some(self.azure.ca_pem().as_bytes()),
+            Duration::from_secs(10),
+        )
+        .expect("client");
+        c.get(format!("{}/_sim/calls", self.azure.base_url()))
+            .send()
+            .await
+            .expect("calls")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn control(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let c = accessgrant_operator::azure::client::http_client(
+            Some(self.azure.ca_pem().as_bytes()),
+            Duration::from_secs(10),
+        )
+        .expect("client");
+        let mut r = c.request(method, format!("{}{path}", self.azure.base_url()));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.expect("control call")
+    }
+}
+
+pub fn pim_grant(name: &str, mode: &str, role_guid: &str, duration: &str) -> AccessGrant {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "accessgrant.io/v1alpha1", "kind": "AccessGrant",
+        "metadata": {"name": name},
+        "spec": {"justification": "e2e", "duration": duration, "pim": {"mode": mode, "scope": rg(), "roleDefinitionId": role(role_guid), "principalId": OPERATOR_OID}}
+    }))
+    .expect("grant")
+}
+
+pub fn jit_grant(name: &str, vm_n: u8, port: i32, prefix: &str, duration: &str) -> AccessGrant {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "accessgrant.io/v1alpha1", "kind": "AccessGrant",
+        "metadata": {"name": name},
+        "spec": {"justification": "e2e", "duration": duration, "jit": {"subscriptionId": SUB, "resourceGroup": "rg-sandbox", "location": "westeurope", "policyName": "default",
+            "virtualMachines": [{"id": vm(vm_n), "ports": [{"number": port, "allowedSourceAddressPrefix": prefix}]}]}}
+    }))
+    .expect("grant")
+}
+
+/// Waits (watching, with a deadline) until the grant's status satisfies `f`.
+pub async fn wait_for(
+    api: &Api<AccessGrant>,
+    name: &str,
+    what: &str,
+    secs: u64,
+    f: impl Fn(&AccessGrantStatus) -> bool,
+) -> AccessGrant {
+    let cond = move |g: Option<&AccessGrant>| g.and_then(|g| g.status.as_ref()).is_some_and(&f);
+    match tokio::time::timeout(
+        Duration::from_secs(secs),
+        await_condition(api.clone(), name, cond),
+    )
+    .await
+    {
+        Ok(Ok(Some(g))) => g,
+        other => {
+            let now = api.get_opt(name).await.ok().flatten();
+            panic!(
+                "timed out after {secs}s waiting for {name} to be {what}: {other:?}\nnow: {:?}",
+                now.and_then(|g| g.status)
+            );
+        }
+    }
+}
+
+/// Waits until the grant is gone.
+pub async fn wait_gone(api: &Api<AccessGrant>, name: &str, secs: u64) {
+    let r = tokio::time::timeout(
+        Duration::from_secs(secs),
+        await_condition(api.clone(), name, |g: Option<&AccessGrant>| g.is_none()),
+    )
+    .await;
+    if !matches!(r, Ok(Ok(_))) {
+        let now = api.get_opt(name).await.ok().flatten();
+        panic!(
+            "{name} still there after {secs}s: {:?}",
+            now.map(|g| (g.metadata.finalizers, g.status))
+        );
+    }
+}
+
+pub fn phase(p: Phase) -> impl Fn(&AccessGrantStatus) -> bool {
+    move |s| s.phase == p
+}
