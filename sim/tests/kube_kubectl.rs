@@ -168,6 +168,65 @@ fn kubectl_against_kube_sim() {
     assert_eq!(who(&[]), "kube-sim-admin");
     assert_eq!(who(&["--as", "alice", "--as-group", "devs"]), "alice");
 
+    // typed commands send protobuf bodies
+    k.ok(&["create", "namespace", "team-a"]);
+    k.ok(&["create", "serviceaccount", "deployer", "-n", "team-a"]);
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s1",
+        "-n",
+        "team-a",
+        "--from-literal=password=hunter2",
+    ]);
+    let data = k.ok(&[
+        "get",
+        "secret",
+        "s1",
+        "-n",
+        "team-a",
+        "-o",
+        "jsonpath={.data.password}",
+    ]);
+    assert_eq!(data.trim(), "aHVudGVyMg==");
+    let client_minor: u32 = {
+        let v: serde_json::Value =
+            serde_json::from_str(&k.ok(&["version", "--client", "-o", "json"]))
+                .expect("version json");
+        v["clientVersion"]["minor"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_end_matches('+')
+            .parse()
+            .unwrap_or(0)
+    };
+    if client_minor >= 24 {
+        // kubectl >= 1.24: TokenRequest through the ServiceAccount token subresource
+        let token = k.ok(&[
+            "create",
+            "token",
+            "deployer",
+            "-n",
+            "team-a",
+            "--audience",
+            "api://AzureADTokenExchange",
+        ]);
+        let payload = token.trim().split('.').nth(1).expect("a JWT");
+        use base64::Engine;
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .expect("base64url"),
+        )
+        .expect("claims");
+        assert_eq!(claims["sub"], "system:serviceaccount:team-a:deployer");
+        assert_eq!(
+            claims["aud"],
+            serde_json::json!(["api://AzureADTokenExchange"])
+        );
+    }
+
     // CRDs: the fixtures, and the operator's crds/ when it exists
     let fixture_crds = fixtures().join("widgets.yaml");
     k.ok(&["apply", "-f", fixture_crds.to_str().unwrap()]);

@@ -227,9 +227,16 @@ pub(crate) fn token_request(
     rr: &ResReq,
     body: &[u8],
 ) -> ApiResult<Response> {
-    let _ = ctx;
     let req: Value = if body.is_empty() {
         json!({})
+    } else if ctx.content_type.contains("protobuf") {
+        super::protobuf::decode(body).ok_or_else(|| {
+            ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format",
+            )
+        })?
     } else {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?

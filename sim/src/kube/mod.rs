@@ -20,6 +20,7 @@ mod error;
 mod managed;
 mod openapi_v2;
 mod patch;
+mod protobuf;
 mod registry;
 mod schema;
 mod server;

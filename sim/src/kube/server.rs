@@ -327,6 +327,12 @@ fn event_v1_to_core(v1: &Value) -> Value {
 }
 
 fn parse_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
+    if content_type.contains("application/vnd.kubernetes.protobuf")
+        && let Some(v) = super::protobuf::decode(body)
+    {
+        ensure_shape(&v)?;
+        return Ok(v);
+    }
     if content_type.contains("protobuf") || content_type.contains("cbor") {
         return Err(ApiError::new(
             415,
