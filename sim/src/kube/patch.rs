@@ -10,9 +10,27 @@ pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 pub(crate) fn json_patch(target: &mut Value, patch_body: &[u8]) -> ApiResult<()> {
-    let patch: json_patch::Patch = serde_json::from_slice(patch_body)
+    let mut ops: Vec<Value> = serde_json::from_slice(patch_body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-    json_patch::patch(target, &patch).map_err(ApiError::patch_failed)
+    // kube-apiserver's JSON patch (evanphx/json-patch) lets `test` with a null value pass
+    // when the path does not exist; kube-runtime's finalizer helper relies on it
+    // (`test /metadata/finalizers null` then `add`). Apply each such op against the
+    // document as the earlier ops leave it.
+    let mut doc = target.clone();
+    for op in ops.drain(..) {
+        let is_null_test = op["op"] == "test" && op.get("value").is_none_or(Value::is_null);
+        let missing = op["path"]
+            .as_str()
+            .is_some_and(|p| doc.pointer(p).is_none());
+        if is_null_test && missing {
+            continue;
+        }
+        let one: json_patch::Patch = serde_json::from_value(Value::Array(vec![op]))
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        json_patch::patch(&mut doc, &one).map_err(ApiError::patch_failed)?;
+    }
+    *target = doc;
+    Ok(())
 }
 
 /// Merge key of a list field under strategic merge patch (the built-ins kube-sim serves).
