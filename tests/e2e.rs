@@ -143,3 +143,340 @@ async fn denied_by_policy_makes_zero_azure_calls_and_rules_fail_with_names() {
         0
     );
 }
+
+#[tokio::test]
+async fn pim_lifecycles_expiry_assign_approval_adoption_and_rules() {
+    let env = Env::start().await;
+    let api = env.namespace("e2e-pim2", true).await;
+    let pp = PostParams::default();
+    // SelfActivate that expires.
+    api.create(&pp, &pim_grant("short", "Activate", READER, "PT4S"))
+        .await
+        .expect("create");
+    // AdminAssign to another principal.
+    api.create(
+        &pp,
+        &with_spec(pim_grant("assign", "Assign", READER, "PT30M"), |s| {
+            s.pim.as_mut().expect("pim").principal_id = DEPLOYER_OID.into()
+        }),
+    )
+    .await
+    .expect("create");
+    // Approval: one approved, one denied.
+    api.create(
+        &pp,
+        &pim_grant("approve-me", "Activate", APPROVAL_ROLE, "PT30M"),
+    )
+    .await
+    .expect("create");
+    // Seed policy rules.
+    api.create(&pp, &pim_grant("too-long", "Activate", SHORT_ROLE, "PT2H"))
+        .await
+        .expect("create");
+    api.create(
+        &pp,
+        &with_spec(
+            pim_grant("no-why", "Activate", JUSTIFICATION_ROLE, "PT30M"),
+            |s| s.justification = None,
+        ),
+    )
+    .await
+    .expect("create");
+    api.create(&pp, &pim_grant("mfa", "Activate", MFA_ROLE, "PT30M"))
+        .await
+        .expect("create");
+    api.create(&pp, &pim_grant("not-eligible", "Activate", OWNER, "PT30M"))
+        .await
+        .expect("create");
+
+    let g = wait_for(&api, "short", "Active", 60, phase(Phase::Active)).await;
+    assert_eq!(g.status.and_then(|s| s.reason), Some("Granted".into()));
+    let g = wait_for(&api, "short", "Expired", 60, phase(Phase::Expired)).await;
+    assert_eq!(
+        g.status.and_then(|s| s.status_reason),
+        Some("Expired".into())
+    );
+
+    let g = wait_for(&api, "assign", "Active", 60, phase(Phase::Active)).await;
+    assert!(
+        g.status
+            .and_then(|s| s.pim)
+            .and_then(|p| p.request_name)
+            .is_some()
+    );
+
+    let g = wait_for(
+        &api,
+        "approve-me",
+        "PendingApproval",
+        60,
+        phase(Phase::PendingApproval),
+    )
+    .await;
+    let name = g
+        .status
+        .and_then(|s| s.pim)
+        .and_then(|p| p.request_name)
+        .expect("request name");
+    assert!(
+        env.control(
+            reqwest::Method::POST,
+            &format!("/_sim/pim/requests/{name}/approve"),
+            None
+        )
+        .await
+        .status()
+        .is_success()
+    );
+    wait_for(
+        &api,
+        "approve-me",
+        "Active after approval",
+        90,
+        phase(Phase::Active),
+    )
+    .await;
+
+    for (name, rule) in [
+        ("too-long", "ExpirationRule"),
+        ("no-why", "JustificationRule"),
+        ("mfa", "MfaRule"),
+        ("not-eligible", "EligibilityRule"),
+    ] {
+        let g = wait_for(&api, name, "Failed", 60, phase(Phase::Failed)).await;
+        let st = g.status.expect("status");
+        assert_eq!(st.reason.as_deref(), Some(rule), "{name}: {st:?}");
+        let cond = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("Ready");
+        assert_eq!(
+            (cond.status.as_str(), cond.reason.as_str()),
+            ("False", rule)
+        );
+    }
+    // Only EligibilityRule needed Azure to say so; the others were refused by the pre-check.
+    let calls = env.calls().await;
+    let refused: Vec<&serde_json::Value> = calls
+        .iter()
+        .filter(|c| c["operation"] == "RoleAssignmentScheduleRequests_Create" && c["status"] == 400)
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+
+    // A role already active is adopted, not requested twice.
+    let arm = env.azure.base_url();
+    let _ = arm;
+    let denied = with_spec(
+        pim_grant("deny-me", "Activate", APPROVAL_ROLE, "PT30M"),
+        |s| s.justification = Some("second".into()),
+    );
+    let ns2 = env.namespace("e2e-pim3", true).await;
+    ns2.create(&pp, &denied).await.expect("create");
+    let g = wait_for(&ns2, "deny-me", "PendingApproval or Adopted", 60, |s| {
+        matches!(s.phase, Phase::PendingApproval | Phase::Active)
+    })
+    .await;
+    // approve-me already holds the role: the second activation is adopted.
+    let st = g.status.expect("status");
+    assert_eq!(
+        (st.phase, st.reason.as_deref()),
+        (Phase::Active, Some("Adopted")),
+        "{st:?}"
+    );
+}
+
+#[tokio::test]
+async fn denied_approval_out_of_band_revocation_scheduled_start_and_restart() {
+    let mut env = Env::start().await;
+    let api = env.namespace("e2e-misc", true).await;
+    let pp = PostParams::default();
+    api.create(
+        &pp,
+        &pim_grant("deny-me", "Activate", APPROVAL_ROLE, "PT30M"),
+    )
+    .await
+    .expect("create");
+    let g = wait_for(
+        &api,
+        "deny-me",
+        "PendingApproval",
+        60,
+        phase(Phase::PendingApproval),
+    )
+    .await;
+    let name = g
+        .status
+        .and_then(|s| s.pim)
+        .and_then(|p| p.request_name)
+        .expect("request name");
+    assert!(
+        env.control(
+            reqwest::Method::POST,
+            &format!("/_sim/pim/requests/{name}/deny"),
+            None
+        )
+        .await
+        .status()
+        .is_success()
+    );
+    let g = wait_for(&api, "deny-me", "Denied", 90, phase(Phase::Denied)).await;
+    assert_eq!(
+        g.status.and_then(|s| s.reason),
+        Some("ApprovalDenied".into())
+    );
+
+    // Out-of-band revocation: recorded, never re-granted.
+    api.create(&pp, &pim_grant("oob", "Activate", READER, "PT30M"))
+        .await
+        .expect("create");
+    wait_for(&api, "oob", "Active", 60, phase(Phase::Active)).await;
+    let r = env.control(reqwest::Method::POST, "/_sim/pim/revoke", Some(serde_json::json!({"scope": rg(), "roleDefinitionId": role(READER), "principalId": OPERATOR_OID}))).await;
+    assert!(r.status().is_success());
+    let g = wait_for(&api, "oob", "Revoked", 60, phase(Phase::Revoked)).await;
+    assert_eq!(
+        g.status.and_then(|s| s.reason),
+        Some("RevokedOutOfBand".into())
+    );
+
+    // Scheduled start.
+    let start = accessgrant_operator::clock::now() + chrono::Duration::seconds(4);
+    api.create(
+        &pp,
+        &with_spec(jit_grant("later", 2, 22, "10.9.9.9", "PT30M"), |s| {
+            s.start_time = Some(start)
+        }),
+    )
+    .await
+    .expect("create");
+    wait_for(&api, "later", "Scheduled", 60, phase(Phase::Scheduled)).await;
+    let g = wait_for(&api, "later", "Active", 60, phase(Phase::Active)).await;
+    assert!(
+        g.status
+            .and_then(|s| s.start_time)
+            .is_some_and(|t| t >= start - chrono::Duration::seconds(1))
+    );
+
+    // Kill the operator mid-lifecycle; the restarted one resumes with no second write.
+    api.create(&pp, &jit_grant("crash", 1, 3389, "10.2.2.2", "PT6S"))
+        .await
+        .expect("create");
+    wait_for(&api, "crash", "Active", 60, phase(Phase::Active)).await;
+    env.kill_operator();
+    env.start_operator();
+    wait_for(&api, "crash", "Expired", 60, phase(Phase::Expired)).await;
+    let calls = env.calls().await;
+    let crash_writes = calls
+        .iter()
+        .filter(|c| {
+            c["operation"] == "JitNetworkAccessPolicies_Initiate"
+                && c["status"].as_u64().is_some_and(|s| s < 300)
+        })
+        .count();
+    assert_eq!(
+        crash_writes, 2,
+        "one initiate for 'later', one for 'crash': no second write after the restart"
+    );
+}
+
+#[tokio::test]
+async fn jit_renewal_policy_refusal_and_a_throttling_storm() {
+    let env = Env::start().await;
+    let api = env.namespace("e2e-jit2", true).await;
+    let pp = PostParams::default();
+    // JIT policy refuses port 8080 and 192.168.x (AccessPolicy allows them).
+    api.create(&pp, &jit_grant("port", 1, 8080, "10.0.0.1", "PT30M"))
+        .await
+        .expect("create");
+    api.create(&pp, &jit_grant("prefix", 1, 22, "192.168.1.1", "PT30M"))
+        .await
+        .expect("create");
+    for n in ["port", "prefix"] {
+        let g = wait_for(&api, n, "Failed", 60, phase(Phase::Failed)).await;
+        let st = g.status.expect("status");
+        assert_eq!(st.reason.as_deref(), Some("JitRequestRejected"), "{st:?}");
+    }
+    // Renewal: the first request is superseded by ours (NewerRequestInitiated), no gap.
+    let until = accessgrant_operator::clock::now() + chrono::Duration::minutes(10);
+    api.create(
+        &pp,
+        &with_spec(jit_grant("renew", 2, 3389, "10.3.3.3", "PT8S"), |s| {
+            s.renewal = Some(RenewalSpec {
+                until,
+                before: Some(IsoDuration::new("PT4S")),
+            })
+        }),
+    )
+    .await
+    .expect("create");
+    let g = wait_for(&api, "renew", "renewed", 60, |s| {
+        s.renewals >= 1 && s.phase == Phase::Active
+    })
+    .await;
+    assert_eq!(g.status.and_then(|s| s.reason), Some("Renewed".into()));
+    let state = env
+        .control(reqwest::Method::GET, "/_sim/state", None)
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .expect("state");
+    let text = state.to_string();
+    assert!(
+        text.contains("NewerRequestInitiated"),
+        "the renewed request superseded the first"
+    );
+
+    // A 429 storm on PIM writes delays grants but loses none.
+    let r = env.control(reqwest::Method::POST, "/_sim/faults", Some(serde_json::json!({"operation": "RoleAssignmentScheduleRequests_Create", "subscription": SUB, "kind": "throttle", "retryAfterSeconds": 3, "durationSeconds": 5}))).await;
+    assert!(r.status().is_success());
+    let storm = env.namespace("e2e-storm", true).await;
+    storm
+        .create(&pp, &pim_grant("s1", "Activate", READER, "PT30M"))
+        .await
+        .expect("create");
+    storm
+        .create(
+            &pp,
+            &with_spec(pim_grant("s2", "Assign", READER, "PT30M"), |s| {
+                s.pim.as_mut().expect("pim").principal_id = DEPLOYER_OID.into()
+            }),
+        )
+        .await
+        .expect("create");
+    for n in ["s1", "s2"] {
+        wait_for(
+            &storm,
+            n,
+            "Active after the storm",
+            90,
+            phase(Phase::Active),
+        )
+        .await;
+    }
+    let calls = env.calls().await;
+    let creates: Vec<&serde_json::Value> = calls
+        .iter()
+        .filter(|c| c["operation"] == "RoleAssignmentScheduleRequests_Create")
+        .collect();
+    assert!(creates.iter().any(|c| c["status"] == 429), "the storm hit");
+    // After each 429, nothing more reached the throttled bucket before its Retry-After
+    // (requests already in flight when the 429 was sent arrive within a few milliseconds).
+    let t = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v["time"].as_str().expect("time")).expect("time")
+    };
+    for c in creates.iter().filter(|c| c["status"] == 429) {
+        let early = creates
+            .iter()
+            .filter(|n| n["caller"] == c["caller"])
+            .map(|n| t(n) - t(c))
+            .filter(|d| {
+                *d > chrono::Duration::milliseconds(200)
+                    && *d < chrono::Duration::milliseconds(2900)
+            })
+            .count();
+        assert_eq!(
+            early, 0,
+            "a request reached the throttled bucket before Retry-After"
+        );
+    }
+}

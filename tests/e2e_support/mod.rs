@@ -18,6 +18,12 @@ pub const OPERATOR_SECRET: &str = "sandbox-operator-secret";
 pub const SUB: &str = "5f1e7a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
 pub const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
 pub const TICKET_ROLE: &str = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c";
+pub const SHORT_ROLE: &str = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1";
+pub const APPROVAL_ROLE: &str = "4633458b-17de-408a-b874-0445c86b69e6";
+pub const JUSTIFICATION_ROLE: &str = "73c42c96-874c-492b-b04d-ab87d138a893";
+pub const MFA_ROLE: &str = "de139f84-1756-47ae-9be6-808fbbe84772";
+pub const OWNER: &str = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
+pub const DEPLOYER_OID: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e02";
 
 pub fn rg() -> String {
     format!("/subscriptions/{SUB}/resourceGroups/rg-sandbox")
@@ -107,6 +113,7 @@ impl Env {
             .env("AZURE_CLIENT_SECRET", OPERATOR_SECRET)
             .env("PIM_DEACTIVATION_FLOOR", "PT3S")
             .env("JIT_EARLY_CLOSE", "PT3S")
+            .env("DRIFT_CHECK_INTERVAL", "PT2S")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -151,13 +158,24 @@ impl Env {
             .await
             .expect("create namespace");
         if with_policy {
+            let roles: Vec<String> = [
+                READER,
+                TICKET_ROLE,
+                SHORT_ROLE,
+                APPROVAL_ROLE,
+                JUSTIFICATION_ROLE,
+                MFA_ROLE,
+                OWNER,
+            ]
+            .map(role)
+            .to_vec();
             let p: AccessPolicy = serde_json::from_value(serde_json::json!({
                 "apiVersion": "accessgrant.io/v1alpha1", "kind": "AccessPolicy",
                 "metadata": {"name": format!("allow-{name}")},
                 "spec": {
                     "namespaceSelector": {"matchLabels": {"team": name}},
-                    "jit": {"virtualMachines": [format!("{}/providers/Microsoft.Compute/virtualMachines/*", rg())], "ports": [22, 3389], "sourcePrefixes": ["10.0.0.0/8"]},
-                    "pim": {"scopes": [format!("/subscriptions/{SUB}")], "roleDefinitionIds": [role(READER), role(TICKET_ROLE)], "principals": [OPERATOR_OID], "modes": ["Activate", "Assign"]},
+                    "jit": {"virtualMachines": [format!("{}/providers/Microsoft.Compute/virtualMachines/*", rg())], "ports": [22, 3389, 8080], "sourcePrefixes": ["10.0.0.0/8", "192.168.0.0/16"]},
+                    "pim": {"scopes": [format!("/subscriptions/{SUB}")], "roleDefinitionIds": roles, "principals": [OPERATOR_OID, DEPLOYER_OID], "modes": ["Activate", "Assign"]},
                     "maxDuration": "PT8H",
                     "renewal": {"maxTotalDuration": "P1D"}
                 }
@@ -212,6 +230,19 @@ pub fn pim_grant(name: &str, mode: &str, role_guid: &str, duration: &str) -> Acc
         "spec": {"justification": "e2e", "duration": duration, "pim": {"mode": mode, "scope": rg(), "roleDefinitionId": role(role_guid), "principalId": OPERATOR_OID}}
     }))
     .expect("grant")
+}
+
+pub fn with_spec(mut g: AccessGrant, f: impl FnOnce(&mut AccessGrantSpec)) -> AccessGrant {
+    f(&mut g.spec);
+    g
+}
+
+/// Azure writes (by operationId) in the sim's call log.
+pub fn count(calls: &[Value], operation: &str) -> usize {
+    calls
+        .iter()
+        .filter(|c| c["operation"] == operation && c["status"].as_u64().is_some_and(|s| s < 300))
+        .count()
 }
 
 pub fn jit_grant(name: &str, vm_n: u8, port: i32, prefix: &str, duration: &str) -> AccessGrant {
