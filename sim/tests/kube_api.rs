@@ -612,3 +612,36 @@ async fn concurrent_writers_optimistic_concurrency() {
         "labels do not move generation"
     );
 }
+
+#[tokio::test]
+async fn apply_manifests_helper() {
+    // a sim without CRDs: the helper applies the CRDs first, then objects of their kinds
+    let sim = accessgrant_sim::kube::serve(accessgrant_sim::kube::SimConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("widget-sample.yaml"),
+        dir.path().join("a-widget.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures().join("widgets.yaml"),
+        dir.path().join("b-crds.yaml"),
+    )
+    .unwrap();
+    let applied = sim.apply_manifests(dir.path(), "sandbox").await.unwrap();
+    assert_eq!(
+        applied,
+        vec![
+            "CustomResourceDefinition/widgets.test.kube-sim.io",
+            "CustomResourceDefinition/gadgets.test.kube-sim.io",
+            "Widget/sample"
+        ]
+    );
+    let client = sim.client().await.unwrap();
+    let w = widgets(&client, "default").get("sample").await.unwrap();
+    assert_eq!(w.data["spec"]["owner"]["team"], "platform");
+    // idempotent
+    sim.apply_manifests(dir.path(), "sandbox").await.unwrap();
+}

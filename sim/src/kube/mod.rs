@@ -174,6 +174,84 @@ impl RunningSim {
             .map(|l| l.clone())
             .unwrap_or_default()
     }
+    /// Server-side applies (field manager `manager`, forced) every object in the YAML/JSON
+    /// files of `path` (a file or a folder, not recursive; multi-document YAML allowed), in
+    /// file order, as `kubectl apply --server-side -f` would. CRDs are applied first so the
+    /// kinds they define can follow in the same call. Returns `kind/name` of each object.
+    pub async fn apply_manifests(&self, path: &Path, manager: &str) -> anyhow::Result<Vec<String>> {
+        let mut files: Vec<PathBuf> = if path.is_dir() {
+            std::fs::read_dir(path)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+                })
+                .collect()
+        } else {
+            vec![path.to_path_buf()]
+        };
+        files.sort();
+        let mut docs: Vec<Value> = vec![];
+        for f in &files {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let v: Value = serde::Deserialize::deserialize(doc)
+                    .with_context(|| format!("parsing {}", f.display()))?;
+                if v.is_object() {
+                    docs.push(v);
+                }
+            }
+        }
+        docs.sort_by_key(|d| d["kind"].as_str() != Some("CustomResourceDefinition"));
+        let client = self.client().await?;
+        let mut applied = vec![];
+        for doc in docs {
+            let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_string();
+            let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let (group, version) = match api_version.split_once('/') {
+                Some((g, v)) => (g.to_string(), v.to_string()),
+                None => (String::new(), api_version.clone()),
+            };
+            let def = self
+                .sim
+                .lock()
+                .registry
+                .defs
+                .iter()
+                .find(|d| d.group == group && d.version == version && d.kind == kind)
+                .cloned()
+                .with_context(|| format!("no resource serves {api_version} {kind}"))?;
+            let ar = kube::api::ApiResource {
+                group: def.group.clone(),
+                version: def.version.clone(),
+                api_version: def.api_version(),
+                kind: def.kind.clone(),
+                plural: def.plural.clone(),
+            };
+            let api: kube::Api<kube::api::DynamicObject> = if def.namespaced {
+                let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+                kube::Api::namespaced_with(client.clone(), ns, &ar)
+            } else {
+                kube::Api::all_with(client.clone(), &ar)
+            };
+            api.patch(
+                &name,
+                &kube::api::PatchParams::apply(manager).force(),
+                &kube::api::Patch::Apply(&doc),
+            )
+            .await
+            .with_context(|| format!("applying {kind}/{name}"))?;
+            applied.push(format!("{kind}/{name}"));
+        }
+        Ok(applied)
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
