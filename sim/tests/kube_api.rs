@@ -645,3 +645,50 @@ async fn apply_manifests_helper() {
     // idempotent
     sim.apply_manifests(dir.path(), "sandbox").await.unwrap();
 }
+
+#[tokio::test]
+async fn deleting_a_crd_removes_its_objects_and_endpoints() {
+    let (_sim, client) = start().await;
+    let ar = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("test.kube-sim.io", "v1", "Gadget"),
+        "gadgets",
+    );
+    let gadgets: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client.clone(), &ar);
+    let g: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "test.kube-sim.io/v1", "kind": "Gadget", "metadata": {"name": "g1"}
+    }))
+    .unwrap();
+    gadgets.create(&PostParams::default(), &g).await.unwrap();
+    let crds: kube::Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        kube::Api::all(client.clone());
+    let crd = crds.get("gadgets.test.kube-sim.io").await.unwrap();
+    let conds = crd.status.unwrap().conditions.unwrap();
+    assert!(
+        conds
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+    );
+    crds.delete("gadgets.test.kube-sim.io", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        api_err(crds.get("gadgets.test.kube-sim.io").await).code,
+        404
+    );
+    let st = api_err(gadgets.list(&ListParams::default()).await);
+    assert_eq!(st.code, 404, "the resource is no longer served");
+    // serving it again starts empty
+    let fixture = std::fs::read_to_string(fixtures().join("widgets.yaml")).unwrap();
+    let doc = fixture.split("\n---\n").nth(1).unwrap();
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_yaml::from_str(doc).unwrap();
+    crds.create(&PostParams::default(), &crd).await.unwrap();
+    assert!(
+        gadgets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
