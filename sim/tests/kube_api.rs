@@ -692,3 +692,32 @@ async fn deleting_a_crd_removes_its_objects_and_endpoints() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn crd_with_a_broken_cel_rule_is_rejected() {
+    let (_sim, client) = start().await;
+    let crds: kube::Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = kube::Api::all(client.clone());
+    let crd = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "things.test.kube-sim.io"},
+        "spec": {"group": "test.kube-sim.io", "scope": "Namespaced",
+            "names": {"plural": "things", "singular": "thing", "kind": "Thing"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
+                    "type": "object",
+                    "x-kubernetes-validations": [{"rule": "self.a ==", "message": "broken"}],
+                    "properties": {"a": {"type": "string"}}}}}}}]}
+    }))
+    .unwrap();
+    let st = api_err(crds.create(&PostParams::default(), &crd).await);
+    assert_eq!(st.code, 422);
+    assert!(
+        st.message.contains(
+            "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations"
+        ) && st.message.contains("compilation failed"),
+        "{}",
+        st.message
+    );
+}

@@ -618,3 +618,29 @@ fn cached_regex(p: &str) -> Result<regex::Regex, regex::Error> {
     }
     Ok(r)
 }
+
+/// CEL compilation errors anywhere in a compiled schema, with the schema path of their rules
+/// (kube-apiserver rejects such a CRD when it is created or updated).
+pub(crate) fn cel_compile_errors(c: &CompiledSchema, path: &str, out: &mut Vec<(String, String)>) {
+    for e in c.compilation_errors() {
+        out.push((format!("{path}.x-kubernetes-validations"), e.to_string()));
+    }
+    for (k, sub) in &c.properties {
+        cel_compile_errors(sub, &format!("{path}.properties[{k}]"), out);
+    }
+    if let Some(items) = &c.items {
+        cel_compile_errors(items, &format!("{path}.items"), out);
+    }
+    if let Some(ap) = &c.additional_properties {
+        cel_compile_errors(ap, &format!("{path}.additionalProperties"), out);
+    }
+    for (name, subs) in [
+        ("allOf", &c.all_of),
+        ("oneOf", &c.one_of),
+        ("anyOf", &c.any_of),
+    ] {
+        for (i, sub) in subs.iter().enumerate() {
+            cel_compile_errors(sub, &format!("{path}.{name}[{i}]"), out);
+        }
+    }
+}

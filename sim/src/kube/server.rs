@@ -1096,6 +1096,26 @@ fn validate_crd(obj: &Value) -> Vec<FieldError> {
             "must have exactly one version marked as storage version",
         ));
     }
+    for (i, v) in versions.iter().enumerate() {
+        let sch = &v["schema"]["openAPIV3Schema"];
+        if !sch.is_object() {
+            continue;
+        }
+        let compiled = kube::core::cel::compile_schema(sch);
+        let mut bad = vec![];
+        schema::cel_compile_errors(
+            &compiled,
+            &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+            &mut bad,
+        );
+        for (field, err) in bad {
+            errs.push(FieldError::new(
+                "FieldValueInvalid",
+                &field,
+                format!("Invalid value: \"object\": compilation failed: {err}"),
+            ));
+        }
+    }
     match spec["scope"].as_str() {
         Some("Namespaced" | "Cluster") => {}
         Some(other) => errs.push(FieldError::new(
