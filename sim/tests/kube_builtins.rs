@@ -72,6 +72,31 @@ async fn events_from_kube_runtime_recorder() {
     );
     assert_eq!(e.series.as_ref().map(|s| s.count), Some(Some(2)));
 
+    // events.k8s.io/v1 validation: notes are limited to 1 KiB, reportingController is required
+    let long = Event {
+        type_: EventType::Normal,
+        reason: "TooChatty".into(),
+        note: Some("x".repeat(1025)),
+        action: "Grant".into(),
+        secondary: None,
+    };
+    let err = recorder
+        .publish(&long, &reference)
+        .await
+        .expect_err("note too long");
+    match err {
+        kube::Error::Api(st) => {
+            assert_eq!(st.code, 422);
+            assert!(
+                st.message
+                    .contains("note: Too long: may not be more than 1024 bytes"),
+                "{}",
+                st.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+
     let v1: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "default");
     let l = v1
         .list(&ListParams::default().fields("regarding.name=ev"))

@@ -1025,6 +1025,7 @@ fn validate_obj(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Fiel
             }
         }
         Builtin::Crd => errs.extend(validate_crd(obj)),
+        Builtin::EventV1 => errs.extend(validate_event_v1(obj)),
         Builtin::Lease => {
             if let Some(d) = obj["spec"]["leaseDurationSeconds"].as_i64()
                 && d <= 0
@@ -1051,6 +1052,48 @@ fn validate_obj(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Fiel
             }
         }
         _ => {}
+    }
+    errs
+}
+
+/// kube-apiserver's checks of events.k8s.io/v1 Events (ValidateEventCreate/Update for that
+/// group version). `obj` is in the stored core/v1 form; errors use the v1 field names.
+fn validate_event_v1(obj: &Value) -> Vec<FieldError> {
+    let mut errs = vec![];
+    let s = |k: &str| obj[k].as_str().unwrap_or_default();
+    if s("eventTime").is_empty() {
+        errs.push(FieldError::required("eventTime"));
+    }
+    if !matches!(s("type"), "Normal" | "Warning") {
+        errs.push(FieldError::invalid(
+            "type",
+            &json!(""),
+            &format!("has invalid value: {}", s("type")),
+        ));
+    }
+    for (v1, core, limit) in [
+        ("reportingController", "reportingComponent", 0),
+        ("reportingInstance", "reportingInstance", 128),
+        ("action", "action", 128),
+        ("reason", "reason", 128),
+    ] {
+        let v = s(core);
+        if v.is_empty() {
+            errs.push(FieldError::required(v1));
+        } else if limit > 0 && v.len() > limit {
+            errs.push(FieldError::invalid(
+                v1,
+                &json!(""),
+                &format!("can have at most {limit} characters"),
+            ));
+        }
+    }
+    if s("message").len() > 1024 {
+        errs.push(FieldError::new(
+            "FieldValueTooLong",
+            "note",
+            "Too long: may not be more than 1024 bytes",
+        ));
     }
     errs
 }
