@@ -84,6 +84,27 @@ async fn malformed_requests_get_4xx_statuses() {
             422,
         ),
         (
+            "POST",
+            coll.to_string(),
+            json_ct,
+            br#"{"metadata":{"name":"l1","labels":{"bad key":"v"}},"spec":{"size":1}}"#,
+            422,
+        ),
+        (
+            "POST",
+            coll.to_string(),
+            json_ct,
+            br#"{"metadata":{"name":"l2","labels":{"ok":"not valid!"}},"spec":{"size":1}}"#,
+            422,
+        ),
+        (
+            "POST",
+            coll.to_string(),
+            json_ct,
+            br#"{"metadata":{"name":"l3","finalizers":["no spaces/allowed here"]},"spec":{"size":1}}"#,
+            422,
+        ),
+        (
             "PUT",
             one.to_string(),
             json_ct,

@@ -644,3 +644,91 @@ pub(crate) fn cel_compile_errors(c: &CompiledSchema, path: &str, out: &mut Vec<(
         }
     }
 }
+
+const QUALIFIED_NAME: &str = r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$";
+const LABEL_VALUE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+
+/// apimachinery's IsQualifiedName: `[prefix/]name`; returns the problems found.
+fn qualified_name_errors(key: &str) -> Vec<String> {
+    let mut out = vec![];
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if name.is_empty() {
+        out.push("name part must be non-empty".to_string());
+    } else if name.len() > 63 {
+        out.push("name part must be no more than 63 characters".to_string());
+    }
+    if !name.is_empty() && !cached_regex(QUALIFIED_NAME).is_ok_and(|r| r.is_match(name)) {
+        out.push("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')".to_string());
+    }
+    if let Some(p) = prefix {
+        if p.is_empty() {
+            out.push("prefix part must be non-empty".to_string());
+        } else if p.len() > 253 || !cached_regex(DNS1123_SUBDOMAIN).is_ok_and(|r| r.is_match(p)) {
+            out.push("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string());
+        }
+    }
+    out
+}
+
+/// ObjectMeta checks every kind gets: label keys and values, annotation keys and total size,
+/// finalizer names.
+pub(crate) fn validate_object_meta(md: &Value) -> Vec<FieldError> {
+    let mut errs = vec![];
+    for (k, v) in md["labels"].as_object().into_iter().flatten() {
+        for e in qualified_name_errors(k) {
+            errs.push(FieldError::invalid(
+                "metadata.labels",
+                &Value::String(k.clone()),
+                &e,
+            ));
+        }
+        let val = v.as_str().unwrap_or_default();
+        if val.len() > 63 {
+            errs.push(FieldError::invalid(
+                "metadata.labels",
+                v,
+                "must be no more than 63 characters",
+            ));
+        }
+        if !cached_regex(LABEL_VALUE).is_ok_and(|r| r.is_match(val)) {
+            errs.push(FieldError::invalid("metadata.labels", v, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"));
+        }
+    }
+    let mut total = 0usize;
+    for (k, v) in md["annotations"].as_object().into_iter().flatten() {
+        for e in qualified_name_errors(&k.to_lowercase()) {
+            errs.push(FieldError::invalid(
+                "metadata.annotations",
+                &Value::String(k.clone()),
+                &e,
+            ));
+        }
+        total += k.len() + v.as_str().map_or(0, str::len);
+    }
+    if total > 256 * 1024 {
+        errs.push(FieldError::new(
+            "FieldValueTooLong",
+            "metadata.annotations",
+            "Too long: must have at most 262144 bytes",
+        ));
+    }
+    for (i, f) in md["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let name = f.as_str().unwrap_or_default();
+        for e in qualified_name_errors(name) {
+            errs.push(FieldError::invalid(
+                &format!("metadata.finalizers[{i}]"),
+                f,
+                &e,
+            ));
+        }
+    }
+    errs
+}

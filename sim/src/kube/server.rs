@@ -992,6 +992,7 @@ fn validate_obj(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Fiel
     {
         errs.push(e);
     }
+    errs.extend(schema::validate_object_meta(&obj["metadata"]));
     if let Some(old) = old
         && is_deleting(old)
     {
