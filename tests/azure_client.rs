@@ -446,3 +446,78 @@ async fn throttling_storm_waits_out_retry_after_and_spares_other_subscriptions()
     );
     assert_eq!(ours[1]["status"], 200);
 }
+
+#[tokio::test]
+async fn access_expires_by_wall_clock() {
+    let sim = sim().await;
+    let c = client(&sim);
+    let start = accessgrant_operator::clock::now();
+    let mut body = activate(READER, 1, Some("expiry"));
+    if let Some(e) = body
+        .properties
+        .schedule_info
+        .as_mut()
+        .and_then(|s| s.expiration.as_mut())
+    {
+        e.duration = Some("PT2S".into());
+    }
+    c.pim_put(
+        &rg(),
+        &uuid::Uuid::new_v4().to_string(),
+        &body,
+        &Caller::Operator,
+    )
+    .await
+    .expect("activate");
+    let vm = format!(
+        "{}/providers/Microsoft.Compute/virtualMachines/vm-sandbox-2",
+        rg()
+    );
+    let jit = jit_initiate_body(
+        &[JitInitiateVm {
+            id: vm,
+            ports: vec![JitInitiatePort {
+                number: 3389,
+                allowed_source_address_prefix: "10.0.0.0/8".into(),
+                end_time_utc: start + Duration::seconds(2),
+            }],
+        }],
+        "[ag:t/expiry#1.x]",
+    );
+    c.jit_initiate(SUB, "rg-sandbox", "westeurope", "default", &jit)
+        .await
+        .expect("initiate");
+    // Wait (with a deadline) until both ended by themselves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let pim_gone = c
+            .pim_instance(&rg(), &role(READER), OPERATOR_OID)
+            .await
+            .expect("list")
+            .is_none();
+        let pol = c
+            .jit_policy(SUB, "rg-sandbox", "westeurope", "default")
+            .await
+            .expect("get")
+            .expect("policy");
+        let port = pol
+            .requests
+            .iter()
+            .find(|r| r.justification.as_deref() == Some("[ag:t/expiry#1.x]"))
+            .map(|r| r.ports[0].clone())
+            .expect("request listed");
+        if pim_gone && port.status == "Revoked" {
+            assert_eq!(port.status_reason.as_deref(), Some("Expired"));
+            assert!(
+                accessgrant_operator::clock::now() >= start + Duration::seconds(2),
+                "not before its end"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "access did not expire: pim gone={pim_gone}, jit={port:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
