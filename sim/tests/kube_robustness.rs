@@ -238,6 +238,11 @@ async fn malformed_requests_get_4xx_statuses() {
             String::from_utf8_lossy(body)
         );
     }
+    // kube-apiserver's 3 MiB request limit
+    let big = vec![b' '; 3 * 1024 * 1024 + 1];
+    let (code, st) = send(&client, "POST", coll, json_ct, &big).await;
+    assert_eq!(code, 413, "{st}");
+
     // still serving, object intact
     let (code, w) = send(&client, "GET", one, json_ct, b"").await;
     assert_eq!(code, 200);

@@ -126,9 +126,15 @@ async fn handle_inner(sim: &Arc<Sim>, req: Request) -> ApiResult<Response> {
         content_type: hdr(&headers, "content-type"),
         user_agent: hdr(&headers, "user-agent"),
     };
-    let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
+    // kube-apiserver's request body limit (3 MiB)
+    const MAX_BODY: usize = 3 * 1024 * 1024;
+    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: limit is {MAX_BODY}"),
+        )
+    })?;
     let path = parts.uri.path().trim_end_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = parts.method;
