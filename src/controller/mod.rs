@@ -2,6 +2,7 @@
 //! (finalizer patches, intent status writes, Azure writes) -> one status patch -> requeue at
 //! the plan's `wake_at`. All decisions are in `crate::lifecycle`; this module only does I/O.
 
+pub mod cache;
 pub mod identity;
 
 use crate::api::{AccessGrant, AccessGrantStatus, AccessPolicy, Phase};
@@ -44,6 +45,10 @@ pub struct Context {
     grants: Store<DeserializeGuard<AccessGrant>>,
     recorder: Recorder,
     cfg: ControllerConfig,
+    jit_policies:
+        cache::ReadCache<(String, String, String, String), Option<crate::lifecycle::JitPolicyView>>,
+    pim_instances: cache::ReadCache<(String, String), Vec<crate::azure::models::ScheduleItem>>,
+    pim_policies: cache::ReadCache<(String, String), Option<crate::lifecycle::PimPolicyView>>,
 }
 
 /// Reconcile errors (kube API failures; Azure failures are part of the plan).
@@ -105,6 +110,9 @@ pub async fn run(
         grants,
         recorder,
         cfg: cfg.clone(),
+        jit_policies: cache::ReadCache::new(Duration::from_secs(2)),
+        pim_instances: cache::ReadCache::new(Duration::from_secs(2)),
+        pim_policies: cache::ReadCache::new(Duration::from_secs(60)),
     });
     controller
         .watches(
@@ -294,6 +302,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                 Step::Azure(w) => {
                     let intent = status.intent.clone();
                     let outcome = ctx.arm.execute(&ns, w).await;
+                    invalidate_after_write(ctx, w);
                     if let Err(e) = &outcome {
                         tracing::info!(category = e.category(), "azure write failed");
                     }
@@ -378,6 +387,24 @@ async fn read(
             }),
             _ => None,
         });
+    // With a write of unknown outcome recorded, read Azure itself, never a cached answer that
+    // may predate the write.
+    if status.intent.is_some() {
+        if let Some(t) = &pim_target {
+            ctx.pim_instances.invalidate(&(
+                t.scope.to_ascii_lowercase(),
+                t.principal_id.to_ascii_lowercase(),
+            ));
+        }
+        if let Some(t) = &jit_target {
+            ctx.jit_policies.invalidate(&jit_key(
+                &t.subscription_id,
+                &t.resource_group,
+                &t.location,
+                &t.policy_name,
+            ));
+        }
+    }
     match need {
         Need::PimRequest(name) => {
             let Some(t) = pim_target else {
@@ -412,7 +439,15 @@ async fn read(
                 observed.pim_policy = Read::Missing;
                 return Ok(());
             };
-            observed.pim_policy = match ctx.arm.pim_policy(&t.scope, &t.role_definition_id).await? {
+            let key = (
+                t.scope.to_ascii_lowercase(),
+                t.role_definition_id.to_ascii_lowercase(),
+            );
+            observed.pim_policy = match ctx
+                .pim_policies
+                .get_or_load(&key, || ctx.arm.pim_policy(&t.scope, &t.role_definition_id))
+                .await?
+            {
                 Some(p) => Read::Found(p),
                 None => Read::Missing,
             };
@@ -438,6 +473,39 @@ async fn read(
         }
     }
     Ok(())
+}
+
+fn jit_key(sub: &str, rg: &str, loc: &str, name: &str) -> (String, String, String, String) {
+    (
+        sub.to_ascii_lowercase(),
+        rg.to_ascii_lowercase(),
+        loc.to_ascii_lowercase(),
+        name.to_ascii_lowercase(),
+    )
+}
+
+/// A write changes what the cached reads would show: forget them.
+fn invalidate_after_write(ctx: &Context, w: &crate::lifecycle::AzureWrite) {
+    use crate::lifecycle::AzureWrite;
+    match w {
+        AzureWrite::Pim { scope, body, .. } => ctx.pim_instances.invalidate(&(
+            scope.to_ascii_lowercase(),
+            body.principal_id.to_ascii_lowercase(),
+        )),
+        AzureWrite::PimCancel { .. } => {}
+        AzureWrite::JitInitiate {
+            subscription_id,
+            resource_group,
+            location,
+            policy_name,
+            ..
+        } => ctx.jit_policies.invalidate(&jit_key(
+            subscription_id,
+            resource_group,
+            location,
+            policy_name,
+        )),
+    }
 }
 
 async fn add_finalizer(
