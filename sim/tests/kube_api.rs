@@ -721,3 +721,52 @@ async fn crd_with_a_broken_cel_rule_is_rejected() {
         st.message
     );
 }
+
+#[tokio::test]
+async fn server_side_apply_merges_map_lists_by_key() {
+    let (_sim, client) = start().await;
+    let api = widgets(&client, "default");
+    api.create(&PostParams::default(), &widget("m", json!({"size": 1})))
+        .await
+        .unwrap();
+    let cond = |t: &str, s: &str| json!({"type": t, "status": s});
+    let status = |conds: Vec<serde_json::Value>| {
+        json!({"apiVersion": "test.kube-sim.io/v1", "kind": "Widget", "metadata": {"name": "m"},
+               "status": {"conditions": conds}})
+    };
+    let a = PatchParams::apply("controller-a");
+    let b = PatchParams::apply("controller-b");
+    api.patch_status("m", &a, &Patch::Apply(status(vec![cond("Ready", "True")])))
+        .await
+        .unwrap();
+    // another manager adds its own condition: both stay (x-kubernetes-list-type: map)
+    let w = api
+        .patch_status("m", &b, &Patch::Apply(status(vec![cond("Synced", "True")])))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.data["status"]["conditions"],
+        json!([cond("Ready", "True"), cond("Synced", "True")])
+    );
+    // changing the other manager's entry conflicts, on that entry's field
+    let st = api_err(
+        api.patch_status("m", &b, &Patch::Apply(status(vec![cond("Ready", "False")])))
+            .await,
+    );
+    assert_eq!(st.code, 409);
+    assert!(
+        st.message
+            .contains(".status.conditions[type=\"Ready\"].status"),
+        "{}",
+        st.message
+    );
+    // a manager that stops applying its entry removes it, and only it
+    let w = api
+        .patch_status("m", &b, &Patch::Apply(status(vec![])))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.data["status"]["conditions"],
+        json!([cond("Ready", "True")])
+    );
+}

@@ -2,7 +2,9 @@
 //!
 //! Ownership is tracked per leaf field. Lists are atomic unless they are sets
 //! (`metadata.finalizers`, or `x-kubernetes-list-type: set` in a CRD schema), whose elements
-//! are owned individually. Map lists (`x-kubernetes-list-type: map`) are treated as atomic.
+//! are owned individually, or maps (`x-kubernetes-list-type: map` with
+//! `x-kubernetes-list-map-keys`), whose elements are identified by their keys and merged
+//! field by field.
 
 use std::collections::BTreeSet;
 
@@ -13,6 +15,8 @@ pub(crate) enum Pe {
     F(String),
     /// A set element, as its JSON text.
     V(String),
+    /// A map-list element, by the JSON text of its key fields (`{"type":"Ready"}`).
+    K(String),
 }
 
 pub(crate) type FPath = Vec<Pe>;
@@ -60,6 +64,13 @@ pub(crate) fn path_string(p: &FPath) -> String {
                 s.push_str(v);
                 s.push(']');
             }
+            Pe::K(k) => {
+                let keys: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
+                let parts: Vec<String> = keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                s.push('[');
+                s.push_str(&parts.join(","));
+                s.push(']');
+            }
         }
     }
     s
@@ -73,6 +84,7 @@ fn fields_to_v1(set: &FieldSet) -> Value {
             let key = match e {
                 Pe::F(f) => format!("f:{f}"),
                 Pe::V(v) => format!("v:{v}"),
+                Pe::K(k) => format!("k:{k}"),
             };
             let last = i + 1 == p.len();
             let entry = cur.entry(key).or_insert_with(|| Value::Object(Map::new()));
@@ -82,13 +94,17 @@ fn fields_to_v1(set: &FieldSet) -> Value {
             let Some(next) = entry.as_object_mut() else {
                 break;
             };
-            if last && !next.is_empty() {
+            // a path that is owned itself and also has owned children gets "."
+            let has_children = set
+                .range(p.clone()..)
+                .nth(1)
+                .is_some_and(|q| q.len() > p.len() && q.starts_with(p));
+            if last && (has_children || !next.is_empty()) {
                 next.insert(".".into(), json!({}));
             }
             cur = next;
         }
     }
-    // Mark nodes that are both owned themselves and parents.
     Value::Object(root)
 }
 
@@ -103,6 +119,8 @@ fn v1_to_fields(v: &Value, prefix: &mut FPath, out: &mut FieldSet) {
             Pe::F(f.to_string())
         } else if let Some(v) = k.strip_prefix("v:") {
             Pe::V(v.to_string())
+        } else if let Some(v) = k.strip_prefix("k:") {
+            Pe::K(v.to_string())
         } else {
             Pe::F(k.clone())
         };
@@ -165,12 +183,22 @@ pub(crate) fn write_managed(obj: &mut Value, entries: &[Entry]) {
     }
 }
 
-/// Whether the list at `path` is a set (per-element ownership and union on apply).
-pub(crate) fn is_set_list(schema: Option<&Value>, path: &[Pe]) -> bool {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ListKind {
+    Atomic,
+    Set,
+    Map(Vec<String>),
+}
+
+/// How the list at `path` merges: atomic, a set (per-element ownership, union on apply) or
+/// a map keyed by some of its elements' fields.
+pub(crate) fn list_kind(schema: Option<&Value>, path: &[Pe]) -> ListKind {
     if path == [Pe::F("metadata".into()), Pe::F("finalizers".into())] {
-        return true;
+        return ListKind::Set;
     }
-    let Some(mut s) = schema else { return false };
+    let Some(mut s) = schema else {
+        return ListKind::Atomic;
+    };
     for e in path {
         match e {
             Pe::F(f) => {
@@ -181,10 +209,52 @@ pub(crate) fn is_set_list(schema: Option<&Value>, path: &[Pe]) -> bool {
                     &s["additionalProperties"]
                 };
             }
-            Pe::V(_) => s = &s["items"],
+            Pe::V(_) | Pe::K(_) => s = &s["items"],
         }
     }
-    s["x-kubernetes-list-type"].as_str() == Some("set")
+    match s["x-kubernetes-list-type"].as_str() {
+        Some("set") => ListKind::Set,
+        Some("map") => {
+            let keys: Vec<String> = s["x-kubernetes-list-map-keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect();
+            if keys.is_empty() {
+                ListKind::Atomic
+            } else {
+                ListKind::Map(keys)
+            }
+        }
+        _ => ListKind::Atomic,
+    }
+}
+
+pub(crate) fn is_set_list(schema: Option<&Value>, path: &[Pe]) -> bool {
+    list_kind(schema, path) == ListKind::Set
+}
+
+/// The key of a map-list element, as canonical JSON; None when a key field is missing.
+fn element_key(el: &Value, keys: &[String]) -> Option<String> {
+    let mut m = Map::new();
+    for k in keys {
+        let v = el.get(k)?;
+        m.insert(k.clone(), v.clone());
+    }
+    Some(Value::Object(m).to_string())
+}
+
+/// A map-list element's own path (membership, not a value: never a conflict by itself).
+fn is_element(p: &[Pe]) -> bool {
+    matches!(p.last(), Some(Pe::K(_)))
+}
+
+fn key_matches(el: &Value, key: &str) -> bool {
+    let Ok(Value::Object(want)) = serde_json::from_str::<Value>(key) else {
+        return false;
+    };
+    want.iter().all(|(k, v)| el.get(k) == Some(v))
 }
 
 const OWNED_METADATA: [&str; 4] = ["labels", "annotations", "finalizers", "ownerReferences"];
@@ -245,6 +315,25 @@ fn walk(v: &Value, prefix: &mut FPath, out: &mut FieldSet, schema: Option<&Value
                 prefix.pop();
             }
         }
+        Value::Array(a) if !a.is_empty() => {
+            let keys = match list_kind(schema, prefix) {
+                ListKind::Map(keys) if a.iter().all(|el| element_key(el, &keys).is_some()) => keys,
+                _ => {
+                    out.insert(prefix.clone());
+                    return;
+                }
+            };
+            for el in a {
+                let Some(k) = element_key(el, &keys) else {
+                    continue;
+                };
+                prefix.push(Pe::K(k));
+                // the element itself ("." in FieldsV1) and its fields
+                out.insert(prefix.clone());
+                walk(el, prefix, out, schema);
+                prefix.pop();
+            }
+        }
         _ => {
             if !prefix.is_empty() {
                 out.insert(prefix.clone());
@@ -269,6 +358,7 @@ pub(crate) fn value_at<'a>(obj: &'a Value, path: &[Pe]) -> Option<&'a Value> {
                 let want: Value = serde_json::from_str(v).ok()?;
                 cur = cur.as_array()?.iter().find(|x| **x == want)?;
             }
+            Pe::K(k) => cur = cur.as_array()?.iter().find(|x| key_matches(x, k))?,
         }
     }
     Some(cur)
@@ -282,6 +372,9 @@ fn remove_path(obj: &mut Value, path: &[Pe]) {
     for e in parent_path {
         let next = match e {
             Pe::F(f) => cur.get_mut(f),
+            Pe::K(k) => cur
+                .as_array_mut()
+                .and_then(|a| a.iter_mut().find(|x| key_matches(x, k))),
             Pe::V(_) => None,
         };
         match next {
@@ -298,6 +391,11 @@ fn remove_path(obj: &mut Value, path: &[Pe]) {
         Pe::V(v) => {
             if let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(v), cur.as_array_mut()) {
                 a.retain(|x| *x != want);
+            }
+        }
+        Pe::K(k) => {
+            if let Some(a) = cur.as_array_mut() {
+                a.retain(|x| !key_matches(x, k));
             }
         }
     }
@@ -318,15 +416,32 @@ fn merge_into(target: &mut Value, applied: &Value, prefix: &mut FPath, schema: O
             }
         }
         _ => {
-            if let (Some(ta), Some(aa)) = (target.as_array_mut(), applied.as_array())
-                && is_set_list(schema, prefix)
-            {
-                for x in aa {
-                    if !ta.contains(x) {
-                        ta.push(x.clone());
+            if let (Some(ta), Some(aa)) = (target.as_array_mut(), applied.as_array()) {
+                match list_kind(schema, prefix) {
+                    ListKind::Set => {
+                        for x in aa {
+                            if !ta.contains(x) {
+                                ta.push(x.clone());
+                            }
+                        }
+                        return;
                     }
+                    ListKind::Map(keys) if aa.iter().all(|el| element_key(el, &keys).is_some()) => {
+                        for x in aa {
+                            let Some(k) = element_key(x, &keys) else {
+                                continue;
+                            };
+                            prefix.push(Pe::K(k.clone()));
+                            match ta.iter_mut().find(|t| key_matches(t, &k)) {
+                                Some(t) => merge_into(t, x, prefix, schema),
+                                None => ta.push(x.clone()),
+                            }
+                            prefix.pop();
+                        }
+                        return;
+                    }
+                    _ => {}
                 }
-                return;
             }
             *target = applied.clone();
         }
@@ -355,7 +470,13 @@ pub(crate) fn record_update(
     let new_leaves = leaves(&new_scoped, schema);
     let changed: FieldSet = new_leaves
         .iter()
-        .filter(|p| value_at(&old_scoped, p) != value_at(&new_scoped, p))
+        .filter(|p| {
+            if is_element(p) {
+                value_at(&old_scoped, p).is_none()
+            } else {
+                value_at(&old_scoped, p) != value_at(&new_scoped, p)
+            }
+        })
         .cloned()
         .collect();
     let removed: FieldSet = leaves(&old_scoped, schema)
@@ -427,7 +548,7 @@ pub(crate) fn apply(
 
     let mut conflicts: Vec<(String, String)> = vec![];
     let mut taken: FieldSet = FieldSet::new();
-    for p in &new_set {
+    for p in new_set.iter().filter(|p| !is_element(p)) {
         let live_v = value_at(&live_scoped, p);
         let applied_v = value_at(&applied_scoped, p);
         for e in entries
@@ -479,12 +600,13 @@ pub(crate) fn apply(
     for e in entries.iter_mut().filter(|e| !is_me(e)) {
         e.fields.retain(|q| {
             !taken.contains(q)
-                && !new_set.iter().any(|p| {
-                    overlaps(p, q)
-                        && value_at(&live_scoped, q).is_some()
-                        && value_at(&live_scoped, p) != value_at(&applied_scoped, p)
-                        && p == q
-                })
+                && (is_element(q)
+                    || !new_set.iter().any(|p| {
+                        overlaps(p, q)
+                            && value_at(&live_scoped, q).is_some()
+                            && value_at(&live_scoped, p) != value_at(&applied_scoped, p)
+                            && p == q
+                    }))
         });
     }
     match entries.iter_mut().find(|e| is_me(e)) {
@@ -541,5 +663,49 @@ mod tests {
         let mut back = FieldSet::new();
         v1_to_fields(&v1, &mut vec![], &mut back);
         assert_eq!(back, set);
+    }
+}
+
+#[cfg(test)]
+mod map_list_tests {
+    use super::*;
+
+    #[test]
+    fn empty_apply_keeps_other_entries() {
+        let schema = json!({"type": "object", "properties": {"status": {"type": "object", "properties": {
+            "conditions": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"],
+                "items": {"type": "object", "properties": {"type": {"type": "string"}, "status": {"type": "string"}}}}}}}});
+        let req = |m: &'static str| ApplyRequest {
+            manager: m,
+            force: false,
+            scope: Scope::Status,
+            schema: Some(&schema),
+            api_version: "v1",
+            now: "t",
+        };
+        let live = json!({"metadata": {}, "status": {}});
+        let a = apply(
+            &live,
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+            &req("a"),
+        )
+        .unwrap();
+        let b = apply(
+            &a,
+            &json!({"status": {"conditions": [{"type": "Synced", "status": "True"}]}}),
+            &req("b"),
+        )
+        .unwrap();
+        assert_eq!(
+            b["status"]["conditions"].as_array().unwrap().len(),
+            2,
+            "{b}"
+        );
+        let c = apply(&b, &json!({"status": {"conditions": []}}), &req("b")).unwrap();
+        assert_eq!(
+            c["status"]["conditions"],
+            json!([{"type": "Ready", "status": "True"}]),
+            "{c}"
+        );
     }
 }
