@@ -99,9 +99,18 @@ async fn mutating_then_validating_webhooks_with_user_info() {
         .create(&PostParams::default(), &mwc)
         .await
         .unwrap();
+    let mut deny_hook = hook(
+        "deny-red.test.kube-sim.io",
+        &format!("{base}/validate"),
+        "widgets",
+        "Fail",
+    );
+    // CEL matchConditions: objects labelled skip=true never reach this webhook
+    deny_hook["matchConditions"] = json!([{"name": "not-skipped",
+        "expression": "!has(object.metadata.labels) || !('skip' in object.metadata.labels) || object.metadata.labels['skip'] != 'true'"}]);
     let vwc: ValidatingWebhookConfiguration = serde_json::from_value(json!({
         "metadata": {"name": "deny-red"},
-        "webhooks": [hook("deny-red.test.kube-sim.io", &format!("{base}/validate"), "widgets", "Fail")]
+        "webhooks": [deny_hook]
     }))
     .unwrap();
     Api::<ValidatingWebhookConfiguration>::all(admin.clone())
@@ -160,6 +169,13 @@ async fn mutating_then_validating_webhooks_with_user_info() {
         "admission webhook \"deny-red.test.kube-sim.io\" denied the request: red widgets are not allowed"
     );
     assert_eq!(api_err(api.get("red").await).code, 404);
+
+    // matchConditions false: the validating webhook is not called, red passes
+    let mut skipped = widget("red-skipped", json!({"color": "red"}));
+    skipped.metadata.labels = Some([("skip".to_string(), "true".to_string())].into());
+    api.create(&PostParams::default(), &skipped)
+        .await
+        .expect("webhook skipped by matchConditions");
 }
 
 #[tokio::test]

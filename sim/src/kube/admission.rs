@@ -172,7 +172,7 @@ fn hooks(
                 || a.ns.is_none()
                 || selector_matches(&w["namespaceSelector"], &ns_labels);
             let obj_ok = selector_matches(&w["objectSelector"], &obj_labels);
-            if rules_ok && ns_ok && obj_ok {
+            if rules_ok && ns_ok && obj_ok && match_conditions(w, a, obj, old) {
                 out.push(Hook {
                     name: w["name"].as_str().unwrap_or_default().to_string(),
                     config: w.clone(),
@@ -181,6 +181,49 @@ fn hooks(
         }
     }
     out
+}
+
+/// The webhook's `matchConditions` (CEL over `object`, `oldObject`, `request`): all must hold
+/// for the webhook to be called. An expression that fails to evaluate counts as not matching.
+fn match_conditions(w: &Value, a: &AdmissionAttrs<'_>, obj: &Value, old: Option<&Value>) -> bool {
+    use kube::core::cel::{
+        AdmissionRequest, GroupVersionKind, GroupVersionResource, VapEvaluator, VapExpression,
+    };
+    let Some(conds) = w["matchConditions"].as_array().filter(|c| !c.is_empty()) else {
+        return true;
+    };
+    let exprs: Vec<VapExpression> = conds
+        .iter()
+        .map(|c| VapExpression {
+            expression: c["expression"].as_str().unwrap_or("false").to_string(),
+            message: None,
+            message_expression: None,
+        })
+        .collect();
+    let request = AdmissionRequest {
+        operation: a.operation.to_string(),
+        username: a.user.username.clone(),
+        uid: a.user.uid.clone(),
+        groups: a.user.groups.clone(),
+        name: a.name.to_string(),
+        namespace: a.ns.unwrap_or_default().to_string(),
+        dry_run: a.dry_run,
+        kind: GroupVersionKind {
+            group: a.def.group.clone(),
+            version: a.def.version.clone(),
+            kind: a.def.kind.clone(),
+        },
+        resource: GroupVersionResource {
+            group: a.def.group.clone(),
+            version: a.def.version.clone(),
+            resource: a.def.plural.clone(),
+        },
+    };
+    let mut builder = VapEvaluator::builder().object(obj.clone()).request(request);
+    if let Some(old) = old {
+        builder = builder.old_object(old.clone());
+    }
+    builder.build().evaluate(&exprs).iter().all(|r| r.passed)
 }
 
 fn review(a: &AdmissionAttrs<'_>, obj: &Value, old: Option<&Value>) -> Value {
