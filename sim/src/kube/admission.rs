@@ -257,6 +257,18 @@ fn review(a: &AdmissionAttrs<'_>, obj: &Value, old: Option<&Value>) -> Value {
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req})
 }
 
+/// kube-apiserver refuses dry-run requests that would reach a webhook with side effects.
+fn check_dry_run(hook: &Hook, a: &AdmissionAttrs<'_>) -> ApiResult<()> {
+    let side_effects = hook.config["sideEffects"].as_str().unwrap_or("Unknown");
+    if a.dry_run && !matches!(side_effects, "None" | "NoneOnDryRun") {
+        return Err(ApiError::bad_request(format!(
+            "admission webhook \"{}\" does not support dry run",
+            hook.name
+        )));
+    }
+    Ok(())
+}
+
 async fn call(hook: &Hook, body: &Value) -> Result<Value, String> {
     let cc = &hook.config["clientConfig"];
     let url = match cc["url"].as_str() {
@@ -348,6 +360,7 @@ pub(crate) async fn mutate(
         return Ok(());
     }
     for hook in hooks(sim, true, a, obj, old) {
+        check_dry_run(&hook, a)?;
         let body = review(a, obj, old);
         match call(&hook, &body).await {
             Ok(resp) => {
@@ -394,6 +407,7 @@ pub(crate) async fn validate(
         return Ok(());
     }
     for hook in hooks(sim, false, a, obj, old) {
+        check_dry_run(&hook, a)?;
         let body = review(a, obj, old);
         match call(&hook, &body).await {
             Ok(resp) => {
