@@ -33,6 +33,16 @@ async fn pim_activate_then_delete_revokes_before_the_finalizer_goes() {
     api.delete("reader", &DeleteParams::default())
         .await
         .expect("delete");
+    // Inside PIM's minimum active time the removal waits (Terminating, Revoking) ...
+    let g = wait_for(&api, "reader", "Revoking", 30, |s| {
+        s.phase == Phase::Revoking
+    })
+    .await;
+    assert_eq!(
+        g.status.and_then(|s| s.reason),
+        Some("ActiveDurationTooShort".into())
+    );
+    // ... then happens, and only then the finalizer goes.
     wait_gone(&api, "reader", 60).await;
     let calls = env.calls().await;
     let ops: Vec<&str> = calls
@@ -479,4 +489,104 @@ async fn jit_renewal_policy_refusal_and_a_throttling_storm() {
             "a request reached the throttled bucket before Retry-After"
         );
     }
+}
+
+#[tokio::test]
+async fn workload_identity_activation_and_a_malformed_object_does_not_stop_others() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{Api, Patch, PatchParams};
+    let env = Env::start().await;
+    // The federated credential trusts system:serviceaccount:team-a:deployer.
+    let api = env.namespace("team-a", true).await;
+    let sa: ServiceAccount = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "deployer", "namespace": "team-a"}}),
+    )
+    .expect("sa");
+    Api::<ServiceAccount>::namespaced(env.client.clone(), "team-a")
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("create sa");
+
+    // An object the schema accepts but the operator's types cannot read (renewals > u32::MAX).
+    api.create(
+        &PostParams::default(),
+        &pim_grant("broken", "Activate", READER, "PT30M"),
+    )
+    .await
+    .expect("create");
+    let dynamic: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        "team-a",
+        &kube::api::ApiResource::erase::<AccessGrant>(&()),
+    );
+    dynamic
+        .patch_status(
+            "broken",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"status": {"renewals": 5_000_000_000u64, "phase": "Pending"}}),
+            ),
+        )
+        .await
+        .expect("schema-valid status");
+
+    let grant = with_spec(pim_grant("as-deployer", "Activate", READER, "PT30M"), |s| {
+        let p = s.pim.as_mut().expect("pim");
+        p.principal_id = DEPLOYER_OID.into();
+        p.identity = Some(GrantIdentity {
+            service_account_name: "deployer".into(),
+            client_id: DEPLOYER_APP.into(),
+            tenant_id: TENANT.into(),
+        });
+    });
+    api.create(&PostParams::default(), &grant)
+        .await
+        .expect("create");
+    wait_for(&api, "as-deployer", "Active", 60, phase(Phase::Active)).await;
+    let calls = env.calls().await;
+    let activation = calls
+        .iter()
+        .find(|c| c["operation"] == "RoleAssignmentScheduleRequests_Create" && c["status"] == 201)
+        .expect("activation call");
+    assert_eq!(
+        activation["caller"], DEPLOYER_OID,
+        "activated as the workload identity, not the operator"
+    );
+    // The malformed object was left alone (no status written, no Azure call for it).
+    let broken = dynamic.get("broken").await.expect("get");
+    assert_eq!(broken.data["status"]["renewals"], 5_000_000_000u64);
+}
+
+#[tokio::test]
+async fn overlapping_grants_hand_over_instead_of_removing_owed_access() {
+    let env = Env::start().await;
+    let api = env.namespace("e2e-overlap", true).await;
+    let pp = PostParams::default();
+    let assign = |n: &str| {
+        with_spec(pim_grant(n, "Assign", READER, "PT30M"), |s| {
+            s.pim.as_mut().expect("pim").principal_id = DEPLOYER_OID.into()
+        })
+    };
+    api.create(&pp, &assign("first")).await.expect("create");
+    wait_for(&api, "first", "Active", 60, phase(Phase::Active)).await;
+    api.create(&pp, &assign("second")).await.expect("create");
+    let g = wait_for(&api, "second", "Active", 60, phase(Phase::Active)).await;
+    assert_eq!(
+        g.status.and_then(|s| s.reason),
+        Some("Adopted".into()),
+        "the same assignment is adopted, not requested twice"
+    );
+    // Deleting the first leaves the access the second still owes.
+    api.delete("first", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&api, "first", 60).await;
+    let calls = env.calls().await;
+    assert_eq!(
+        count(&calls, "RoleAssignmentScheduleRequests_Create"),
+        1,
+        "no removal while another grant covers the access: {calls:?}"
+    );
+    let g = api.get("second").await.expect("get");
+    assert_eq!(g.status.map(|s| s.phase), Some(Phase::Active));
 }

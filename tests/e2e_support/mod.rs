@@ -24,6 +24,7 @@ pub const JUSTIFICATION_ROLE: &str = "73c42c96-874c-492b-b04d-ab87d138a893";
 pub const MFA_ROLE: &str = "de139f84-1756-47ae-9be6-808fbbe84772";
 pub const OWNER: &str = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
 pub const DEPLOYER_OID: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e02";
+pub const DEPLOYER_APP: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4ea2";
 
 pub fn rg() -> String {
     format!("/subscriptions/{SUB}/resourceGroups/rg-sandbox")
@@ -76,8 +77,14 @@ impl Env {
         let mut world =
             accessgrant_sim::azure::World::from_file(&root.join("sim/worlds/sandbox.yaml"))
                 .expect("world");
-        world.settings.deactivation_floor = "PT3S".into();
-        let azure = accessgrant_sim::azure::serve(accessgrant_sim::azure::SimConfig::new(world))
+        world.settings.deactivation_floor = "PT5S".into();
+        let mut azure_cfg = accessgrant_sim::azure::SimConfig::new(world);
+        // Entra verifies federated ServiceAccount tokens with the cluster's OIDC discovery.
+        azure_cfg.oidc_discovery = vec![(
+            "https://kubernetes.default.svc.cluster.local".into(),
+            kube.base_url(),
+        )];
+        let azure = accessgrant_sim::azure::serve(azure_cfg)
             .await
             .expect("azure-sim");
         let client = kube.client().await.expect("kube client");
@@ -111,7 +118,7 @@ impl Env {
             .env("AZURE_TENANT_ID", TENANT)
             .env("AZURE_CLIENT_ID", OPERATOR_APP)
             .env("AZURE_CLIENT_SECRET", OPERATOR_SECRET)
-            .env("PIM_DEACTIVATION_FLOOR", "PT3S")
+            .env("PIM_DEACTIVATION_FLOOR", "PT5S")
             .env("JIT_EARLY_CLOSE", "PT3S")
             .env("DRIFT_CHECK_INTERVAL", "PT2S")
             .env("RUST_LOG", "info")

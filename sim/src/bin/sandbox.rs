@@ -156,7 +156,13 @@ async fn main() -> anyhow::Result<()> {
     let mut world = accessgrant_sim::azure::World::from_file(&args.world)
         .with_context(|| format!("loading {}", args.world.display()))?;
     world.settings.deactivation_floor = args.deactivation_floor.clone();
-    let azure = accessgrant_sim::azure::serve(accessgrant_sim::azure::SimConfig::new(world))
+    let mut azure_cfg = accessgrant_sim::azure::SimConfig::new(world);
+    // Entra verifies federated ServiceAccount tokens through the cluster's OIDC discovery.
+    azure_cfg.oidc_discovery = vec![(
+        "https://kubernetes.default.svc.cluster.local".into(),
+        kube.base_url(),
+    )];
+    let azure = accessgrant_sim::azure::serve(azure_cfg)
         .await
         .context("starting azure-sim")?;
     println!("azure-sim listening on {}", azure.base_url());
