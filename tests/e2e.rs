@@ -554,6 +554,16 @@ async fn workload_identity_activation_and_a_malformed_object_does_not_stop_other
     );
     // The malformed object was left alone (no status written, no Azure call for it).
     let broken = dynamic.get("broken").await.expect("get");
+    assert_eq!(
+        broken.data["status"]["phase"], "Failed",
+        "the malformed object says why: {:?}",
+        broken.data["status"]
+    );
+    assert!(
+        broken.data["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot be read"))
+    );
     assert_eq!(broken.data["status"]["renewals"], 5_000_000_000u64);
 }
 

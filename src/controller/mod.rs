@@ -162,8 +162,32 @@ async fn reconcile(
     let grant = match &obj.0 {
         Ok(g) => g.clone(),
         Err(invalid) => {
-            // Malformed object: report and move on; other grants are unaffected.
-            tracing::warn!(ns = invalid.metadata.namespace.as_deref().unwrap_or_default(), name = invalid.metadata.name.as_deref().unwrap_or_default(), error = %invalid.error, "AccessGrant does not match the schema");
+            // Malformed object (the schema accepted it, our types cannot read it): say so in its
+            // status, make no Azure call, and move on; other grants are unaffected. The patch is
+            // a no-op once written, so it does not loop.
+            let ns = invalid.metadata.namespace.clone().unwrap_or_default();
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            tracing::warn!(ns = %ns, name = %name, error = %invalid.error, "AccessGrant does not match the schema");
+            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+                ctx.client.clone(),
+                &ns,
+                &kube::api::ApiResource::erase::<AccessGrant>(&()),
+            );
+            let message: String = format!("the object cannot be read: {}", invalid.error)
+                .chars()
+                .take(1000)
+                .collect();
+            let body = json!({"status": {"phase": "Failed", "reason": crate::constants::reason::INVALID_SPEC, "message": message}});
+            if let Err(e) = api
+                .patch_status(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER),
+                    &Patch::Merge(&body),
+                )
+                .await
+            {
+                tracing::debug!(error = %e, "could not record the malformed object's status");
+            }
             return Ok(Action::await_change());
         }
     };
