@@ -103,6 +103,31 @@ async fn jit_grant_active_then_expired() {
         .filter(|c| c["operation"] == "JitNetworkAccessPolicies_Initiate")
         .count();
     assert_eq!(writes, 1, "no write at natural expiry");
+    // An Event for every transition, and an audit line for each on stdout.
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.client.clone(), "e2e-jit");
+    let reasons: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in ["Requested", "Granted", "Expired"] {
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "no {r} event in {reasons:?}"
+        );
+    }
+    let out = env.operator_output();
+    let transitions: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            l.contains("\"audit\":\"AccessGrantTransition\"") && l.contains("\"name\":\"ssh\"")
+        })
+        .collect();
+    assert!(transitions.len() >= 3, "audit lines: {transitions:?}");
 }
 
 #[tokio::test]

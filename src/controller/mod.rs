@@ -11,7 +11,7 @@ use crate::azure::error::AzureError;
 use crate::constants::{FIELD_MANAGER, FINALIZER};
 use crate::guard::{GrantContext, guard};
 use crate::lifecycle::{
-    GrantMeta, Need, Observed, Plan, PlanInput, PlannerConfig, Read, Step, WriteResult, plan,
+    GrantMeta, Need, Observed, PlanInput, PlannerConfig, Read, Step, WriteResult, plan,
 };
 use crate::validate::{ValidTarget, validate};
 use futures::StreamExt;
@@ -279,9 +279,8 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
     let verdict = valid.as_ref().ok().map(|v| guard(v, &policies, &gctx));
     let covered = covered_by_other(ctx, &grant);
     let mut observed = Observed::default();
-    let status0 = grant.status.clone().unwrap_or_default();
-    let mut status = status0.clone();
-    let mut last_plan: Option<Plan> = None;
+    let mut status = grant.status.clone().unwrap_or_default();
+    let mut events: Vec<crate::lifecycle::PlannedEvent> = Vec::new();
     for _ in 0..12 {
         let meta = GrantMeta {
             uid: grant.uid().unwrap_or_default(),
@@ -292,7 +291,8 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
             has_finalizer: grant.finalizers().iter().any(|f| f == FINALIZER),
             requested_by: None,
         };
-        let now = crate::clock::now();
+        // Whole seconds: request windows and end times read cleanly in status and audit.
+        let now = chrono::SubsecRound::trunc_subsecs(crate::clock::now(), 0);
         let input = PlanInput {
             meta: &meta,
             spec: valid.as_ref(),
@@ -321,7 +321,9 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                 }
                 Step::RecordIntent(st) => {
                     write_status(&api, &grant, &status, st).await?;
+                    audit(&grant, &status, st);
                     status = (**st).clone();
+                    events.extend(p.events.iter().cloned());
                 }
                 Step::Azure(w) => {
                     let intent = status.intent.clone();
@@ -342,23 +344,23 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                     break;
                 }
                 Step::RemoveFinalizer => {
-                    publish(ctx, &grant, &p).await;
-                    audit(&grant, &status0, &p.status);
+                    events.extend(p.events.iter().cloned());
+                    publish(ctx, &grant, &events).await;
+                    audit(&grant, &status, &p.status);
                     remove_finalizer(&api, &grant).await?;
                     return Ok(Action::await_change());
                 }
             }
         }
         if wrote {
-            last_plan = Some(p);
             continue;
         }
         if p.status != status {
             write_status(&api, &grant, &status, &p.status).await?;
         }
-        publish(ctx, &grant, &p).await;
-        audit(&grant, &status0, &p.status);
-        let _ = last_plan;
+        events.extend(p.events.iter().cloned());
+        publish(ctx, &grant, &events).await;
+        audit(&grant, &status, &p.status);
         return Ok(match p.wake_at {
             Some(t) => Action::requeue(
                 (t - crate::clock::now())
@@ -625,9 +627,9 @@ pub fn merge_diff(old: &serde_json::Value, new: &serde_json::Value) -> serde_jso
     }
 }
 
-async fn publish(ctx: &Context, g: &AccessGrant, p: &Plan) {
+async fn publish(ctx: &Context, g: &AccessGrant, events: &[crate::lifecycle::PlannedEvent]) {
     let reference = g.object_ref(&());
-    for e in &p.events {
+    for e in events {
         let note: String = e.note.chars().take(1000).collect();
         let ev = Event {
             type_: if e.warning {
