@@ -320,7 +320,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                     grant = add_finalizer(&api, &grant).await?;
                 }
                 Step::RecordIntent(st) => {
-                    write_status(&api, &grant, &status, st).await?;
+                    write_status(&api, &grant, st).await?;
                     audit(&grant, &status, st);
                     status = (**st).clone();
                     events.extend(p.events.iter().cloned());
@@ -356,7 +356,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
             continue;
         }
         if p.status != status {
-            write_status(&api, &grant, &status, &p.status).await?;
+            write_status(&api, &grant, &p.status).await?;
         }
         events.extend(p.events.iter().cloned());
         publish(ctx, &grant, &events).await;
@@ -577,54 +577,26 @@ async fn remove_finalizer(api: &Api<AccessGrant>, g: &AccessGrant) -> Result<(),
     }
 }
 
-/// Writes status as a JSON merge patch computed from the last status we know to the new one
-/// (fields that went away become `null`), under our field manager.
-// A server-side apply of the status would be the idiomatic choice; kube-sim's apply keeps empty
-// parent maps of removed fields, which the CRD schema then rejects, so a diff-based merge patch
-// is used until kube-sim's apply removes them as kube-apiserver does.
+/// Writes status by server-side apply under one field manager; fields we no longer set are
+/// removed by the apiserver because we owned them.
 async fn write_status(
     api: &Api<AccessGrant>,
     g: &AccessGrant,
-    old: &AccessGrantStatus,
     st: &AccessGrantStatus,
 ) -> Result<(), kube::Error> {
-    let old = serde_json::to_value(old).map_err(kube::Error::SerdeError)?;
-    let new = serde_json::to_value(st).map_err(kube::Error::SerdeError)?;
-    let body = json!({"status": merge_diff(&old, &new)});
+    let body = json!({
+        "apiVersion": "accessgrant.io/v1alpha1",
+        "kind": "AccessGrant",
+        "metadata": {"name": g.name_any(), "namespace": g.namespace()},
+        "status": st,
+    });
     api.patch_status(
         &g.name_any(),
-        &PatchParams::apply(FIELD_MANAGER),
-        &Patch::Merge(&body),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
     )
     .await
     .map(|_| ())
-}
-
-/// An RFC 7386 merge patch turning `old` into `new`.
-pub fn merge_diff(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
-    match (old, new) {
-        (serde_json::Value::Object(o), serde_json::Value::Object(n)) => {
-            let mut out = serde_json::Map::new();
-            for (k, v) in n {
-                match o.get(k) {
-                    Some(ov) if ov == v => {}
-                    Some(ov) => {
-                        out.insert(k.clone(), merge_diff(ov, v));
-                    }
-                    None => {
-                        out.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-            for k in o.keys() {
-                if !n.contains_key(k) {
-                    out.insert(k.clone(), serde_json::Value::Null);
-                }
-            }
-            serde_json::Value::Object(out)
-        }
-        _ => new.clone(),
-    }
 }
 
 async fn publish(ctx: &Context, g: &AccessGrant, events: &[crate::lifecycle::PlannedEvent]) {

@@ -585,6 +585,22 @@ pub(crate) fn apply(
             .any(|e| e.fields.iter().any(|q| overlaps(p, q)));
         if !owned_by_other {
             remove_path(&mut result, p);
+            // A map left empty by the removal goes too (kube-apiserver removes the map the
+            // manager owned, not only its leaves), unless someone still sets something in it.
+            for k in (1..p.len()).rev() {
+                let parent = &p[..k];
+                let empty = value_at(&result, parent)
+                    .is_some_and(|v| v.as_object().is_some_and(|m| m.is_empty()));
+                let still_wanted = new_set.iter().any(|q| q.starts_with(parent))
+                    || entries
+                        .iter()
+                        .filter(|e| !is_me(e))
+                        .any(|e| e.fields.iter().any(|q| q.starts_with(parent)));
+                if !empty || still_wanted {
+                    break;
+                }
+                remove_path(&mut result, parent);
+            }
         }
     }
     let mut to_merge = applied_scoped.clone();
