@@ -10,8 +10,8 @@
 #     tests/packaging.rs instead; any other "couldn't find schema" fails the run.
 #
 # usage: scripts/packaging-check.sh OUT_DIR
-# OUT_DIR receives helm-default.yaml, helm-full.yaml, kustomize.yaml (chart CRDs first, as
-# `helm install` applies them), helm-lint.json and validated.tsv (file, apiVersion, kind,
+# OUT_DIR receives helm-default.yaml, helm-full.yaml (every option on), helm-client-secret.yaml,
+# helm-managed-identity.yaml (chart CRDs first, as `helm install` applies them), kustomize.yaml, helm-lint.json and validated.tsv (file, apiVersion, kind,
 # namespace, name, "validated" or "skipped"). tests/packaging.rs runs this script.
 #
 # Needs python3 (with venv) and network access to PyPI on first use; the virtualenv lives in
@@ -92,6 +92,17 @@ FULL = {
 }
 
 
+# The other identity modes render different env and labels: lint and validate them too.
+CLIENT_SECRET = {
+    "azure": {"auth": "clientSecret", "tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+              "clientId": "11111111-2222-3333-4444-555555555555",
+              "clientSecret": {"existingSecret": "accessgrant-azure"}},
+}
+MANAGED_IDENTITY = {"azure": {"auth": "managedIdentity"}}
+VALUE_SETS = (("default", None), ("full", FULL), ("client-secret", CLIENT_SECRET),
+              ("managed-identity", MANAGED_IDENTITY))
+
+
 def fail(msg):
     sys.stderr.write(f"packaging-check: {msg}\n")
     sys.exit(1)
@@ -99,7 +110,7 @@ def fail(msg):
 
 # helm lint (strict: warnings fail too), once per value set.
 lint_reports = {}
-for label, values in (("default", None), ("full", FULL)):
+for label, values in VALUE_SETS:
     report = helm.lint(chart_dir, values, strict=True, namespace=namespace,
                        kube_version=f"v{kube_version}")
     lint_reports[label] = report
@@ -124,7 +135,8 @@ def split_docs(text):
 with helm.Chart.load(chart_dir) as chart:
     # values.schema.json must reject mistakes, not only accept the defaults.
     for bad in ({"azure": {"auth": "password"}}, {"webhook": {"enabeld": True}},
-                {"operator": {"driftCheckInterval": "5m"}}):
+                {"operator": {"driftCheckInterval": "5m"}},
+                {"azure": {"auth": "clientSecret", "clientId": "x", "tenantId": "y"}}):
         try:
             chart.validate_schema(bad)
         except helm.HelmError:
@@ -133,7 +145,7 @@ with helm.Chart.load(chart_dir) as chart:
     crd_docs = []
     for crd in sorted(chart.crds, key=lambda c: c["name"]):
         crd_docs += split_docs(crd["data"])
-    for label, values in (("default", None), ("full", FULL)):
+    for label, values in VALUE_SETS:
         chart.validate_schema(values)
         rendered = chart.render(values, name=release, namespace=namespace, is_install=True)
         docs = list(crd_docs)
@@ -154,7 +166,7 @@ os.remove(os.path.join(out, "kustomize.body.yaml"))
 rows = []
 workdir = os.path.join(out, "docs")
 os.makedirs(workdir, exist_ok=True)
-for name in ("helm-default.yaml", "helm-full.yaml", "kustomize.yaml"):
+for name in [f"helm-{label}.yaml" for label, _ in VALUE_SETS] + ["kustomize.yaml"]:
     with open(os.path.join(out, name)) as f:
         docs = split_docs(f.read())
     if not docs:

@@ -241,13 +241,18 @@ fn check_rbac(docs: &[Value], what: &str) {
 }
 
 /// Pod Security Standard "restricted", plus the workload identity label.
-fn check_pod_security(docs: &[Value], what: &str) {
+fn check_pod_security(docs: &[Value], what: &str, workload_identity: bool) {
     let dep = find(docs, "Deployment", NAME);
     let pod = &dep["spec"]["template"];
-    assert_eq!(
-        pod["metadata"]["labels"]["azure.workload.identity/use"], "true",
-        "{what}: workload identity pod label"
-    );
+    let label = &pod["metadata"]["labels"]["azure.workload.identity/use"];
+    if workload_identity {
+        assert_eq!(label, "true", "{what}: workload identity pod label");
+    } else {
+        assert!(
+            label.is_null(),
+            "{what}: workload identity label without workload identity"
+        );
+    }
     let spec = &pod["spec"];
     assert_eq!(spec["serviceAccountName"], NAME);
     for key in ["hostNetwork", "hostPID", "hostIPC"] {
@@ -329,7 +334,7 @@ async fn apply_served(
         };
         let kind = d["kind"].as_str().expect("kind");
         let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-        // CRDs are served once applied; kube-sim serves apiextensions itself.
+        // Discovery before anything is applied: CRDs (apiextensions) are served, custom kinds not.
         if discovery.resolve_gvk(&gvk).is_some() {
             served.push(d.clone());
         } else {
@@ -373,7 +378,7 @@ async fn apply_served(
         .apply_manifests(dir.path(), "packaging-test")
         .await
         .unwrap_or_else(|e| panic!("{file}: applying to kube-sim failed: {e:#}"));
-    // Re-applying (an upgrade with the same values) changes nothing and still succeeds.
+    // Re-applying (an upgrade with the same values) succeeds too.
     let again = sim
         .apply_manifests(dir.path(), "packaging-test")
         .await
@@ -391,12 +396,19 @@ async fn apply_served(
             "{file}: {kind} not served after apply"
         );
     }
-    // The ServiceAccount as stored, annotations included.
+    // The ServiceAccount as stored, workload identity annotations included.
     let sas: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
         kube::Api::namespaced(client, NAMESPACE);
-    sas.get(NAME)
+    let stored = sas
+        .get(NAME)
         .await
         .expect("ServiceAccount stored in kube-sim");
+    let rendered = &find(docs, "ServiceAccount", NAME)["metadata"]["annotations"];
+    let stored = serde_json::to_value(stored.metadata.annotations).expect("json");
+    assert_eq!(
+        rendered, &stored,
+        "{file}: ServiceAccount annotations as stored"
+    );
     sim.shutdown().await;
     applied
 }
@@ -437,13 +449,55 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
     let full = docs(&out.path().join("helm-full.yaml"));
     let kustomize = docs(&out.path().join("kustomize.yaml"));
 
-    for (what, d) in [
-        ("helm default", &default),
-        ("helm full", &full),
-        ("kustomize", &kustomize),
+    let client_secret = docs(&out.path().join("helm-client-secret.yaml"));
+    let managed_identity = docs(&out.path().join("helm-managed-identity.yaml"));
+
+    // Every environment variable the manifests set is one the operator reads (src/main.rs).
+    let main_rs = std::fs::read_to_string(root().join("src/main.rs")).expect("src/main.rs");
+    for (what, d, workload_identity) in [
+        ("helm default", &default, true),
+        ("helm full", &full, true),
+        ("helm client-secret", &client_secret, false),
+        ("helm managed-identity", &managed_identity, false),
+        ("kustomize", &kustomize, true),
     ] {
         check_rbac(d, what);
-        check_pod_security(d, what);
+        check_pod_security(d, what, workload_identity);
+        let dep = find(d, "Deployment", NAME);
+        for env in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+        {
+            let name = env["name"].as_str().expect("env name");
+            assert!(
+                matches!(name, "RUST_LOG" | "EXTRA")
+                    || main_rs.contains(&format!("env = \"{name}\"")),
+                "{what}: the operator reads no {name} (flags in src/main.rs)"
+            );
+        }
+    }
+    let env_of = |d: &[Value], name: &str| -> Value {
+        find(d, "Deployment", NAME)["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(
+        env_of(&client_secret, "AZURE_CLIENT_SECRET")["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "accessgrant-azure", "key": "client-secret"})
+    );
+    assert_eq!(
+        env_of(&managed_identity, "AZURE_USE_MANAGED_IDENTITY")["value"],
+        "true"
+    );
+    for d in [&default, &full, &managed_identity] {
+        assert!(
+            env_of(d, "AZURE_CLIENT_SECRET").is_null(),
+            "client secret outside clientSecret mode"
+        );
     }
 
     // Defaults: no webhook (the operator does not serve it yet), no optional objects.
