@@ -2,7 +2,8 @@
 # Renders and checks the deployment packaging:
 #   - the Helm chart (charts/accessgrant-operator) with Helm's own Go SDK (PyPI helm-python-sdk,
 #     which bundles libhelm_c: no helm binary, nothing downloaded at run time): helm lint
-#     (strict), values.schema.json, render with default values and with every option on;
+#     (strict), values.schema.json, renders with default values, every option on, and each
+#     Azure identity mode;
 #   - the kustomize base (deploy/) with `kubectl kustomize`;
 #   - every rendered object with `kubernetes-validate --strict` against Kubernetes
 #     $KUBERNETES_VERSION. Kinds with no upstream schema (only the ServiceMonitor CRD kind of
@@ -10,9 +11,10 @@
 #     tests/packaging.rs instead; any other "couldn't find schema" fails the run.
 #
 # usage: scripts/packaging-check.sh OUT_DIR
-# OUT_DIR receives helm-default.yaml, helm-full.yaml (every option on), helm-client-secret.yaml,
-# helm-managed-identity.yaml (chart CRDs first, as `helm install` applies them), kustomize.yaml, helm-lint.json and validated.tsv (file, apiVersion, kind,
-# namespace, name, "validated" or "skipped"). tests/packaging.rs runs this script.
+# OUT_DIR receives helm-default.yaml, helm-full.yaml (every option on), helm-client-secret.yaml
+# and helm-managed-identity.yaml (chart CRDs first, as `helm install` applies them),
+# kustomize.yaml, helm-lint.json and validated.tsv (file, apiVersion, kind, namespace, name,
+# "validated" or "skipped"). tests/packaging.rs runs this script.
 #
 # Needs python3 (with venv) and network access to PyPI on first use; the virtualenv lives in
 # target/packaging-venv and is reused. kubectl: $KUBECTL, else kubectl on PATH, else Debian's
