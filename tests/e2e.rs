@@ -240,29 +240,7 @@ async fn pim_lifecycles_expiry_assign_approval_adoption_and_rules() {
             .is_some()
     );
 
-    let g = wait_for(
-        &api,
-        "approve-me",
-        "PendingApproval",
-        60,
-        phase(Phase::PendingApproval),
-    )
-    .await;
-    let name = g
-        .status
-        .and_then(|s| s.pim)
-        .and_then(|p| p.request_name)
-        .expect("request name");
-    assert!(
-        env.control(
-            reqwest::Method::POST,
-            &format!("/_sim/pim/requests/{name}/approve"),
-            None
-        )
-        .await
-        .status()
-        .is_success()
-    );
+    decide_pending(&env, &api, "approve-me", true).await;
     wait_for(
         &api,
         "approve-me",
@@ -332,29 +310,7 @@ async fn denied_approval_out_of_band_revocation_scheduled_start_and_restart() {
     )
     .await
     .expect("create");
-    let g = wait_for(
-        &api,
-        "deny-me",
-        "PendingApproval",
-        60,
-        phase(Phase::PendingApproval),
-    )
-    .await;
-    let name = g
-        .status
-        .and_then(|s| s.pim)
-        .and_then(|p| p.request_name)
-        .expect("request name");
-    assert!(
-        env.control(
-            reqwest::Method::POST,
-            &format!("/_sim/pim/requests/{name}/deny"),
-            None
-        )
-        .await
-        .status()
-        .is_success()
-    );
+    decide_pending(&env, &api, "deny-me", false).await;
     let g = wait_for(&api, "deny-me", "Denied", 90, phase(Phase::Denied)).await;
     assert_eq!(
         g.status.and_then(|s| s.reason),

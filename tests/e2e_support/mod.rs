@@ -307,3 +307,29 @@ pub async fn wait_gone(api: &Api<AccessGrant>, name: &str, secs: u64) {
 pub fn phase(p: Phase) -> impl Fn(&AccessGrantStatus) -> bool {
     move |s| s.phase == p
 }
+
+/// Waits until the grant awaits a PIM approver, then approves or denies its request in azure-sim.
+pub async fn decide_pending(env: &Env, api: &Api<AccessGrant>, grant: &str, approve: bool) {
+    let g = wait_for(
+        api,
+        grant,
+        "PendingApproval",
+        60,
+        phase(Phase::PendingApproval),
+    )
+    .await;
+    let name = g
+        .status
+        .and_then(|s| s.pim)
+        .and_then(|p| p.request_name)
+        .expect("request name");
+    let verb = if approve { "approve" } else { "deny" };
+    let r = env
+        .control(
+            reqwest::Method::POST,
+            &format!("/_sim/pim/requests/{name}/{verb}"),
+            None,
+        )
+        .await;
+    assert!(r.status().is_success(), "{verb} {name}: {}", r.status());
+}
