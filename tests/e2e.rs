@@ -581,3 +581,75 @@ async fn overlapping_grants_hand_over_instead_of_removing_owed_access() {
     let g = api.get("second").await.expect("get");
     assert_eq!(g.status.map(|s| s.phase), Some(Phase::Active));
 }
+
+#[tokio::test]
+async fn delete_closes_jit_early_and_removes_an_admin_assignment() {
+    let env = Env::start().await;
+    let api = env.namespace("e2e-close", true).await;
+    let pp = PostParams::default();
+    api.create(&pp, &jit_grant("rdp", 2, 3389, "10.4.4.4", "PT2H"))
+        .await
+        .expect("create");
+    api.create(
+        &pp,
+        &with_spec(pim_grant("assigned", "Assign", READER, "PT2H"), |s| {
+            s.pim.as_mut().expect("pim").principal_id = DEPLOYER_OID.into()
+        }),
+    )
+    .await
+    .expect("create");
+    wait_for(&api, "rdp", "Active", 60, phase(Phase::Active)).await;
+    wait_for(&api, "assigned", "Active", 60, phase(Phase::Active)).await;
+    api.delete("rdp", &DeleteParams::default())
+        .await
+        .expect("delete");
+    api.delete("assigned", &DeleteParams::default())
+        .await
+        .expect("delete");
+    // JIT has no revoke API: our request is superseded by a 3-second one, and the object stays
+    // until Azure shows the ports closed.
+    wait_gone(&api, "rdp", 60).await;
+    wait_gone(&api, "assigned", 60).await;
+    let state = env
+        .control(reqwest::Method::GET, "/_sim/state", None)
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .expect("state");
+    let text = state.to_string();
+    assert!(text.contains("closing early"), "a close request was sent");
+    let mut open_prefixes = Vec::new();
+    for pol in state["jitPolicies"].as_array().into_iter().flatten() {
+        for req in pol["properties"]["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            for vm in req["virtualMachines"].as_array().into_iter().flatten() {
+                for port in vm["ports"].as_array().into_iter().flatten() {
+                    if port["status"] != "Revoked" {
+                        open_prefixes.push(port["allowedSourceAddressPrefix"].clone());
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        !open_prefixes.contains(&serde_json::json!("10.4.4.4")),
+        "port still open after delete: {open_prefixes:?}"
+    );
+    let calls = env.calls().await;
+    assert!(
+        count(&calls, "RoleAssignmentScheduleRequests_Create") >= 2,
+        "AdminAssign then AdminRemove"
+    );
+    let live = state["roleAssignmentScheduleInstances"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["properties"]["principalId"] == DEPLOYER_OID)
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(live, 0, "assignment removed");
+}
