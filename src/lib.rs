@@ -11,5 +11,6 @@ pub mod clock;
 pub mod constants;
 pub mod controller;
 pub mod guard;
+pub mod leader;
 pub mod lifecycle;
 pub mod validate;
