@@ -13,4 +13,5 @@ pub mod controller;
 pub mod guard;
 pub mod leader;
 pub mod lifecycle;
+pub mod telemetry;
 pub mod validate;
