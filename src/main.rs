@@ -83,25 +83,29 @@ fn duration(flag: &str, v: &str) -> anyhow::Result<chrono::Duration> {
         .map_err(|e| anyhow::anyhow!("--{flag} {e}"))
 }
 
+/// Resolves on SIGTERM or SIGINT. If the handlers cannot be installed it never resolves (the
+/// default signal action then stops the process).
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            std::future::pending::<()>().await;
+            return;
+        };
         tokio::select! {
             _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
     tracing::info!("shutdown requested; finishing in-flight reconciles");
 }
@@ -184,7 +188,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         shutdown_signal(),
     )
-    .await
+    .await?;
+    tracing::info!("controller stopped");
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {

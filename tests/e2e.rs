@@ -653,3 +653,26 @@ async fn delete_closes_jit_early_and_removes_an_admin_assignment() {
         .unwrap_or(0);
     assert_eq!(live, 0, "assignment removed");
 }
+
+#[tokio::test]
+async fn sigterm_stops_gracefully() {
+    let mut env = Env::start().await;
+    let api = env.namespace("e2e-term", true).await;
+    api.create(
+        &PostParams::default(),
+        &jit_grant("t", 1, 22, "10.5.5.5", "PT30M"),
+    )
+    .await
+    .expect("create");
+    wait_for(&api, "t", "Active", 60, phase(Phase::Active)).await;
+    let status = env
+        .terminate_operator(std::time::Duration::from_secs(20))
+        .await
+        .expect("the operator exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    let out = env.operator_output();
+    assert!(
+        out.contains("shutdown requested") && out.contains("controller stopped"),
+        "{out}"
+    );
+}

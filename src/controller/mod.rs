@@ -26,7 +26,9 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Controller settings.
 #[derive(Clone, Debug)]
@@ -39,6 +41,8 @@ pub struct ControllerConfig {
 
 /// Shared state of the reconciler.
 pub struct Context {
+    shutting_down: Arc<AtomicBool>,
+    in_flight: AtomicUsize,
     client: Client,
     arm: Arc<ArmClient>,
     policies: Store<AccessPolicy>,
@@ -103,7 +107,20 @@ pub async fn run(
     let controller = Controller::new(grants_api, watcher::Config::default().any_semantic());
     let grants = controller.store();
     let map_store = grants.clone();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let trigger = {
+        let stop = stop.clone();
+        let flag = shutting_down.clone();
+        async move {
+            shutdown.await;
+            flag.store(true, Ordering::SeqCst);
+            stop.notify_one();
+        }
+    };
     let ctx = Arc::new(Context {
+        shutting_down,
+        in_flight: AtomicUsize::new(0),
         client,
         arm,
         policies,
@@ -114,7 +131,7 @@ pub async fn run(
         pim_instances: cache::ReadCache::new(Duration::from_secs(2)),
         pim_policies: cache::ReadCache::new(Duration::from_secs(60)),
     });
-    controller
+    let running = controller
         .watches(
             policies_api,
             watcher::Config::default(),
@@ -128,16 +145,49 @@ pub async fn run(
             },
         )
         .with_config(kube::runtime::controller::Config::default().concurrency(cfg.concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .graceful_shutdown_on(trigger)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "reconcile loop");
             }
-        })
-        .await;
+        });
+    // kube's graceful shutdown stops new events but keeps firing already scheduled requeues, so
+    // the stream would only end when every timer has; instead: once shutdown is requested, new
+    // reconciles return at once (see `reconcile`), and we wait for the in-flight ones (their
+    // Azure calls and status writes) to finish, bounded by a grace period.
+    let controller_task = tokio::spawn(running);
+    stop.notified().await;
+    tracing::info!(
+        in_flight = ctx.in_flight.load(Ordering::SeqCst),
+        "waiting for in-flight reconciles"
+    );
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while ctx.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    controller_task.abort();
     policy_task.abort();
     Ok(())
+}
+
+/// Longest wait for in-flight reconciles at shutdown (above the ARM request timeout).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(35);
+
+/// Counts a running reconcile for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Self(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn error_policy(
@@ -159,6 +209,11 @@ async fn reconcile(
     obj: Arc<DeserializeGuard<AccessGrant>>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    if ctx.shutting_down.load(Ordering::SeqCst) {
+        // Shutting down: start nothing new; the next leader or start picks it up.
+        return Ok(Action::await_change());
+    }
+    let _in_flight = InFlight::enter(&ctx.in_flight);
     let grant = match &obj.0 {
         Ok(g) => g.clone(),
         Err(invalid) => {
@@ -194,8 +249,7 @@ async fn reconcile(
     let ns = grant.namespace().unwrap_or_default();
     let name = grant.name_any();
     let span = tracing::info_span!("reconcile", ns = %ns, name = %name, attempt = grant.status.as_ref().map_or(0, |s| s.attempt));
-    let _e = span.enter();
-    reconcile_grant(grant, &ctx).await
+    reconcile_grant(grant, &ctx).instrument(span).await
 }
 
 async fn namespace_labels(

@@ -130,6 +130,30 @@ impl Env {
         self.operator = Some(child);
     }
 
+    /// SIGTERM the operator and wait (with a deadline) for it to exit; returns its exit status.
+    /// (Async: the simulators run on the test's runtime and must keep serving meanwhile.)
+    pub async fn terminate_operator(
+        &mut self,
+        deadline: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let mut c = self.operator.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let until = std::time::Instant::now() + deadline;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if std::time::Instant::now() > until {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILL the operator (crash).
     pub fn kill_operator(&mut self) {
         if let Some(mut c) = self.operator.take() {
