@@ -72,6 +72,9 @@ struct RunArgs {
     /// Concurrent reconciles.
     #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
+    /// Admin server (`/metrics`, `/livez`, `/readyz`, `/loglevel`) listen address.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    admin_addr: std::net::SocketAddr,
     /// Log format: `text` or `json` (logs go to stderr; audit lines to stdout).
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -111,20 +114,24 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,kube=warn,azure_core=warn,azure_identity=warn".into());
-    if args.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    let log_reload = accessgrant_operator::telemetry::init_logging(
+        &args.log_format,
+        "info,kube=warn,azure_core=warn,azure_identity=warn",
+    )
+    .map_err(|e| anyhow::anyhow!("logging: {e}"))?;
+    let metrics = accessgrant_operator::telemetry::Metrics::new();
+    let readiness = accessgrant_operator::telemetry::Readiness::new();
+    let admin = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding --admin-addr {}", args.admin_addr))?;
+    tracing::info!(addr = %admin.local_addr()?, "admin server listening");
+    tokio::spawn(accessgrant_operator::telemetry::serve_admin(
+        admin,
+        metrics.clone(),
+        readiness.clone(),
+        Some(log_reload),
+        std::future::pending::<()>(),
+    ));
     let auth = match (&args.azure_client_secret, &args.azure_federated_token_file) {
         (Some(secret), _) => AuthConfig::ClientSecret {
             tenant_id: args
@@ -164,10 +171,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
-    let arm = Arc::new(ArmClient::new(
-        cfg,
-        Some(Arc::new(ServiceAccountTokens::new(client.clone()))),
-    )?);
+    let arm = Arc::new(
+        ArmClient::new(
+            cfg,
+            Some(Arc::new(ServiceAccountTokens::new(client.clone()))),
+        )?
+        .with_telemetry(metrics.clone(), readiness.clone()),
+    );
     let planner = PlannerConfig {
         jit_early_close: if args.jit_early_close.eq_ignore_ascii_case("none") {
             None
@@ -185,6 +195,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ControllerConfig {
             planner,
             concurrency: args.concurrency,
+            metrics,
+            readiness,
         },
         shutdown_signal(),
     )

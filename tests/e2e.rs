@@ -676,3 +676,70 @@ async fn sigterm_stops_gracefully() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn metrics_health_and_no_secret_in_any_output() {
+    let env = Env::start().await;
+    let api = env.namespace("e2e-metrics", true).await;
+    api.create(
+        &PostParams::default(),
+        &jit_grant("m", 1, 22, "10.6.6.6", "PT3S"),
+    )
+    .await
+    .expect("create");
+    wait_for(&api, "m", "Expired", 60, phase(Phase::Expired)).await;
+    let (code, body) = env.admin_get("/readyz").await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    assert_eq!(env.admin_get("/livez").await.0, 200);
+    // The phase gauge is a periodic recount: wait for it with a deadline.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let (_, text) = env.admin_get("/metrics").await;
+        if metric(&text, "accessgrant_grants", &[("phase", "Expired")]) == Some(1.0) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "grants gauge never showed the Expired grant:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        metric(
+            &text,
+            "accessgrant_arm_calls_total",
+            &[
+                ("operation", "JitNetworkAccessPolicies_Initiate"),
+                ("outcome", "ok"),
+                ("status_class", "2xx")
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "accessgrant_reconciles_total", &[("outcome", "ok")])
+            .is_some_and(|n| n >= 2.0)
+    );
+    assert_eq!(
+        metric(&text, "accessgrant_time_to_active_seconds_count", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "accessgrant_expiry_status_lag_seconds_count", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "accessgrant_grants", &[("phase", "Active")]),
+        Some(0.0)
+    );
+    // No client secret and no token (JWTs start with "eyJ") in anything the operator printed.
+    let out = env.operator_output();
+    assert!(
+        !out.contains(OPERATOR_SECRET),
+        "the client secret leaked into the output"
+    );
+    assert!(!out.contains("eyJ"), "a token leaked into the output");
+}

@@ -252,6 +252,8 @@ pub struct ArmClient {
     grant_creds: Mutex<GrantCredentials>,
     sem: Semaphore,
     buckets: Mutex<HashMap<(String, String, OpClass), Bucket>>,
+    metrics: Option<crate::telemetry::Metrics>,
+    readiness: Option<crate::telemetry::Readiness>,
 }
 
 impl std::fmt::Debug for ArmClient {
@@ -366,6 +368,8 @@ impl ArmClient {
             grant_creds: Mutex::new(HashMap::new()),
             sem,
             buckets: Mutex::new(HashMap::new()),
+            metrics: None,
+            readiness: None,
         })
     }
 
@@ -447,7 +451,27 @@ impl ArmClient {
                     retry_after_secs: wait.as_secs().max(1),
                 });
             }
+            if let Some(m) = &self.metrics {
+                m.throttle_wait(wait.as_secs_f64());
+            }
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Reports ARM calls, throttling waits and the first token to the operator's telemetry.
+    pub fn with_telemetry(
+        mut self,
+        metrics: crate::telemetry::Metrics,
+        readiness: crate::telemetry::Readiness,
+    ) -> Self {
+        self.metrics = Some(metrics);
+        self.readiness = Some(readiness);
+        self
+    }
+
+    fn record(&self, operation: &'static str, outcome: &'static str, status: Option<u16>) {
+        if let Some(m) = &self.metrics {
+            m.arm_call(operation, outcome, status);
         }
     }
 
@@ -536,7 +560,16 @@ impl ArmClient {
                 attempt += 1;
                 self.take_token(key.clone()).await?;
                 let _permit = self.sem.acquire().await.map_err(|_| AzureError::Transient { status: None, code: "ShuttingDown".into(), message: "client closed".into() })?;
-                let token = cred.get_token(&[ARM_SCOPE], None).await.map_err(|e| AzureError::Auth { code: "TokenRequestFailed".into(), message: redact(&e.to_string()) })?;
+                let token = match cred.get_token(&[ARM_SCOPE], None).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.record(operation, "Auth", None);
+                        return Err(AzureError::Auth { code: "TokenRequestFailed".into(), message: redact(&e.to_string()) });
+                    }
+                };
+                if let Some(r) = &self.readiness {
+                    r.set_azure_token_obtained(true);
+                }
                 let mut req = self.http.request(method.clone(), url.clone()).bearer_auth(token.token.secret()).header("x-ms-client-request-id", uuid::Uuid::new_v4().to_string());
                 if let Some(b) = body {
                     req = req.json(b);
@@ -550,11 +583,15 @@ impl ArmClient {
                         let bytes = resp.bytes().await.map_err(|e| AzureError::Transient { status: Some(status), code: "BodyReadFailed".into(), message: e.to_string() })?;
                         tracing::debug!(status, attempt, "arm answer");
                         if status < 400 {
+                            self.record(operation, "ok", Some(status));
                             return Ok(ArmResponse { status, body: bytes });
                         }
-                        classify(status, &String::from_utf8_lossy(&bytes), retry_after)
+                        let e = classify(status, &String::from_utf8_lossy(&bytes), retry_after);
+                        self.record(operation, e.category(), Some(status));
+                        e
                     }
                     Err(e) => {
+                        self.record(operation, "Transient", None);
                         let processed_maybe = !e.is_connect();
                         if processed_maybe && replay == Replay::Unsafe {
                             return Err(AzureError::Transient { status: None, code: "NoAnswer".into(), message: format!("no answer from Azure ({e}); not replayed because the call may have been processed") });
@@ -572,6 +609,9 @@ impl ArmClient {
                     return Err(err);
                 }
                 tracing::info!(category = err.category(), attempt, wait_ms = wait.as_millis() as u64, "retrying ARM call");
+                if let (AzureError::Throttled { .. }, Some(m)) = (&err, &self.metrics) {
+                    m.throttle_wait(wait.as_secs_f64());
+                }
                 tokio::time::sleep(wait).await;
             }
         }

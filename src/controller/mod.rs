@@ -37,6 +37,10 @@ pub struct ControllerConfig {
     pub planner: PlannerConfig,
     /// Concurrent reconciles.
     pub concurrency: u16,
+    /// Metrics.
+    pub metrics: crate::telemetry::Metrics,
+    /// Readiness flags.
+    pub readiness: crate::telemetry::Readiness,
 }
 
 /// Shared state of the reconciler.
@@ -98,6 +102,7 @@ pub async fn run(
     });
     policies.wait_until_ready().await?;
     tracing::info!(count = policies.state().len(), "AccessPolicies loaded");
+    cfg.readiness.set_crds_established(true);
 
     let reporter = Reporter {
         controller: "accessgrant-operator".into(),
@@ -107,6 +112,27 @@ pub async fn run(
     let controller = Controller::new(grants_api, watcher::Config::default().any_semantic());
     let grants = controller.store();
     let map_store = grants.clone();
+    {
+        let store = grants.clone();
+        let metrics = cfg.metrics.clone();
+        tokio::spawn(async move {
+            // Grants by phase: a full recount now and then (labels are phases, never names).
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+                for g in store.state() {
+                    if let Ok(g) = &g.0 {
+                        let phase = g.status.as_ref().map_or(Phase::Pending, |s| s.phase);
+                        *counts
+                            .entry(crate::telemetry::phase_label(phase))
+                            .or_default() += 1;
+                    }
+                }
+                metrics.set_grants_by_phase(&counts.into_iter().collect::<Vec<_>>());
+            }
+        });
+    }
     let stop = Arc::new(tokio::sync::Notify::new());
     let shutting_down = Arc::new(AtomicBool::new(false));
     let trigger = {
@@ -214,6 +240,8 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     let _in_flight = InFlight::enter(&ctx.in_flight);
+    // The controller reconciles only once its watch has listed: the grant cache is synced.
+    ctx.cfg.readiness.set_caches_synced(true);
     let grant = match &obj.0 {
         Ok(g) => g.clone(),
         Err(invalid) => {
@@ -249,7 +277,13 @@ async fn reconcile(
     let ns = grant.namespace().unwrap_or_default();
     let name = grant.name_any();
     let span = tracing::info_span!("reconcile", ns = %ns, name = %name, attempt = grant.status.as_ref().map_or(0, |s| s.attempt));
-    reconcile_grant(grant, &ctx).instrument(span).await
+    let started = tokio::time::Instant::now();
+    let result = reconcile_grant(grant, &ctx).instrument(span).await;
+    ctx.cfg.metrics.reconcile(started.elapsed(), result.is_ok());
+    if let Err(e) = &result {
+        ctx.cfg.metrics.failure(e.category());
+    }
+    result
 }
 
 async fn namespace_labels(
@@ -376,6 +410,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                 Step::RecordIntent(st) => {
                     write_status(&api, &grant, st).await?;
                     audit(&grant, &status, st);
+                    observe_transition(ctx, &grant, &status, st);
                     status = (**st).clone();
                     events.extend(p.events.iter().cloned());
                 }
@@ -401,6 +436,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                     events.extend(p.events.iter().cloned());
                     publish(ctx, &grant, &events).await;
                     audit(&grant, &status, &p.status);
+                    observe_transition(ctx, &grant, &status, &p.status);
                     remove_finalizer(&api, &grant).await?;
                     return Ok(Action::await_change());
                 }
@@ -415,6 +451,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
         events.extend(p.events.iter().cloned());
         publish(ctx, &grant, &events).await;
         audit(&grant, &status, &p.status);
+        observe_transition(ctx, &grant, &status, &p.status);
         return Ok(match p.wake_at {
             Some(t) => Action::requeue(
                 (t - crate::clock::now())
@@ -671,6 +708,39 @@ async fn publish(ctx: &Context, g: &AccessGrant, events: &[crate::lifecycle::Pla
         if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
             tracing::debug!(error = %err, "event not published");
         }
+    }
+}
+
+/// Time-to-Active and expiry-to-status lag, measured at the transition.
+fn observe_transition(
+    ctx: &Context,
+    g: &AccessGrant,
+    before: &AccessGrantStatus,
+    after: &AccessGrantStatus,
+) {
+    if before.phase == after.phase {
+        return;
+    }
+    let now = crate::clock::now();
+    if after.phase == Phase::Active
+        && after.renewals == 0
+        && after.attempt <= 1
+        && let Some(created) = g
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0))
+    {
+        ctx.cfg
+            .metrics
+            .time_to_active((now - created).num_milliseconds() as f64 / 1000.0);
+    }
+    if after.phase == Phase::Expired
+        && let Some(end) = after.end_time
+    {
+        ctx.cfg
+            .metrics
+            .expiry_lag((now - end).num_milliseconds() as f64 / 1000.0);
     }
 }
 

@@ -121,6 +121,7 @@ impl Env {
             .env("PIM_DEACTIVATION_FLOOR", "PT5S")
             .env("JIT_EARLY_CLOSE", "PT3S")
             .env("DRIFT_CHECK_INTERVAL", "PT2S")
+            .env("ADMIN_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -356,4 +357,53 @@ pub async fn decide_pending(env: &Env, api: &Api<AccessGrant>, grant: &str, appr
         )
         .await;
     assert!(r.status().is_success(), "{verb} {name}: {}", r.status());
+}
+
+impl Env {
+    /// The operator's admin server address, from its start-up log line.
+    pub async fn admin_url(&self) -> String {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.operator_output();
+            if let Some(line) = out.lines().find(|l| l.contains("admin server listening")) {
+                if let Some(addr) = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                {
+                    return format!("http://{addr}");
+                }
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "no admin address in the operator's log: {out}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// GET on the admin server.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let c = accessgrant_operator::azure::client::http_client(None, Duration::from_secs(10))
+            .expect("client");
+        let r = c
+            .get(format!("{}{path}", self.admin_url().await))
+            .send()
+            .await
+            .expect("admin call");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+}
+
+/// The value of the first sample line of `family` whose labels include every `labels` pair.
+pub fn metric(text: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
