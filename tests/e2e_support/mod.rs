@@ -365,14 +365,13 @@ impl Env {
         let until = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let out = self.operator_output();
-            if let Some(line) = out.lines().find(|l| l.contains("admin server listening")) {
-                if let Some(addr) = line
-                    .split("addr=")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().next())
-                {
-                    return format!("http://{addr}");
-                }
+            let addr = out
+                .lines()
+                .find(|l| l.contains("admin server listening"))
+                .and_then(|line| line.split("addr=").nth(1))
+                .and_then(|r| r.split_whitespace().next());
+            if let Some(addr) = addr {
+                return format!("http://{addr}");
             }
             assert!(
                 std::time::Instant::now() < until,
