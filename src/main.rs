@@ -72,6 +72,25 @@ struct RunArgs {
     /// Concurrent reconciles.
     #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
+    /// Elect a leader among replicas through a coordination.k8s.io Lease; only the leader
+    /// reconciles, and it stops writing to Azure as soon as it cannot prove it still leads.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// This replica's identity in the election (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    leader_election_id: Option<String>,
+    /// Lease duration, renew deadline (shorter) and retry period (ISO 8601).
+    #[arg(long, env = "LEADER_LEASE_DURATION", default_value = "PT15S")]
+    leader_lease_duration: String,
+    /// How long the leader keeps writing without a successful renew (< lease duration).
+    #[arg(long, env = "LEADER_RENEW_DEADLINE", default_value = "PT10S")]
+    leader_renew_deadline: String,
+    /// How often the Lease is renewed or retried.
+    #[arg(long, env = "LEADER_RETRY_PERIOD", default_value = "PT2S")]
+    leader_retry_period: String,
     /// Admin server (`/metrics`, `/livez`, `/readyz`, `/loglevel`) listen address.
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     admin_addr: std::net::SocketAddr,
@@ -189,6 +208,54 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..PlannerConfig::default()
     };
     tracing::info!(arm = %args.arm_endpoint, authority = %args.authority_host, "accessgrant-operator starting");
+    let fence = if args.leader_elect {
+        let identity = args
+            .leader_election_id
+            .clone()
+            .unwrap_or_else(|| format!("accessgrant-operator-{}", uuid::Uuid::new_v4().simple()));
+        let mut lc = accessgrant_operator::leader::LeaderConfig::new(
+            args.leader_election_namespace.clone(),
+            "accessgrant-operator",
+            identity.clone(),
+        );
+        lc.lease_duration =
+            duration("leader-lease-duration", &args.leader_lease_duration)?.to_std()?;
+        lc.renew_deadline =
+            duration("leader-renew-deadline", &args.leader_renew_deadline)?.to_std()?;
+        lc.retry_period = duration("leader-retry-period", &args.leader_retry_period)?.to_std()?;
+        let leadership = accessgrant_operator::leader::run_election(
+            client.clone(),
+            lc,
+            std::future::pending::<()>(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("leader election: {e}"))?;
+        tracing::info!(identity = %identity, "waiting to become the leader");
+        leadership.wait_until_leader().await;
+        tracing::info!(identity = %identity, "became the leader");
+        Some(leadership)
+    } else {
+        None
+    };
+    // Losing the lease ends this process (the pod restarts and campaigns again), as client-go's
+    // OnStoppedLeading does; the fence has already stopped Azure writes by then.
+    let lost = {
+        let fence = fence.clone();
+        async move {
+            match fence {
+                Some(f) => {
+                    let mut rx = f.subscribe();
+                    while *rx.borrow_and_update() {
+                        if rx.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    tracing::warn!("lost leadership; stopping");
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    };
     controller::run(
         client,
         arm,
@@ -197,8 +264,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             concurrency: args.concurrency,
             metrics,
             readiness,
+            fence,
         },
-        shutdown_signal(),
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = lost => {}
+            }
+        },
     )
     .await?;
     tracing::info!("controller stopped");

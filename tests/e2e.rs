@@ -743,3 +743,74 @@ async fn metrics_health_and_no_secret_in_any_output() {
     );
     assert!(!out.contains("eyJ"), "a token leaked into the output");
 }
+
+#[tokio::test]
+async fn two_replicas_one_leader_handover_without_double_writes() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let mut env = Env::start_bare().await;
+    let api = env.namespace("e2e-ha", true).await;
+    env.namespace("accessgrant-system", false).await;
+    let election = |id: &'static str| -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("LEADER_ELECT", "true"),
+            ("POD_NAMESPACE", "accessgrant-system"),
+            ("POD_NAME", id),
+            ("LEADER_LEASE_DURATION", "PT4S"),
+            ("LEADER_RENEW_DEADLINE", "PT3S"),
+            ("LEADER_RETRY_PERIOD", "PT1S"),
+        ]
+    };
+    env.start_replica("a", &election("replica-a"));
+    env.start_replica("b", &election("replica-b"));
+    let pp = PostParams::default();
+    api.create(&pp, &jit_grant("one", 1, 22, "10.7.7.7", "PT30M"))
+        .await
+        .expect("create");
+    wait_for(&api, "one", "Active", 60, phase(Phase::Active)).await;
+    let leases: kube::Api<Lease> = kube::Api::namespaced(env.client.clone(), "accessgrant-system");
+    let holder = leases
+        .get("accessgrant-operator")
+        .await
+        .expect("lease")
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("holder");
+    let (leader, follower) = if holder == "replica-a" {
+        ("a", "replica-b")
+    } else {
+        ("b", "replica-a")
+    };
+    // Exactly one acts: the follower never became the leader.
+    assert!(
+        !env.operator_output()
+            .contains(&format!("became the leader identity={follower}")),
+        "both replicas led at once"
+    );
+    // Kill the leader: the other takes over within the lease duration and carries on.
+    let killed = std::time::Instant::now();
+    env.kill_replica(leader);
+    api.create(&pp, &jit_grant("two", 2, 22, "10.8.8.8", "PT30M"))
+        .await
+        .expect("create");
+    wait_for(&api, "two", "Active", 60, phase(Phase::Active)).await;
+    let handover = killed.elapsed();
+    let holder = leases
+        .get("accessgrant-operator")
+        .await
+        .expect("lease")
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("holder");
+    assert_eq!(holder, follower);
+    assert!(
+        handover < std::time::Duration::from_secs(15),
+        "hand-over took {handover:?}"
+    );
+    // No double Azure write across the hand-over: one initiate per grant.
+    let calls = env.calls().await;
+    assert_eq!(
+        count(&calls, "JitNetworkAccessPolicies_Initiate"),
+        2,
+        "{calls:?}"
+    );
+}

@@ -41,6 +41,8 @@ pub struct ControllerConfig {
     pub metrics: crate::telemetry::Metrics,
     /// Readiness flags.
     pub readiness: crate::telemetry::Readiness,
+    /// Leader-election fence: when set, no Azure write is sent unless it allows writing.
+    pub fence: Option<crate::leader::Leadership>,
 }
 
 /// Shared state of the reconciler.
@@ -68,6 +70,9 @@ pub enum ReconcileError {
     /// An Azure read failed.
     #[error("azure read: {0}")]
     AzureRead(AzureError),
+    /// This replica can no longer prove it leads: it must not write to Azure.
+    #[error("not the leader; Azure write withheld")]
+    NotLeader,
 }
 
 impl ReconcileError {
@@ -76,6 +81,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Kube(_) => "Kubernetes",
             ReconcileError::AzureRead(e) => e.category(),
+            ReconcileError::NotLeader => "NotLeader",
         }
     }
 }
@@ -415,6 +421,10 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                     events.extend(p.events.iter().cloned());
                 }
                 Step::Azure(w) => {
+                    // Fence: checked right before the write, never earlier.
+                    if ctx.cfg.fence.as_ref().is_some_and(|f| !f.may_write()) {
+                        return Err(ReconcileError::NotLeader);
+                    }
                     let intent = status.intent.clone();
                     let outcome = ctx.arm.execute(&ns, w).await;
                     invalidate_after_write(ctx, w);

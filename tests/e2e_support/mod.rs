@@ -45,6 +45,7 @@ pub struct Env {
     pub client: kube::Client,
     pub dir: tempfile::TempDir,
     operator: Option<Child>,
+    replicas: Vec<(String, Child)>,
 }
 
 impl Drop for Env {
@@ -56,12 +57,23 @@ impl Drop for Env {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for (_, mut c) in self.replicas.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 impl Env {
     /// Starts both sims (the sandbox world with a short PIM deactivation floor) and the operator.
     pub async fn start() -> Env {
+        let mut env = Env::start_bare().await;
+        env.start_operator();
+        env
+    }
+
+    /// Both simulators, no operator.
+    pub async fn start_bare() -> Env {
         accessgrant_sim::azure::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -88,18 +100,37 @@ impl Env {
             .await
             .expect("azure-sim");
         let client = kube.client().await.expect("kube client");
-        let mut env = Env {
+        Env {
             kube,
             azure,
             client,
             dir,
             operator: None,
-        };
-        env.start_operator();
-        env
+            replicas: vec![],
+        }
     }
 
     pub fn start_operator(&mut self) {
+        let child = self.spawn_operator(&[]);
+        self.operator = Some(child);
+    }
+
+    /// Starts a named replica with extra environment (e.g. leader election).
+    pub fn start_replica(&mut self, name: &str, extra: &[(&str, &str)]) {
+        let child = self.spawn_operator(extra);
+        self.replicas.push((name.to_string(), child));
+    }
+
+    /// SIGKILL a named replica.
+    pub fn kill_replica(&mut self, name: &str) {
+        if let Some(i) = self.replicas.iter().position(|(n, _)| n == name) {
+            let (_, mut c) = self.replicas.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn spawn_operator(&self, extra: &[(&str, &str)]) -> Child {
         let ca = self.dir.path().join("azure-ca.pem");
         std::fs::write(&ca, self.azure.ca_pem()).expect("write CA");
         let n = std::fs::read_dir(self.dir.path())
@@ -109,9 +140,12 @@ impl Env {
             .expect("stdout file");
         let stderr = std::fs::File::create(self.dir.path().join(format!("operator-{n}.err")))
             .expect("stderr file");
-        let child = Command::new(env!("CARGO_BIN_EXE_accessgrant-operator"))
-            .arg("run")
-            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_accessgrant-operator"));
+        cmd.arg("run");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.env("KUBECONFIG", self.dir.path().join("kubeconfig"))
             .env("ARM_ENDPOINT", self.azure.base_url())
             .env("AZURE_AUTHORITY_HOST", self.azure.base_url())
             .env("AZURE_CA_FILE", &ca)
@@ -127,8 +161,7 @@ impl Env {
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .expect("start the operator");
-        self.operator = Some(child);
+            .expect("start the operator")
     }
 
     /// SIGTERM the operator and wait (with a deadline) for it to exit; returns its exit status.
