@@ -197,6 +197,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )?
         .with_telemetry(metrics.clone(), readiness.clone()),
     );
+    {
+        // Readiness needs one Azure token; keep trying (with backoff) until it works.
+        let arm = arm.clone();
+        tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_secs(1);
+            while let Err(e) = arm.obtain_token().await {
+                tracing::warn!(category = e.category(), error = %e, "no Azure token yet; retrying in {}s", wait.as_secs());
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+            }
+        });
+    }
     let planner = PlannerConfig {
         jit_early_close: if args.jit_early_close.eq_ignore_ascii_case("none") {
             None

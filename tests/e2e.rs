@@ -680,6 +680,16 @@ async fn sigterm_stops_gracefully() {
 #[tokio::test]
 async fn metrics_health_and_no_secret_in_any_output() {
     let env = Env::start().await;
+    // Ready before any grant exists: CRDs served, caches synced, a token obtained.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while env.admin_get("/readyz").await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < until,
+            "never ready: {:?}",
+            env.admin_get("/readyz").await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let api = env.namespace("e2e-metrics", true).await;
     api.create(
         &PostParams::default(),

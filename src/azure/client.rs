@@ -469,6 +469,22 @@ impl ArmClient {
         self
     }
 
+    /// Gets a token for the operator's identity (start-up check; marks readiness on success).
+    pub async fn obtain_token(&self) -> Result<(), AzureError> {
+        match self.operator.get_token(&[ARM_SCOPE], None).await {
+            Ok(_) => {
+                if let Some(r) = &self.readiness {
+                    r.set_azure_token_obtained(true);
+                }
+                Ok(())
+            }
+            Err(e) => Err(AzureError::Auth {
+                code: "TokenRequestFailed".into(),
+                message: redact(&e.to_string()),
+            }),
+        }
+    }
+
     fn record(&self, operation: &'static str, outcome: &'static str, status: Option<u16>) {
         if let Some(m) = &self.metrics {
             m.arm_call(operation, outcome, status);

@@ -108,6 +108,10 @@ pub async fn run(
     });
     policies.wait_until_ready().await?;
     tracing::info!(count = policies.state().len(), "AccessPolicies loaded");
+    // Both CRDs are served (the policy watch listed; a grants list answers too).
+    grants_api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await?;
     cfg.readiness.set_crds_established(true);
 
     let reporter = Reporter {
@@ -189,6 +193,31 @@ pub async fn run(
     // reconciles return at once (see `reconcile`), and we wait for the in-flight ones (their
     // Azure calls and status writes) to finish, bounded by a grace period.
     let controller_task = tokio::spawn(running);
+    {
+        // The policy cache is synced (waited above); the grant cache is synced once the
+        // controller's store has its initial list.
+        let store = ctx.grants.clone();
+        let readiness = ctx.cfg.readiness.clone();
+        let api: Api<AccessGrant> = Api::all(ctx.client.clone());
+        tokio::spawn(async move {
+            // The controller's store holds at least what a list returned just after it started.
+            let listed = match api.list_metadata(&kube::api::ListParams::default()).await {
+                Ok(l) => l.items.len(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing AccessGrants for readiness failed");
+                    return;
+                }
+            };
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                if store.state().len() >= listed {
+                    readiness.set_caches_synced(true);
+                    return;
+                }
+            }
+        });
+    }
     stop.notified().await;
     tracing::info!(
         in_flight = ctx.in_flight.load(Ordering::SeqCst),
@@ -246,8 +275,6 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     let _in_flight = InFlight::enter(&ctx.in_flight);
-    // The controller reconciles only once its watch has listed: the grant cache is synced.
-    ctx.cfg.readiness.set_caches_synced(true);
     let grant = match &obj.0 {
         Ok(g) => g.clone(),
         Err(invalid) => {
