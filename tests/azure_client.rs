@@ -1,6 +1,8 @@
 //! ArmClient behaviour against a running azure-sim over HTTPS (its own CA), through
 //! azure_identity's real credential code pointed at the sim's authority host.
 
+mod wait;
+
 use accessgrant_operator::azure::client::{ArmClient, ArmConfig, AuthConfig, Caller};
 use accessgrant_operator::azure::error::AzureError;
 use accessgrant_operator::azure::models::{
@@ -488,36 +490,38 @@ async fn access_expires_by_wall_clock() {
         .await
         .expect("initiate");
     // Wait (with a deadline) until both ended by themselves.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let pim_gone = c
-            .pim_instance(&rg(), &role(READER), OPERATOR_OID)
-            .await
-            .expect("list")
-            .is_none();
-        let pol = c
-            .jit_policy(SUB, "rg-sandbox", "westeurope", "default")
-            .await
-            .expect("get")
-            .expect("policy");
-        let port = pol
-            .requests
-            .iter()
-            .find(|r| r.justification.as_deref() == Some("[ag:t/expiry#1.x]"))
-            .map(|r| r.ports[0].clone())
-            .expect("request listed");
-        if pim_gone && port.status == "Revoked" {
-            assert_eq!(port.status_reason.as_deref(), Some("Expired"));
-            assert!(
-                accessgrant_operator::clock::now() >= start + Duration::seconds(2),
-                "not before its end"
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "access did not expire: pim gone={pim_gone}, jit={port:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
+    let reason = wait::eventually(
+        "PIM and JIT access to expire",
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(250),
+        || async {
+            let pim_gone = c
+                .pim_instance(&rg(), &role(READER), OPERATOR_OID)
+                .await
+                .expect("list")
+                .is_none();
+            let pol = c
+                .jit_policy(SUB, "rg-sandbox", "westeurope", "default")
+                .await
+                .expect("get")
+                .expect("policy");
+            let port = pol
+                .requests
+                .iter()
+                .find(|r| r.justification.as_deref() == Some("[ag:t/expiry#1.x]"))
+                .map(|r| r.ports[0].clone())
+                .expect("request listed");
+            if pim_gone && port.status == "Revoked" {
+                Ok(port.status_reason)
+            } else {
+                Err(format!("pim gone={pim_gone}, jit={port:?}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(reason.as_deref(), Some("Expired"));
+    assert!(
+        accessgrant_operator::clock::now() >= start + Duration::seconds(2),
+        "not before its end"
+    );
 }

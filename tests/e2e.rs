@@ -1,6 +1,7 @@
 //! End to end: the real operator binary against kube-sim and azure-sim, one namespace per test.
 
 mod e2e_support;
+mod wait;
 
 use accessgrant_operator::api::*;
 use e2e_support::*;
@@ -683,15 +684,18 @@ async fn sigterm_stops_gracefully() {
 async fn metrics_health_and_no_secret_in_any_output() {
     let env = Env::start().await;
     // Ready before any grant exists: CRDs served, caches synced, a token obtained.
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while env.admin_get("/readyz").await.0 != 200 {
-        assert!(
-            std::time::Instant::now() < until,
-            "never ready: {:?}",
-            env.admin_get("/readyz").await
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    wait::eventually(
+        "the operator to be ready",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(200),
+        || async {
+            match env.admin_get("/readyz").await {
+                (200, _) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     let api = env.namespace("e2e-metrics", true).await;
     api.create(
         &PostParams::default(),
@@ -704,18 +708,20 @@ async fn metrics_health_and_no_secret_in_any_output() {
     assert_eq!((code, body.as_str()), (200, "ok"));
     assert_eq!(env.admin_get("/livez").await.0, 200);
     // The phase gauge is a periodic recount: wait for it with a deadline.
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let text = loop {
-        let (_, text) = env.admin_get("/metrics").await;
-        if metric(&text, "accessgrant_grants", &[("phase", "Expired")]) == Some(1.0) {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "grants gauge never showed the Expired grant:\n{text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    };
+    let text = wait::eventually(
+        "the Expired grant in the phase gauge",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(500),
+        || async {
+            let (_, text) = env.admin_get("/metrics").await;
+            if metric(&text, "accessgrant_grants", &[("phase", "Expired")]) == Some(1.0) {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
     assert_eq!(
         metric(
             &text,

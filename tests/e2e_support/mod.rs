@@ -46,6 +46,7 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     operator: Option<Child>,
     replicas: Vec<(String, Child)>,
+    admin_addr: Option<std::net::SocketAddr>,
 }
 
 impl Drop for Env {
@@ -107,17 +108,19 @@ impl Env {
             dir,
             operator: None,
             replicas: vec![],
+            admin_addr: None,
         }
     }
 
     pub fn start_operator(&mut self) {
-        let child = self.spawn_operator(&[]);
+        let (child, admin) = self.spawn_operator(&[]);
         self.operator = Some(child);
+        self.admin_addr = Some(admin);
     }
 
     /// Starts a named replica with extra environment (e.g. leader election).
     pub fn start_replica(&mut self, name: &str, extra: &[(&str, &str)]) {
-        let child = self.spawn_operator(extra);
+        let (child, _) = self.spawn_operator(extra);
         self.replicas.push((name.to_string(), child));
     }
 
@@ -130,7 +133,11 @@ impl Env {
         }
     }
 
-    fn spawn_operator(&self, extra: &[(&str, &str)]) -> Child {
+    fn spawn_operator(&self, extra: &[(&str, &str)]) -> (Child, std::net::SocketAddr) {
+        // A free port for the admin server, known before the operator starts.
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
         let ca = self.dir.path().join("azure-ca.pem");
         std::fs::write(&ca, self.azure.ca_pem()).expect("write CA");
         let n = std::fs::read_dir(self.dir.path())
@@ -145,7 +152,8 @@ impl Env {
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        cmd.env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+        let child = cmd
+            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
             .env("ARM_ENDPOINT", self.azure.base_url())
             .env("AZURE_AUTHORITY_HOST", self.azure.base_url())
             .env("AZURE_CA_FILE", &ca)
@@ -155,13 +163,14 @@ impl Env {
             .env("PIM_DEACTIVATION_FLOOR", "PT5S")
             .env("JIT_EARLY_CLOSE", "PT3S")
             .env("DRIFT_CHECK_INTERVAL", "PT2S")
-            .env("ADMIN_ADDR", "127.0.0.1:0")
+            .env("ADMIN_ADDR", admin.to_string())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .expect("start the operator")
+            .expect("start the operator");
+        (child, admin)
     }
 
     /// SIGTERM the operator and wait (with a deadline) for it to exit; returns its exit status.
@@ -171,20 +180,16 @@ impl Env {
         deadline: Duration,
     ) -> Option<std::process::ExitStatus> {
         let mut c = self.operator.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let until = std::time::Instant::now() + deadline;
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st);
+        let pid = c.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let waited =
+            tokio::time::timeout(deadline, tokio::task::spawn_blocking(move || c.wait())).await;
+        match waited {
+            Ok(Ok(Ok(status))) => Some(status),
+            _ => {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                None
             }
-            if std::time::Instant::now() > until {
-                let _ = c.kill();
-                let _ = c.wait();
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -393,25 +398,12 @@ pub async fn decide_pending(env: &Env, api: &Api<AccessGrant>, grant: &str, appr
 }
 
 impl Env {
-    /// The operator's admin server address, from its start-up log line.
-    pub async fn admin_url(&self) -> String {
-        let until = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = self.operator_output();
-            let addr = out
-                .lines()
-                .find(|l| l.contains("admin server listening"))
-                .and_then(|line| line.split("addr=").nth(1))
-                .and_then(|r| r.split_whitespace().next());
-            if let Some(addr) = addr {
-                return format!("http://{addr}");
-            }
-            assert!(
-                std::time::Instant::now() < until,
-                "no admin address in the operator's log: {out}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    /// The operator's admin server address.
+    pub fn admin_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.admin_addr.expect("an operator was started")
+        )
     }
 
     /// GET on the admin server.
@@ -419,7 +411,7 @@ impl Env {
         let c = accessgrant_operator::azure::client::http_client(None, Duration::from_secs(10))
             .expect("client");
         let r = c
-            .get(format!("{}{path}", self.admin_url().await))
+            .get(format!("{}{path}", self.admin_url()))
             .send()
             .await
             .expect("admin call");
