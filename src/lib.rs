@@ -10,6 +10,7 @@ pub mod azure_model;
 pub mod clock;
 pub mod constants;
 pub mod controller;
+pub mod crashpoint;
 pub mod guard;
 pub mod leader;
 pub mod lifecycle;

@@ -439,6 +439,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
             match step {
                 Step::AddFinalizer => {
                     grant = add_finalizer(&api, &grant).await?;
+                    crate::crashpoint::hit("after-finalizer");
                 }
                 Step::RecordIntent(st) => {
                     write_status(&api, &grant, st).await?;
@@ -446,6 +447,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                     observe_transition(ctx, &grant, &status, st);
                     status = (**st).clone();
                     events.extend(p.events.iter().cloned());
+                    crate::crashpoint::hit("after-intent");
                 }
                 Step::Azure(w) => {
                     // Fence: checked right before the write, never earlier.
@@ -455,6 +457,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                     let intent = status.intent.clone();
                     let outcome = ctx.arm.execute(&ns, w).await;
                     invalidate_after_write(ctx, w);
+                    crate::crashpoint::hit("after-azure-write");
                     if let Err(e) = &outcome {
                         tracing::info!(category = e.category(), "azure write failed");
                     }
@@ -474,6 +477,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                     publish(ctx, &grant, &events).await;
                     audit(&grant, &status, &p.status);
                     observe_transition(ctx, &grant, &status, &p.status);
+                    crate::crashpoint::hit("before-remove-finalizer");
                     remove_finalizer(&api, &grant).await?;
                     return Ok(Action::await_change());
                 }
@@ -484,6 +488,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
         }
         if p.status != status {
             write_status(&api, &grant, &p.status).await?;
+            crate::crashpoint::hit("after-status");
         }
         events.extend(p.events.iter().cloned());
         publish(ctx, &grant, &events).await;
