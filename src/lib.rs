@@ -17,3 +17,4 @@ pub mod lifecycle;
 pub mod stamp;
 pub mod telemetry;
 pub mod validate;
+pub mod webhook;

@@ -640,6 +640,7 @@ mod tests {
             Phase::Revoked,
             Phase::Denied,
             Phase::Failed,
+            Phase::DryRun,
         ];
         assert_eq!(all.len(), PHASES.len());
         for p in all {

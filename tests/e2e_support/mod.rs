@@ -149,6 +149,8 @@ impl Env {
             .expect("stderr file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_accessgrant-operator"));
         cmd.arg("run");
+        // The admission webhook on a free port (tests that register it pass their own).
+        cmd.env("WEBHOOK_ADDR", "127.0.0.1:0");
         for (k, v) in extra {
             cmd.env(k, v);
         }
