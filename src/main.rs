@@ -108,7 +108,11 @@ struct RunArgs {
     webhook_cert_dir: Option<std::path::PathBuf>,
     /// Service name the webhook is reached through (certificate names
     /// `<service>.<namespace>.svc[.cluster.local]`).
-    #[arg(long, env = "WEBHOOK_SERVICE", default_value = "accessgrant-operator-webhook")]
+    #[arg(
+        long,
+        env = "WEBHOOK_SERVICE",
+        default_value = "accessgrant-operator-webhook"
+    )]
     webhook_service: String,
     /// Name of the Mutating- and ValidatingWebhookConfiguration whose `caBundle` is patched
     /// with a self-generated CA.

@@ -222,7 +222,11 @@ pub async fn stamp_key(
 
 /// Puts `ca_pem` into every webhook's `clientConfig.caBundle` of the named configurations
 /// (both kinds). Returns how many configurations were patched; absent ones are skipped.
-pub async fn patch_ca_bundle(client: &Client, name: &str, ca_pem: &str) -> Result<usize, CertError> {
+pub async fn patch_ca_bundle(
+    client: &Client,
+    name: &str,
+    ca_pem: &str,
+) -> Result<usize, CertError> {
     let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
     let mut patched = 0;
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
@@ -301,10 +305,11 @@ pub async fn serve_tls(
             else {
                 return;
             };
-            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let app = app.clone();
-                async move { app.oneshot(req.map(axum::body::Body::new)).await }
-            });
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let app = app.clone();
+                    async move { app.oneshot(req.map(axum::body::Body::new)).await }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await;

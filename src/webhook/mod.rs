@@ -68,7 +68,12 @@ fn with_patch(resp: AdmissionResponse, patch: json_patch::Patch) -> AdmissionRes
     let fallback = resp.clone();
     match resp.with_patch(patch) {
         Ok(r) => r,
-        Err(e) => deny(fallback, 500, "InternalError", format!("cannot encode patch: {e}")),
+        Err(e) => deny(
+            fallback,
+            500,
+            "InternalError",
+            format!("cannot encode patch: {e}"),
+        ),
     }
 }
 
@@ -209,9 +214,7 @@ pub fn validate(
                     resp,
                     422,
                     REASON_IMMUTABLE,
-                    format!(
-                        "{field} is immutable; create a new AccessGrant for another target"
-                    ),
+                    format!("{field} is immutable; create a new AccessGrant for another target"),
                 );
             }
         }
@@ -278,7 +281,10 @@ pub fn validate(
         None => {
             let mut warnings = vec![];
             if grant.spec.break_glass == Some(true) {
-                warnings.push("break-glass grant: a Warning event, an audit line and a metric record it".to_string());
+                warnings.push(
+                    "break-glass grant: a Warning event, an audit line and a metric record it"
+                        .to_string(),
+                );
             }
             if grant.spec.dry_run == Some(true) {
                 warnings.push("dry run: nothing will be requested from Azure".to_string());
