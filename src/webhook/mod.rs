@@ -248,23 +248,31 @@ pub fn validate(
     } else {
         req.name.clone()
     };
-    let stamp_ok = match crate::stamp::verify(
+    let stamp_problem = match crate::stamp::verify(
         key,
         &ns,
         &name,
         &grant.spec,
         grant.metadata.annotations.as_ref().unwrap_or(&empty),
     ) {
-        StampCheck::Valid(s) => requester.as_ref().is_some_and(|r| r.username == s.user),
-        _ => false,
+        StampCheck::Valid(s) => match &requester {
+            Some(r) if r.username == s.user => None,
+            _ => Some(format!(
+                "the requester stamp names {:?}, but this request comes from {:?}",
+                s.user,
+                requester
+                    .as_ref()
+                    .map(|r| r.username.as_str())
+                    .unwrap_or_default()
+            )),
+        },
+        StampCheck::Missing => {
+            Some("no requester stamp: is the operator's mutating webhook registered?".to_string())
+        }
+        StampCheck::Invalid(p) => Some(p),
     };
-    if !stamp_ok {
-        return deny(
-            resp,
-            403,
-            REASON_STAMP,
-            "the requester stamp is missing or was not made for this request; is the operator's mutating webhook registered?".into(),
-        );
+    if let Some(problem) = stamp_problem {
+        return deny(resp, 403, REASON_STAMP, problem);
     }
     let gctx = GrantContext {
         namespace: ns,
@@ -333,10 +341,27 @@ pub fn router(state: WebhookState) -> axum::Router {
 
 type Review = axum::Json<AdmissionReview<DynamicObject>>;
 
+/// The review as JSON with the patch base64-encoded, the canonical form of a Go `[]byte`
+/// (kube-rs serialises it as an array of numbers, which kube-apiserver also reads).
+fn reply(resp: AdmissionResponse) -> axum::Json<serde_json::Value> {
+    use base64::Engine as _;
+    let mut v = serde_json::to_value(resp.into_review()).unwrap_or_default();
+    if let Some(p) = v.pointer_mut("/response/patch")
+        && let Some(bytes) = p.as_array().map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect::<Vec<u8>>()
+        })
+    {
+        *p = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    axum::Json(v)
+}
+
 async fn handle_mutate(
     axum::extract::State(s): axum::extract::State<WebhookState>,
     axum::Json(review): Review,
-) -> Review {
+) -> axum::Json<serde_json::Value> {
     let resp = match request_of(review) {
         Ok(req) => {
             let r = mutate(&req, &s.key, crate::clock::now());
@@ -346,13 +371,13 @@ async fn handle_mutate(
         Err(r) => *r,
     };
     s.metrics.admission("mutate", resp.allowed);
-    axum::Json(resp.into_review())
+    reply(resp)
 }
 
 async fn handle_validate(
     axum::extract::State(s): axum::extract::State<WebhookState>,
     axum::Json(review): Review,
-) -> Review {
+) -> axum::Json<serde_json::Value> {
     let resp = match request_of(review) {
         Ok(req) => {
             let labels = match req.namespace.as_deref() {
@@ -385,7 +410,7 @@ async fn handle_validate(
         Err(r) => *r,
     };
     s.metrics.admission("validate", resp.allowed);
-    axum::Json(resp.into_review())
+    reply(resp)
 }
 
 fn log_review(webhook: &str, req: &AdmissionRequest<DynamicObject>, r: &AdmissionResponse) {

@@ -113,9 +113,63 @@ impl Env {
     }
 
     pub fn start_operator(&mut self) {
-        let (child, admin) = self.spawn_operator(&[]);
+        self.start_operator_with(&[]);
+    }
+
+    /// Starts the operator with extra environment (e.g. `WEBHOOK_ADDR`).
+    pub fn start_operator_with(&mut self, extra: &[(&str, &str)]) {
+        let (child, admin) = self.spawn_operator(extra);
         self.operator = Some(child);
         self.admin_addr = Some(admin);
+    }
+
+    /// Registers the operator's webhooks (Mutating and Validating, failurePolicy Fail) at
+    /// `https://{addr}`, without a CA bundle: the operator patches it in.
+    pub async fn register_webhooks(&self, addr: std::net::SocketAddr) {
+        use k8s_openapi::api::admissionregistration::v1::{
+            MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+        };
+        let hook = |path: &str, name: &str| {
+            serde_json::json!({
+                "name": name,
+                "clientConfig": {"url": format!("https://{addr}/{path}")},
+                "rules": [{"apiGroups": ["accessgrant.io"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"], "resources": ["accessgrants"], "scope": "Namespaced"}],
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10
+            })
+        };
+        let m: MutatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "accessgrant-operator"},
+            "webhooks": [hook("mutate", "stamp.accessgrant.io")]
+        }))
+        .expect("mutating");
+        let v: ValidatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "accessgrant-operator"},
+            "webhooks": [hook("validate", "guard.accessgrant.io")]
+        }))
+        .expect("validating");
+        Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+            .create(&PostParams::default(), &m)
+            .await
+            .expect("create mutating webhook configuration");
+        Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
+            .create(&PostParams::default(), &v)
+            .await
+            .expect("create validating webhook configuration");
+    }
+
+    /// A client acting as another user (impersonation, as `kubectl --as --as-group`).
+    pub async fn client_as(&self, user: &str, groups: &[&str]) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.dir.path().join("kubeconfig"))
+            .expect("kubeconfig");
+        let mut cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("config");
+        cfg.auth_info.impersonate = Some(user.to_string());
+        cfg.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        kube::Client::try_from(cfg).expect("client")
     }
 
     /// Starts a named replica with extra environment (e.g. leader election).
