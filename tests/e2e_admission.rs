@@ -298,7 +298,7 @@ async fn escalations_are_refused_at_admission_and_the_requester_is_verified() {
         (
             with_spec(jit("renew-long", 22, "10.0.0.7"), |s| {
                 s.renewal = Some(RenewalSpec {
-                    until: chrono::Utc::now() + chrono::Duration::hours(30),
+                    until: accessgrant_operator::clock::now() + chrono::Duration::hours(30),
                     before: None,
                 })
             }),
