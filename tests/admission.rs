@@ -315,6 +315,51 @@ fn validating_refuses_target_edits_and_unstamped_objects() {
         t0(),
     );
     assert!(r.allowed, "{}", r.result.message);
+    // Suspending is never blocked by policy (here: no policy at all any more); resuming is
+    // judged again.
+    let m = webhook::mutate(
+        &review(
+            "UPDATE",
+            "bob",
+            &[],
+            &{
+                let mut s = stamped.clone();
+                s.spec.suspend = Some(true);
+                s
+            },
+            Some(&stamped),
+        ),
+        &key(),
+        t0(),
+    );
+    let mut suspended = stamped.clone();
+    suspended.spec.suspend = Some(true);
+    let suspended = apply(&suspended, &m);
+    let r = webhook::validate(
+        &review("UPDATE", "bob", &[], &suspended, Some(&stamped)),
+        &[],
+        BTreeMap::new(),
+        &key(),
+        t0(),
+    );
+    assert!(r.allowed, "{}", r.result.message);
+    let mut resumed = suspended.clone();
+    resumed.spec.suspend = Some(false);
+    let m = webhook::mutate(
+        &review("UPDATE", "bob", &[], &resumed, Some(&suspended)),
+        &key(),
+        t0(),
+    );
+    let resumed = apply(&resumed, &m);
+    let r = webhook::validate(
+        &review("UPDATE", "bob", &[], &resumed, Some(&suspended)),
+        &[],
+        BTreeMap::new(),
+        &key(),
+        t0(),
+    );
+    assert!(!r.allowed);
+    assert_eq!(r.result.reason, "NoPolicy");
 }
 
 fn ctx_as(user: Option<(&str, &[&str])>) -> GrantContext {

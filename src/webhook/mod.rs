@@ -274,6 +274,11 @@ pub fn validate(
     if let Some(problem) = stamp_problem {
         return deny(resp, 403, REASON_STAMP, problem);
     }
+    if grant.spec.suspend == Some(true) {
+        // Suspending only ever takes access away: never block it on policy (which may have
+        // changed since the grant was made); resuming is judged like any new request.
+        return resp;
+    }
     let gctx = GrantContext {
         namespace: ns,
         namespace_labels,
