@@ -402,14 +402,31 @@ async fn escalations_are_refused_at_admission_and_the_requester_is_verified() {
     wait_for(&alice, "bg", "Active", 60, phase(Phase::Active)).await;
     let events: Api<k8s_openapi::api::events::v1::Event> =
         Api::namespaced(env.client.clone(), "esc");
-    let warnings: Vec<_> = events
-        .list(&Default::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("BreakGlass"))
-        .collect();
+    // Events are published right after the status write: wait for them.
+    let warnings = wait::eventually(
+        "the BreakGlass event",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let events = events.clone();
+            async move {
+                let w: Vec<_> = events
+                    .list(&Default::default())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .into_iter()
+                    .filter(|e| e.reason.as_deref() == Some("BreakGlass"))
+                    .collect();
+                if w.is_empty() {
+                    Err("no BreakGlass event yet".to_string())
+                } else {
+                    Ok(w)
+                }
+            }
+        },
+    )
+    .await;
     assert_eq!(warnings.len(), 1, "one BreakGlass event");
     assert_eq!(warnings[0].type_.as_deref(), Some("Warning"));
     assert!(
@@ -519,15 +536,32 @@ async fn escalations_are_refused_at_admission_and_the_requester_is_verified() {
     let st = g.status.expect("status");
     assert_eq!(st.requested_by, None);
     assert!(st.requester.is_none());
-    let invalid_events = events
-        .list(&Default::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some("StampInvalid") && e.type_.as_deref() == Some("Warning")
-        })
-        .count();
+    let invalid_events = wait::eventually(
+        "the StampInvalid event",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let events = events.clone();
+            async move {
+                let n = events
+                    .list(&Default::default())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items
+                    .into_iter()
+                    .filter(|e| {
+                        e.reason.as_deref() == Some("StampInvalid")
+                            && e.type_.as_deref() == Some("Warning")
+                    })
+                    .count();
+                if n == 0 {
+                    Err("none yet".to_string())
+                } else {
+                    Ok(n)
+                }
+            }
+        },
+    )
+    .await;
     assert!(invalid_events >= 1, "StampInvalid Warning event");
 }
