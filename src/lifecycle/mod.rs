@@ -873,6 +873,20 @@ impl<'a> Ctx<'a> {
         }
         // Grant intents: plan again from the phase; the same attempt gives the same ids.
         self.st.intent = None;
+        if self.st.phase == Phase::Renewing && intent.attempt > 1 {
+            // A renewal Azure never saw: what we hold is still the previous attempt's access
+            // (for JIT, the request with the previous marker). Go back to it; the renewal is
+            // planned again with the same attempt, so the same ids.
+            let held = intent.attempt - 1;
+            self.st.attempt = held;
+            self.st.phase = Phase::Active;
+            let marker = jit_marker(self.meta(), held);
+            if intent.operation == Operation::JitInitiate
+                && let Some(js) = self.st.jit.as_mut()
+            {
+                js.marker = Some(marker);
+            }
+        }
         true
     }
 
@@ -1118,7 +1132,14 @@ impl<'a> Ctx<'a> {
             self.access_gone(self.revoke_reason(), "JIT shows our ports closed".into());
             return;
         };
-        let closing = self.st.intent.is_none() && self.st.phase == Phase::Revoking;
+        // Already superseded by our own close request (Azure lists it), so never close twice.
+        // Read from Azure, not from the phase: a close whose intent was recorded but which never
+        // reached Azure (crash) leaves the grant Revoking with nothing sent.
+        let closing = pol.requests.iter().any(|r| {
+            r.justification
+                .as_deref()
+                .is_some_and(|j| j.contains(JIT_CLOSE_WORDS) && jit_same_grant(j, &marker))
+        });
         if let (Some(window), false) = (self.cfg().jit_early_close, closing)
             && open_until > self.now() + window
         {
@@ -1128,7 +1149,7 @@ impl<'a> Ctx<'a> {
                 let end = self.now() + window;
                 let vms = jit_initiate_vms(&t, end);
                 let justification = format!(
-                    "accessgrant {}/{}: closing early ({}) {marker}",
+                    "accessgrant {}/{}: {JIT_CLOSE_WORDS} ({}) {marker}",
                     self.meta().namespace,
                     self.meta().name,
                     self.revoke_reason()
@@ -1543,6 +1564,37 @@ impl<'a> Ctx<'a> {
         let Some(t) = self.st.target.as_ref().and_then(|t| t.jit.clone()) else {
             return;
         };
+        // Azure already lists a request with this attempt's marker (its intent was lost, or
+        // another replica sent it): adopt it rather than open the ports a second time.
+        if let Some(req) = pol
+            .requests
+            .iter()
+            .find(|r| {
+                r.justification
+                    .as_deref()
+                    .is_some_and(|j| j.contains(&marker))
+            })
+            .cloned()
+        {
+            if !self.meta().has_finalizer {
+                self.steps.push(Step::AddFinalizer);
+            }
+            self.st.attempt = attempt;
+            self.st.observed_generation = Some(self.meta().generation);
+            if renewing {
+                self.st.phase = Phase::Renewing;
+            }
+            let intent = Intent {
+                operation: Operation::JitInitiate,
+                attempt,
+                request_id: marker,
+                recorded_at: now,
+                requested_end: Some(end),
+            };
+            self.apply_answer(&intent, &WriteAnswer::Jit(req));
+            self.wake_at(now + self.cfg().confirm_poll);
+            return;
+        }
         let mut justification = self.justification_text(g).unwrap_or_else(|| {
             format!("accessgrant {}/{}", self.meta().namespace, self.meta().name)
         });
@@ -2049,6 +2101,9 @@ fn jit_open_until(pol: &JitPolicyView, marker: &str, now: DateTime<Utc>) -> Opti
         .filter(|e| *e > now)
         .max()
 }
+
+/// Words in the justification of our JIT close requests (how a pass recognises its own close).
+const JIT_CLOSE_WORDS: &str = "closing early";
 
 /// True when a justification carries a marker of the same grant (any attempt).
 fn jit_same_grant(justification: &str, marker: &str) -> bool {

@@ -2,6 +2,8 @@
 //! binary as a child process, and helpers that wait on conditions with a deadline.
 #![allow(dead_code)]
 
+pub mod audit;
+
 use accessgrant_operator::api::*;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
@@ -75,6 +77,12 @@ impl Env {
 
     /// Both simulators, no operator.
     pub async fn start_bare() -> Env {
+        Env::start_bare_with(|_| {}).await
+    }
+
+    /// Both simulators, no operator; `tweak` changes the azure-sim world (the sandbox world with
+    /// a PT5S deactivation floor) before azure-sim starts.
+    pub async fn start_bare_with(tweak: impl FnOnce(&mut accessgrant_sim::azure::World)) -> Env {
         accessgrant_sim::azure::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -91,6 +99,7 @@ impl Env {
             accessgrant_sim::azure::World::from_file(&root.join("sim/worlds/sandbox.yaml"))
                 .expect("world");
         world.settings.deactivation_floor = "PT5S".into();
+        tweak(&mut world);
         let mut azure_cfg = accessgrant_sim::azure::SimConfig::new(world);
         // Entra verifies federated ServiceAccount tokens with the cluster's OIDC discovery.
         azure_cfg.oidc_discovery = vec![(
@@ -205,11 +214,7 @@ impl Env {
         cmd.arg("run");
         // The admission webhook on a free port (tests that register it pass their own).
         cmd.env("WEBHOOK_ADDR", "127.0.0.1:0");
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+        cmd.env("KUBECONFIG", self.dir.path().join("kubeconfig"))
             .env("ARM_ENDPOINT", self.azure.base_url())
             .env("AZURE_AUTHORITY_HOST", self.azure.base_url())
             .env("AZURE_CA_FILE", &ca)
@@ -220,7 +225,12 @@ impl Env {
             .env("JIT_EARLY_CLOSE", "PT3S")
             .env("DRIFT_CHECK_INTERVAL", "PT2S")
             .env("ADMIN_ADDR", admin.to_string())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info");
+        // Extra variables last: they may override the defaults above.
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -486,4 +496,153 @@ pub fn metric(text: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> 
         })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+// ----- Crash-injection and storm helpers (tests/crash.rs, benches/crash_soak.rs) -----
+
+impl Env {
+    /// Starts the operator with extra environment (e.g. `ACCESSGRANT_CRASH_AT`), applied after
+    /// (and so overriding) the defaults.
+    pub fn start_operator_with(&mut self, extra: &[(&str, &str)]) {
+        let (child, admin) = self.spawn_operator(extra);
+        self.operator = Some(child);
+        self.admin_addr = Some(admin);
+    }
+
+    /// Whether an operator was started and has not exited.
+    pub fn operator_running(&mut self) -> bool {
+        self.operator
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits (up to `deadline`) for the operator to exit on its own, e.g. at a crash point.
+    /// Returns its exit status; None when it was still running at the deadline (it is then
+    /// killed) or no operator was started.
+    pub async fn wait_operator_exit(
+        &mut self,
+        deadline: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        // The child stays in `self` while waiting (polled, not moved into a blocking wait), so
+        // dropping the Env, e.g. when a test fails meanwhile, still kills it.
+        let until = std::time::Instant::now() + deadline;
+        loop {
+            let c = self.operator.as_mut()?;
+            match c.try_wait() {
+                Ok(Some(status)) => {
+                    self.operator = None;
+                    return Some(status);
+                }
+                Ok(None) if std::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => {
+                    self.kill_operator();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The stderr of the most recently started operator process.
+    pub fn last_operator_stderr(&self) -> String {
+        let latest = std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let n: u64 = name
+                    .strip_prefix("operator-")?
+                    .strip_suffix(".err")?
+                    .parse()
+                    .ok()?;
+                Some((n, e.path()))
+            })
+            .max_by_key(|(n, _)| *n);
+        latest
+            .and_then(|(_, p)| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// azure-sim's whole state (`GET /_sim/state`).
+    pub async fn state(&self) -> Value {
+        self.control(reqwest::Method::GET, "/_sim/state", None)
+            .await
+            .json()
+            .await
+            .expect("state json")
+    }
+
+    /// A labelled namespace and an AccessPolicy with the given `spec` that selects it.
+    pub async fn namespace_with_policy(&self, name: &str, spec: Value) -> Api<AccessGrant> {
+        let ns: Namespace = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name, "labels": {"team": name}}}),
+        )
+        .expect("ns");
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        let mut spec = spec;
+        spec["namespaceSelector"] = serde_json::json!({"matchLabels": {"team": name}});
+        let p: AccessPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "accessgrant.io/v1alpha1", "kind": "AccessPolicy",
+            "metadata": {"name": format!("allow-{name}")},
+            "spec": spec,
+        }))
+        .expect("policy");
+        Api::<AccessPolicy>::all(self.client.clone())
+            .create(&PostParams::default(), &p)
+            .await
+            .expect("create policy");
+        Api::namespaced(self.client.clone(), name)
+    }
+
+    /// An ARM call to azure-sim as the operator's service principal (client secret), e.g. to
+    /// put a request into Azure behind the operator's back. Returns (status, JSON body or Null).
+    pub async fn arm_as_operator(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let c = accessgrant_operator::azure::client::http_client(
+            Some(self.azure.ca_pem().as_bytes()),
+            Duration::from_secs(10),
+        )
+        .expect("client");
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("client_id", OPERATOR_APP),
+                ("client_secret", OPERATOR_SECRET),
+                ("grant_type", "client_credentials"),
+                ("scope", "https://management.azure.com/.default"),
+            ])
+            .finish();
+        let token: Value = c
+            .post(format!(
+                "{}/{TENANT}/oauth2/v2.0/token",
+                self.azure.base_url()
+            ))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .expect("token request")
+            .json()
+            .await
+            .expect("token json");
+        let token = token["access_token"].as_str().expect("access_token");
+        let mut r = c
+            .request(method, format!("{}{path_and_query}", self.azure.base_url()))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("ARM call");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
 }

@@ -1,0 +1,137 @@
+//! Planner regressions found by the crash-injection tests (tests/crash.rs), replayed against
+//! the in-memory Azure model: a crash between an intent and its JIT write, and a JIT request
+//! already listed with the grant's marker.
+
+mod support;
+
+use accessgrant_operator::api::*;
+use accessgrant_operator::azure_model::reconcile;
+use accessgrant_operator::lifecycle::{JitRequestPortView, JitRequestView, jit_marker};
+use chrono::Duration;
+use std::collections::BTreeMap;
+use support::*;
+
+/// One reconcile that stops after `side_effects` side effects (finalizer, intent, write, ...).
+fn crash_after(w: &mut World, side_effects: usize) {
+    let r = reconcile(
+        &mut w.grant,
+        &mut w.model,
+        &w.policies,
+        &BTreeMap::new(),
+        false,
+        w.now,
+        &w.config,
+        Some(side_effects),
+    );
+    assert!(r.crashed, "the reconcile was cut short");
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+}
+
+fn jit_writes(w: &World) -> usize {
+    w.writes().iter().filter(|k| *k == "JitInitiate").count()
+}
+
+/// Delete, crash after the close intent is recorded (before the close request is sent): the
+/// restarted pass still closes early instead of waiting for the hour-long window to end.
+#[test]
+fn jit_close_intent_lost_to_a_crash_still_closes_early() {
+    let mut w = World::new(jit_spec());
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Active);
+    w.now += Duration::minutes(1);
+    w.delete();
+    crash_after(&mut w, 1);
+    let intent = w
+        .grant
+        .status
+        .intent
+        .clone()
+        .expect("close intent recorded");
+    assert_eq!(intent.operation, Operation::JitClose);
+    assert_eq!(jit_writes(&w), 1, "the close was not sent");
+
+    w.reconcile();
+    assert_eq!(jit_writes(&w), 2, "the close is sent after the restart");
+    // The close window (1 minute) passes; the ports close and the finalizer goes.
+    w.now += Duration::minutes(2);
+    w.model.tick(w.now);
+    w.reconcile();
+    assert!(w.grant.gone, "finalizer removed once the ports closed");
+    assert!(w.model.open_jit_ports().is_empty());
+}
+
+/// A renewal whose intent was recorded but never sent: the grant keeps the access it holds and
+/// renews again, instead of taking its missing request for an out-of-band revocation.
+#[test]
+fn jit_renewal_intent_lost_to_a_crash_renews_again() {
+    let mut w = World::new(jit_spec());
+    w.grant.spec.renewal = Some(RenewalSpec {
+        until: t0() + Duration::hours(5),
+        before: Some(IsoDuration::new("PT10M")),
+    });
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Active);
+    let end = w.grant.status.end_time.expect("end");
+    w.now = end - Duration::minutes(9);
+    crash_after(&mut w, 1);
+    let intent = w
+        .grant
+        .status
+        .intent
+        .clone()
+        .expect("renewal intent recorded");
+    assert_eq!(
+        (intent.operation, intent.attempt),
+        (Operation::JitInitiate, 2)
+    );
+    assert_eq!(jit_writes(&w), 1, "the renewal was not sent");
+
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Active, "{:?}", w.grant.status.message);
+    assert_eq!(w.reason(), "Renewed");
+    assert_eq!(w.grant.status.renewals, 1);
+    assert_eq!(jit_writes(&w), 2, "one renewal");
+    // The same attempt, so the same marker as the lost intent.
+    let marker = jit_marker(&w.grant.meta, 2);
+    assert_eq!(w.grant.status.attempt, 2);
+    assert_eq!(
+        w.grant.status.jit.as_ref().and_then(|j| j.marker.clone()),
+        Some(marker)
+    );
+}
+
+/// Azure already lists a request carrying this attempt's marker (its intent was lost, or
+/// another replica sent it): adopted, not initiated a second time.
+#[test]
+fn jit_request_already_listed_with_our_marker_is_adopted() {
+    let mut w = World::new(jit_spec());
+    let marker = jit_marker(&w.grant.meta, 1);
+    let pol = w
+        .model
+        .jit_policies
+        .values_mut()
+        .next()
+        .expect("a JIT policy");
+    pol.requests.push(JitRequestView {
+        start: Some(t0()),
+        justification: Some(format!("asked earlier {marker}")),
+        requestor: Some("someone".into()),
+        ports: vec![JitRequestPortView {
+            vm_id: vm_id("vm1"),
+            number: 22,
+            prefix: Some("10.0.0.7".into()),
+            status: "Initiated".into(),
+            status_reason: Some("UserRequested".into()),
+            end: Some(t0() + Duration::hours(1)),
+        }],
+    });
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Active);
+    assert_eq!(jit_writes(&w), 0, "no second initiation");
+    assert!(
+        w.grant.meta.has_finalizer,
+        "the finalizer guards adopted access"
+    );
+    assert_eq!(w.grant.status.end_time, Some(t0() + Duration::hours(1)));
+    assert!(w.last.wake_at.is_some(), "comes back to watch the access");
+}
