@@ -450,7 +450,12 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                         return Err(ReconcileError::NotLeader);
                     }
                     let intent = status.intent.clone();
-                    let outcome = ctx.arm.execute(&ns, w).await;
+                    // Taking access away goes before granting when ARM's budget is short.
+                    let outcome = if intent.as_ref().is_some_and(|i| i.operation.is_removal()) {
+                        crate::azure::client::as_removal(ctx.arm.execute(&ns, w)).await
+                    } else {
+                        ctx.arm.execute(&ns, w).await
+                    };
                     invalidate_after_write(ctx, w);
                     crate::crashpoint::hit("after-azure-write");
                     if let Err(e) = &outcome {
