@@ -125,13 +125,6 @@ impl Env {
         self.start_operator_with(&[]);
     }
 
-    /// Starts the operator with extra environment (e.g. `WEBHOOK_ADDR`).
-    pub fn start_operator_with(&mut self, extra: &[(&str, &str)]) {
-        let (child, admin) = self.spawn_operator(extra);
-        self.operator = Some(child);
-        self.admin_addr = Some(admin);
-    }
-
     /// Registers the operator's webhooks (Mutating and Validating, failurePolicy Fail) at
     /// `https://{addr}`, without a CA bundle: the operator patches it in.
     pub async fn register_webhooks(&self, addr: std::net::SocketAddr) {
