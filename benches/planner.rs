@@ -81,6 +81,7 @@ fn main() {
                 role_definition_ids: vec![role()],
                 principals: vec![PRINCIPAL.into()],
                 modes: vec![PimMode::Activate, PimMode::Assign],
+                service_accounts: None,
             }),
             max_duration: Some(IsoDuration::new("PT8H")),
             ..Default::default()
@@ -106,6 +107,7 @@ fn main() {
                 has_finalizer: false,
                 deleting: false,
                 requested_by: Some("alice".into()),
+                ..Default::default()
             },
             spec: spec.clone(),
             status: AccessGrantStatus::default(),

@@ -632,6 +632,14 @@ pub fn reconcile(
         namespace: g.meta.namespace.clone(),
         namespace_labels: ns_labels.clone(),
         created: g.created,
+        requester: g
+            .meta
+            .requested_by
+            .as_ref()
+            .map(|u| crate::guard::Requester {
+                username: u.clone(),
+                groups: vec![],
+            }),
     };
     let verdict = valid.as_ref().ok().map(|v| guard(v, policies, &ctx));
     let mut observed = Observed::default();

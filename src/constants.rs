@@ -22,6 +22,8 @@ pub mod condition {
     pub const ACTIVE: &str = "Active";
     /// A transient Azure failure is being retried.
     pub const RETRYING: &str = "Retrying";
+    /// The requester comes from a valid stamp of the operator's admission webhook.
+    pub const REQUESTER_VERIFIED: &str = "RequesterVerified";
 }
 
 /// Reasons (PascalCase) used in status, conditions and events.
@@ -76,4 +78,14 @@ pub mod reason {
     pub const WINDOW_ELAPSED: &str = "WindowElapsed";
     /// The PIM request was canceled.
     pub const CANCELED: &str = "Canceled";
+    /// `spec.dryRun`: what would be requested is in `status.dryRun`.
+    pub const DRY_RUN: &str = "DryRun";
+    /// A break-glass grant was requested.
+    pub const BREAK_GLASS: &str = "BreakGlass";
+    /// The requester stamp is valid.
+    pub const STAMP_VALID: &str = "Stamped";
+    /// No requester stamp (created without the admission webhook).
+    pub const STAMP_MISSING: &str = "StampMissing";
+    /// A requester stamp that fails verification (forged, altered, copied, stale).
+    pub const STAMP_INVALID: &str = "StampInvalid";
 }

@@ -1,9 +1,9 @@
 //! AccessPolicy evaluation (pure). Default deny: a grant is allowed only when one policy that
 //! selects its namespace allows all of it. Runs in the controller (and in the admission webhook).
 
-use crate::api::{AccessPolicy, AccessPolicySpec, PimMode};
+use crate::api::{AccessGrantSpec, AccessPolicy, AccessPolicySpec, PimMode};
 use crate::azure::ids::{ArmId, matches_pattern};
-use crate::validate::{ValidGrant, ValidTarget, parse_prefix};
+use crate::validate::{InvalidSpec, ValidGrant, ValidTarget, parse_prefix};
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::BTreeMap;
@@ -41,6 +41,63 @@ pub struct GrantContext {
     pub namespace_labels: BTreeMap<String, String>,
     /// When the grant was created (start of the renewal window when `startTime` is absent).
     pub created: Option<DateTime<Utc>>,
+    /// The verified requester (from the admission request, or a valid stamp); None when
+    /// unknown or unverifiable.
+    pub requester: Option<Requester>,
+}
+
+/// A verified Kubernetes requester.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requester {
+    /// User name.
+    pub username: String,
+    /// Groups.
+    pub groups: Vec<String>,
+}
+
+impl Requester {
+    /// Whether an entry of a `requesters` list (a user name, or `group:<name>`) names them.
+    pub fn matches(&self, entry: &str) -> bool {
+        match entry.strip_prefix("group:") {
+            Some(g) => self.groups.iter().any(|x| x == g),
+            None => self.username == entry,
+        }
+    }
+}
+
+/// Validation then the guard: the one decision both the admission webhook and the controller
+/// make, so they cannot disagree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Validation result.
+    pub valid: Result<ValidGrant, InvalidSpec>,
+    /// The guard's verdict (None when the spec is invalid).
+    pub verdict: Option<Verdict>,
+}
+
+impl Decision {
+    /// When refused: (reason, message), the message being exactly what the controller records
+    /// in `status.message` and the webhook returns to the client.
+    pub fn refusal(&self) -> Option<(String, String)> {
+        match (&self.valid, &self.verdict) {
+            (Err(e), _) => Some((
+                crate::constants::reason::INVALID_SPEC.to_string(),
+                format!("{}: {}", e.field, e.reason),
+            )),
+            (Ok(_), Some(Verdict::Denied { rule, message })) => {
+                Some((rule.clone(), message.clone()))
+            }
+            (Ok(_), None) => Some(("NoVerdict".into(), "not evaluated".into())),
+            (Ok(_), Some(Verdict::Allowed { .. })) => None,
+        }
+    }
+}
+
+/// Validates a spec and evaluates it against the policies.
+pub fn decide(spec: &AccessGrantSpec, policies: &[AccessPolicy], ctx: &GrantContext) -> Decision {
+    let valid = crate::validate::validate(spec);
+    let verdict = valid.as_ref().ok().map(|v| guard(v, policies, ctx));
+    Decision { valid, verdict }
 }
 
 /// Evaluates a valid grant against every policy.
@@ -185,6 +242,78 @@ fn evaluate(g: &ValidGrant, p: &AccessPolicySpec, ctx: &GrantContext) -> Result<
                     format!("principal {} is not allowed", pim.principal_id),
                 );
             }
+            if let (Some(id), Some(allowed)) = (&pim.identity, &rules.service_accounts)
+                && !allowed.iter().any(|a| a == &id.service_account_name)
+            {
+                return deny(
+                    "PimServiceAccount",
+                    format!(
+                        "ServiceAccount {}/{} may not be used as identity (allowed: {})",
+                        ctx.namespace,
+                        id.service_account_name,
+                        if allowed.is_empty() {
+                            "none".to_string()
+                        } else {
+                            allowed.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+    }
+    if p.require_verified_requester && ctx.requester.is_none() {
+        return deny(
+            "RequesterNotVerified",
+            "the policy requires a verified requester, and this grant has no valid stamp from the operator's admission webhook".into(),
+        );
+    }
+    if g.break_glass {
+        let Some(bg) = &p.break_glass else {
+            return deny(
+                "BreakGlassNotAllowed",
+                "break-glass is not allowed; remove spec.breakGlass".into(),
+            );
+        };
+        let Some(who) = &ctx.requester else {
+            return deny(
+                "BreakGlassRequester",
+                "break-glass needs a verified requester (a valid stamp from the operator's admission webhook)".into(),
+            );
+        };
+        if !bg.requesters.is_empty() && !bg.requesters.iter().any(|r| who.matches(r)) {
+            return deny(
+                "BreakGlassRequester",
+                format!("{} may not break the glass", who.username),
+            );
+        }
+        if g.justification.is_none() {
+            return deny(
+                "BreakGlassJustification",
+                "break-glass needs a justification; set spec.justification".into(),
+            );
+        }
+        if g.renewal.is_some() {
+            return deny(
+                "BreakGlassRenewal",
+                "break-glass access cannot be renewed; remove spec.renewal".into(),
+            );
+        }
+        if let Some(max) = &bg.max_duration {
+            let max_d = max.parse().map_err(|e| {
+                (
+                    "PolicyInvalid".to_string(),
+                    format!("the policy's breakGlass.maxDuration {e}"),
+                )
+            })?;
+            if g.duration > max_d {
+                return deny(
+                    "BreakGlassMaxDuration",
+                    format!(
+                        "break-glass duration {} exceeds the maximum {max}",
+                        crate::api::duration::format_iso_duration(g.duration)
+                    ),
+                );
+            }
         }
     }
     if let Some(max) = &p.max_duration {
@@ -241,7 +370,7 @@ fn evaluate(g: &ValidGrant, p: &AccessPolicySpec, ctx: &GrantContext) -> Result<
             "a justification is required; set spec.justification".into(),
         );
     }
-    if p.require_ticket && g.ticket.is_none() {
+    if p.require_ticket && g.ticket.is_none() && !g.break_glass {
         return deny(
             "TicketRequired",
             "a ticket is required; set spec.ticket".into(),

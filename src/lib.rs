@@ -14,5 +14,7 @@ pub mod crashpoint;
 pub mod guard;
 pub mod leader;
 pub mod lifecycle;
+pub mod stamp;
 pub mod telemetry;
 pub mod validate;
+pub mod webhook;

@@ -97,6 +97,140 @@ struct RunArgs {
     /// Log format: `text` or `json` (logs go to stderr; audit lines to stdout).
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Admission webhook listen address (HTTPS), or `none` to run without the webhook (grants
+    /// then carry no verified requester).
+    #[arg(long, env = "WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    webhook_addr: String,
+    /// Directory with `tls.crt` and `tls.key` for the webhook (a mounted Secret, e.g. from
+    /// cert-manager). Without it the operator generates a CA and certificate once, keeps them
+    /// in `--webhook-secret` and patches the CA into the webhook configurations.
+    #[arg(long, env = "WEBHOOK_CERT_DIR")]
+    webhook_cert_dir: Option<std::path::PathBuf>,
+    /// Service name the webhook is reached through (certificate names
+    /// `<service>.<namespace>.svc[.cluster.local]`).
+    #[arg(
+        long,
+        env = "WEBHOOK_SERVICE",
+        default_value = "accessgrant-operator-webhook"
+    )]
+    webhook_service: String,
+    /// Name of the Mutating- and ValidatingWebhookConfiguration whose `caBundle` is patched
+    /// with a self-generated CA.
+    #[arg(
+        long,
+        env = "WEBHOOK_CONFIGURATION",
+        default_value = "accessgrant-operator"
+    )]
+    webhook_configuration: String,
+    /// Secret (in the operator's namespace) holding the self-generated webhook certificate.
+    #[arg(
+        long,
+        env = "WEBHOOK_SECRET",
+        default_value = "accessgrant-operator-webhook-tls"
+    )]
+    webhook_secret: String,
+    /// File with the key (32+ bytes) that signs requester stamps. Without it the key is kept
+    /// in `--stamp-key-secret` (created with random bytes when absent).
+    #[arg(long, env = "STAMP_KEY_FILE")]
+    stamp_key_file: Option<std::path::PathBuf>,
+    /// Secret (in the operator's namespace) holding the stamp key.
+    #[arg(
+        long,
+        env = "STAMP_KEY_SECRET",
+        default_value = "accessgrant-operator-stamp-key"
+    )]
+    stamp_key_secret: String,
+}
+
+/// Starts the admission webhook (TLS) and returns the stamp key it signs with.
+async fn start_webhook(
+    args: &RunArgs,
+    client: &kube::Client,
+    metrics: &accessgrant_operator::telemetry::Metrics,
+) -> anyhow::Result<Option<accessgrant_operator::stamp::StampKey>> {
+    use accessgrant_operator::webhook::{self, certs};
+    let ns = args.leader_election_namespace.as_str();
+    if args.webhook_addr.eq_ignore_ascii_case("none") {
+        tracing::warn!("admission webhook disabled: grants will carry no verified requester");
+        return match &args.stamp_key_file {
+            Some(f) => Ok(Some(
+                certs::stamp_key(client, Some(f), ns, &args.stamp_key_secret).await?,
+            )),
+            None => Ok(None),
+        };
+    }
+    let addr: std::net::SocketAddr = args
+        .webhook_addr
+        .parse()
+        .with_context(|| format!("--webhook-addr {:?}", args.webhook_addr))?;
+    let key = certs::stamp_key(
+        client,
+        args.stamp_key_file.as_deref(),
+        ns,
+        &args.stamp_key_secret,
+    )
+    .await
+    .context("loading the stamp key")?;
+    let cert = match &args.webhook_cert_dir {
+        Some(dir) => certs::from_dir(dir)?,
+        None => {
+            let svc = &args.webhook_service;
+            let names = vec![
+                svc.clone(),
+                format!("{svc}.{ns}"),
+                format!("{svc}.{ns}.svc"),
+                format!("{svc}.{ns}.svc.cluster.local"),
+            ];
+            certs::shared_generated(client, ns, &args.webhook_secret, &names)
+                .await
+                .context("preparing the webhook certificate")?
+        }
+    };
+    if let Some(ca) = &cert.ca_pem {
+        match certs::patch_ca_bundle(client, &args.webhook_configuration, ca).await {
+            Ok(0) => tracing::info!(
+                name = %args.webhook_configuration,
+                "no webhook configurations to patch with the CA yet"
+            ),
+            Ok(n) => tracing::info!(configurations = n, "webhook CA bundle patched"),
+            Err(e) => tracing::warn!(error = %e, "patching the webhook CA bundle failed"),
+        }
+    }
+    let tls = certs::server_config(&cert)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --webhook-addr {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "admission webhook listening (TLS)");
+    let (policies, writer) = kube::runtime::reflector::store();
+    {
+        use futures::StreamExt as _;
+        use kube::runtime::WatchStreamExt as _;
+        let stream = kube::runtime::watcher(
+            kube::Api::<accessgrant_operator::api::AccessPolicy>::all(client.clone()),
+            kube::runtime::watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+        tokio::spawn(async move {
+            stream.for_each(|_| async {}).await;
+        });
+    }
+    let state = webhook::WebhookState {
+        key: key.clone(),
+        client: client.clone(),
+        policies: policies.clone(),
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(async move {
+        // Judge nothing before the policies are known (default deny would refuse everything).
+        if policies.wait_until_ready().await.is_err() {
+            tracing::error!("AccessPolicy cache never synced; webhook not serving");
+            return;
+        }
+        certs::serve_tls(listener, tls, webhook::router(state)).await;
+    });
+    Ok(Some(key))
 }
 
 fn duration(flag: &str, v: &str) -> anyhow::Result<chrono::Duration> {
@@ -190,6 +324,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
+    let stamp_key = start_webhook(&args, &client, &metrics).await?;
     let arm = Arc::new(
         ArmClient::new(
             cfg,
@@ -277,6 +412,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics,
             readiness,
             fence,
+            stamp_key,
         },
         async move {
             tokio::select! {

@@ -46,7 +46,7 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// Every grant phase, as the `phase` label of `accessgrant_grants` (the serde names of
 /// [`Phase`]). [`Metrics::set_grants_by_phase`] sets all of them so a phase that empties goes
 /// to 0 instead of keeping its last value.
-pub const PHASES: [&str; 11] = [
+pub const PHASES: [&str; 12] = [
     "Pending",
     "Scheduled",
     "Requesting",
@@ -58,6 +58,7 @@ pub const PHASES: [&str; 11] = [
     "Revoked",
     "Denied",
     "Failed",
+    "DryRun",
 ];
 
 /// The `phase` label for a [`Phase`] (exhaustive, so a new phase cannot be forgotten here).
@@ -74,6 +75,7 @@ pub fn phase_label(phase: Phase) -> &'static str {
         Phase::Revoked => "Revoked",
         Phase::Denied => "Denied",
         Phase::Failed => "Failed",
+        Phase::DryRun => "DryRun",
     }
 }
 
@@ -125,6 +127,19 @@ struct MetricsInner {
     grants: Family<PhaseLabels, Gauge>,
     time_to_active: Histogram,
     expiry_lag: Histogram,
+    break_glass: Family<KindLabels, Counter>,
+    admission: Family<AdmissionLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdmissionLabels {
+    webhook: &'static str,
+    allowed: &'static str,
 }
 
 /// The operator's metrics. Cheap to clone (one `Arc`); every method takes `&self`.
@@ -138,6 +153,8 @@ struct MetricsInner {
 /// - `grants{phase}` (gauge)
 /// - `time_to_active_seconds` (histogram, 0.1 s .. 1 h)
 /// - `expiry_status_lag_seconds` (histogram, 0.1 s .. 10 min)
+/// - `break_glass_total{kind="JIT"|"PIM"}`: break-glass requests sent to Azure
+/// - `admission_reviews_total{webhook="mutate"|"validate",allowed}`
 #[derive(Clone, Debug)]
 pub struct Metrics {
     inner: Arc<MetricsInner>,
@@ -236,6 +253,22 @@ impl Metrics {
             expiry_lag.clone(),
         );
 
+        let break_glass = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "break_glass",
+            "Break-glass grants requested from Azure, by kind",
+            break_glass.clone(),
+        );
+        for kind in ["JIT", "PIM"] {
+            break_glass.get_or_create(&KindLabels { kind }).inc_by(0);
+        }
+        let admission = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admission_reviews",
+            "AdmissionReviews answered by the webhook, by webhook and verdict",
+            admission.clone(),
+        );
+
         Self {
             inner: Arc::new(MetricsInner {
                 registry,
@@ -247,6 +280,8 @@ impl Metrics {
                 grants,
                 time_to_active,
                 expiry_lag,
+                break_glass,
+                admission,
             }),
         }
     }
@@ -261,6 +296,25 @@ impl Metrics {
         self.inner
             .reconcile_duration
             .observe(duration.as_secs_f64());
+    }
+
+    /// A break-glass grant of this kind (`JIT` or `PIM`) was requested from Azure.
+    pub fn break_glass(&self, kind: &'static str) {
+        self.inner
+            .break_glass
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// The admission webhook answered (`webhook` is `mutate` or `validate`).
+    pub fn admission(&self, webhook: &'static str, allowed: bool) {
+        self.inner
+            .admission
+            .get_or_create(&AdmissionLabels {
+                webhook,
+                allowed: if allowed { "true" } else { "false" },
+            })
+            .inc();
     }
 
     /// A reconcile failed with this stable error category (`ReconcileError::category()`).
@@ -586,6 +640,7 @@ mod tests {
             Phase::Revoked,
             Phase::Denied,
             Phase::Failed,
+            Phase::DryRun,
         ];
         assert_eq!(all.len(), PHASES.len());
         for p in all {

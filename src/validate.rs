@@ -44,6 +44,10 @@ pub struct ValidGrant {
     pub ticket: Option<TicketSpec>,
     /// Clamp to the Azure policy's maximum instead of failing.
     pub clamp_duration: bool,
+    /// `spec.breakGlass`.
+    pub break_glass: bool,
+    /// `spec.dryRun`.
+    pub dry_run: bool,
     /// The Azure target.
     pub target: ValidTarget,
 }
@@ -197,6 +201,8 @@ pub fn validate(spec: &AccessGrantSpec) -> Result<ValidGrant, InvalidSpec> {
         suspend: spec.suspend.unwrap_or(false),
         ticket,
         clamp_duration: spec.clamp_duration.unwrap_or(false),
+        break_glass: spec.break_glass.unwrap_or(false),
+        dry_run: spec.dry_run.unwrap_or(false),
         target,
     })
 }
@@ -435,7 +441,16 @@ fn validate_pim(p: &PimTarget) -> Result<ValidPim, InvalidSpec> {
                 "applies to mode Activate only (Assign always runs as the operator)",
             ));
         }
-        if !is_dns_subdomain(&id.service_account_name) {
+        let sa = id.service_account_name.as_str();
+        if sa.contains(':') || sa.contains('/') {
+            return Err(invalid(
+                "spec.pim.identity.serviceAccountName",
+                format!(
+                    "{sa:?} names a ServiceAccount outside the grant's namespace; a grant may act only as a ServiceAccount of its own namespace (give just its name)"
+                ),
+            ));
+        }
+        if !is_dns_subdomain(sa) {
             return Err(invalid(
                 "spec.pim.identity.serviceAccountName",
                 format!(

@@ -1,6 +1,6 @@
 //! Bad input never panics: proptest at scale over spec validation, ISO 8601 parsing, ARM id
-//! normalisation, Azure error classification and response parsing (`FUZZ_CASES`, default 3000
-//! per property).
+//! normalisation, Azure error classification and response parsing, requester stamps and
+//! admission reviews (`FUZZ_CASES`, default 3000 per property).
 
 use accessgrant_operator::api::*;
 use accessgrant_operator::azure::error::classify;
@@ -140,6 +140,48 @@ proptest! {
         match validate(&spec) {
             Ok(_) => {}
             Err(e) => prop_assert!(e.field.starts_with("spec") && !e.reason.is_empty()),
+        }
+    }
+
+    #[test]
+    fn stamps_and_admission_reviews_never_panic(
+        payload in "[ -~]{0,120}",
+        sig in "[ -~]{0,60}",
+        v in json_value(),
+        op in prop::sample::select(vec!["CREATE", "UPDATE", "DELETE", "CONNECT", "BOGUS"]),
+        user in "[ -~]{0,20}",
+    ) {
+        let key = accessgrant_operator::stamp::StampKey::from_bytes(&[3u8; 32]).expect("key");
+        let spec = AccessGrantSpec::default();
+        let ann = std::collections::BTreeMap::from([
+            (accessgrant_operator::stamp::REQUESTER_ANNOTATION.to_string(), payload),
+            (accessgrant_operator::stamp::SIGNATURE_ANNOTATION.to_string(), sig),
+        ]);
+        let _ = accessgrant_operator::stamp::verify(&key, "ns", "n", &spec, &ann);
+        // Arbitrary JSON as the object (and old object) of a review.
+        let review = serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "name": "n", "namespace": "ns", "operation": op,
+                "kind": {"group": "accessgrant.io", "version": "v1alpha1", "kind": "AccessGrant"},
+                "resource": {"group": "accessgrant.io", "version": "v1alpha1", "resource": "accessgrants"},
+                "userInfo": {"username": user},
+                "object": {"apiVersion": "accessgrant.io/v1alpha1", "kind": "AccessGrant", "metadata": {"name": "n"}, "spec": v.clone()},
+                "oldObject": {"apiVersion": "accessgrant.io/v1alpha1", "kind": "AccessGrant", "metadata": {"name": "n"}, "spec": v},
+            }
+        });
+        if let Ok(r) = serde_json::from_value::<kube::core::admission::AdmissionReview<kube::api::DynamicObject>>(review)
+            && let Ok(req) = accessgrant_operator::webhook::request_of(r)
+        {
+            let now = chrono::DateTime::from_timestamp(1_790_000_000, 0).expect("time");
+            let m = accessgrant_operator::webhook::mutate(&req, &key, now);
+            let v = accessgrant_operator::webhook::validate(&req, &[], Default::default(), &key, now);
+            // An unstamped (or unreadable) create never passes the validating webhook, and a
+            // mutating answer that allows always carries the stamp patch for a create.
+            if req.operation == kube::core::admission::Operation::Create {
+                prop_assert!(!v.allowed);
+                prop_assert!(!m.allowed || m.patch.is_some());
+            }
         }
     }
 }

@@ -737,3 +737,108 @@ fn history_is_bounded() {
     assert!(w.grant.status.renewals >= 10);
     assert!(w.grant.status.history.len() <= 20);
 }
+
+#[test]
+fn dry_run_checks_and_records_without_writing() {
+    let mut spec = pim_spec(PimMode::Activate);
+    spec.dry_run = Some(true);
+    let mut w = World::new(spec);
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::DryRun);
+    assert_eq!(w.writes(), Vec::<String>::new(), "a dry run writes nothing");
+    assert!(
+        !w.grant.meta.has_finalizer,
+        "nothing to clean up, no finalizer"
+    );
+    let d = w.grant.status.dry_run.clone().expect("status.dryRun");
+    assert_eq!(d.operation, Operation::SelfActivate);
+    assert!(
+        d.request.starts_with("PUT /subscriptions/"),
+        "{}",
+        d.request
+    );
+    assert!(
+        d.body.contains("\"requestType\":\"SelfActivate\""),
+        "{}",
+        d.body
+    );
+    assert_eq!(d.end_time, Some(t0() + Duration::hours(1)));
+    // Terminal until the spec changes; turning dry run off asks for real.
+    w.advance(Duration::minutes(10));
+    assert_eq!(w.writes(), Vec::<String>::new());
+    w.edit_spec(|s| s.dry_run = None);
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Active);
+    assert_eq!(w.writes(), ["SelfActivate"]);
+    // Switching an active grant to dry run takes the access away.
+    w.edit_spec(|s| s.dry_run = Some(true));
+    w.advance(Duration::minutes(6));
+    for _ in 0..5 {
+        if w.phase() == Phase::Revoked {
+            break;
+        }
+        w.wake(Duration::minutes(1));
+    }
+    assert_eq!(w.phase(), Phase::Revoked);
+    assert_eq!(w.reason(), "DryRun");
+    assert_eq!(w.writes(), ["SelfActivate", "SelfDeactivate"]);
+}
+
+#[test]
+fn dry_run_reports_the_azure_policy_pre_check() {
+    let mut spec = pim_spec(PimMode::Activate);
+    spec.dry_run = Some(true);
+    spec.duration = IsoDuration::new("PT8H");
+    let mut w = World::new(spec);
+    w.model.pim_policies.insert(
+        (scope().to_ascii_lowercase(), role().to_ascii_lowercase()),
+        PimPolicyView {
+            enduser_max_duration: Some(Duration::hours(2)),
+            ..Default::default()
+        },
+    );
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Failed);
+    assert_eq!(w.reason(), "ExpirationRule");
+    assert_eq!(w.writes(), Vec::<String>::new());
+}
+
+#[test]
+fn break_glass_is_announced_once_per_request() {
+    let mut spec = jit_spec();
+    spec.break_glass = Some(true);
+    let mut w = World::new(spec);
+    let mut p = allow_all_policy();
+    p.spec.break_glass = Some(BreakGlassRules::default());
+    w.policies = vec![p];
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Active);
+    let events: Vec<_> = w
+        .last
+        .plans
+        .iter()
+        .flat_map(|p| p.events.iter())
+        .filter(|e| e.reason == "BreakGlass")
+        .collect();
+    assert_eq!(events.len(), 1);
+    assert!(events[0].warning);
+    assert!(events[0].note.contains("alice"), "{}", events[0].note);
+    assert!(
+        w.grant
+            .status
+            .history
+            .iter()
+            .any(|h| h.event == "BreakGlass")
+    );
+    // Without a break-glass section in the policy, the same grant is denied and never sent.
+    let mut spec = jit_spec();
+    spec.break_glass = Some(true);
+    let mut w = World::new(spec);
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Denied);
+    assert_eq!(
+        w.grant.status.status_reason.as_deref(),
+        Some("BreakGlassNotAllowed")
+    );
+    assert_eq!(w.writes(), Vec::<String>::new());
+}

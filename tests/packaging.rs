@@ -121,8 +121,12 @@ fn kinds(docs: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
-/// (apiGroup, resource, verb) triples; panics on anything an allow-list cannot express.
-fn grants(role: &Value) -> BTreeSet<(String, String, String)> {
+/// A granted permission: (apiGroup, resource, verb, resourceNames joined by `,`; empty = any).
+type Perm = (String, String, String, String);
+
+/// Every (apiGroup, resource, verb, names) a role grants; panics on anything an allow-list
+/// cannot express (nonResourceURLs, wildcards).
+fn grants(role: &Value) -> BTreeSet<Perm> {
     let mut out = BTreeSet::new();
     let strs = |v: &Value| -> Vec<String> {
         v.as_array()
@@ -137,12 +141,18 @@ fn grants(role: &Value) -> BTreeSet<(String, String, String)> {
             .expect("rule")
             .keys()
             .map(String::as_str)
+            .filter(|k| *k != "resourceNames")
             .collect();
         assert_eq!(
             keys,
             BTreeSet::from(["apiGroups", "resources", "verbs"]),
-            "rule with resourceNames/nonResourceURLs or missing parts: {rule}"
+            "rule with nonResourceURLs or missing parts: {rule}"
         );
+        let names = if rule["resourceNames"].is_null() {
+            String::new()
+        } else {
+            strs(&rule["resourceNames"]).join(",")
+        };
         for g in strs(&rule["apiGroups"]) {
             for r in strs(&rule["resources"]) {
                 for v in strs(&rule["verbs"]) {
@@ -150,7 +160,7 @@ fn grants(role: &Value) -> BTreeSet<(String, String, String)> {
                         !g.contains('*') && !r.contains('*') && !v.contains('*'),
                         "wildcard in {rule}"
                     );
-                    out.insert((g.clone(), r.clone(), v));
+                    out.insert((g.clone(), r.clone(), v, names.clone()));
                 }
             }
         }
@@ -158,19 +168,29 @@ fn grants(role: &Value) -> BTreeSet<(String, String, String)> {
     out
 }
 
-fn allow(list: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String, String)> {
+fn allow(list: &[(&str, &str, &[&str])]) -> BTreeSet<Perm> {
+    allow_named(list, "")
+}
+
+fn allow_named(list: &[(&str, &str, &[&str])], names: &str) -> BTreeSet<Perm> {
     list.iter()
         .flat_map(|(g, r, verbs)| {
-            verbs
-                .iter()
-                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
+            verbs.iter().map(move |v| {
+                (
+                    g.to_string(),
+                    r.to_string(),
+                    v.to_string(),
+                    names.to_string(),
+                )
+            })
         })
         .collect()
 }
 
-/// What the operator needs, and nothing else.
-fn cluster_allow_list() -> BTreeSet<(String, String, String)> {
-    allow(&[
+/// What the operator needs, and nothing else. With a self-generated webhook certificate it
+/// also patches the CA into its own two webhook configurations (by name).
+fn cluster_allow_list(self_signed: bool) -> BTreeSet<Perm> {
+    let mut a = allow(&[
         (
             "accessgrant.io",
             "accessgrants",
@@ -186,10 +206,28 @@ fn cluster_allow_list() -> BTreeSet<(String, String, String)> {
         ("", "namespaces", &["get"]),
         ("", "serviceaccounts/token", &["create"]),
         ("events.k8s.io", "events", &["create", "patch"]),
-    ])
+    ]);
+    if self_signed {
+        a.extend(allow_named(
+            &[
+                (
+                    "admissionregistration.k8s.io",
+                    "mutatingwebhookconfigurations",
+                    &["get", "patch"],
+                ),
+                (
+                    "admissionregistration.k8s.io",
+                    "validatingwebhookconfigurations",
+                    &["get", "patch"],
+                ),
+            ],
+            NAME,
+        ));
+    }
+    a
 }
 
-fn lease_allow_list() -> BTreeSet<(String, String, String)> {
+fn lease_allow_list() -> BTreeSet<Perm> {
     allow(&[(
         "coordination.k8s.io",
         "leases",
@@ -197,7 +235,20 @@ fn lease_allow_list() -> BTreeSet<(String, String, String)> {
     )])
 }
 
-fn assert_grants(role: &Value, want: &BTreeSet<(String, String, String)>, what: &str) {
+/// Secrets of the release namespace: the stamp key (and the self-generated certificate) read
+/// by name; create (which cannot be limited by name).
+fn webhook_allow_list(self_signed: bool) -> BTreeSet<Perm> {
+    let names = if self_signed {
+        format!("{NAME}-stamp-key,{NAME}-webhook-tls")
+    } else {
+        format!("{NAME}-stamp-key")
+    };
+    let mut a = allow_named(&[("", "secrets", &["get"])], &names);
+    a.extend(allow(&[("", "secrets", &["create"])]));
+    a
+}
+
+fn assert_grants(role: &Value, want: &BTreeSet<Perm>, what: &str) {
     let have = grants(role);
     let extra: Vec<_> = have.difference(want).collect();
     let missing: Vec<_> = want.difference(&have).collect();
@@ -209,19 +260,25 @@ fn assert_grants(role: &Value, want: &BTreeSet<(String, String, String)>, what: 
     );
 }
 
-fn check_rbac(docs: &[Value], what: &str) {
+fn check_rbac(docs: &[Value], what: &str, self_signed: bool) {
     let cr = find(docs, "ClusterRole", NAME);
-    assert_grants(cr, &cluster_allow_list(), what);
+    assert_grants(cr, &cluster_allow_list(self_signed), what);
     let role = find(docs, "Role", &format!("{NAME}-leader-election"));
     assert_eq!(
         role["metadata"]["namespace"], NAMESPACE,
         "{what}: Role namespace"
     );
     assert_grants(role, &lease_allow_list(), what);
+    let wrole = find(docs, "Role", &format!("{NAME}-webhook"));
+    assert_eq!(
+        wrole["metadata"]["namespace"], NAMESPACE,
+        "{what}: webhook Role namespace"
+    );
+    assert_grants(wrole, &webhook_allow_list(self_signed), what);
     for d in docs {
         if matches!(d["kind"].as_str(), Some("ClusterRole" | "Role")) {
             assert!(
-                d == cr || d == role,
+                d == cr || d == role || d == wrole,
                 "{what}: unexpected role {}",
                 d["metadata"]["name"]
             );
@@ -235,9 +292,15 @@ fn check_rbac(docs: &[Value], what: &str) {
         crb["subjects"], subject,
         "{what}: ClusterRoleBinding subjects"
     );
-    let rb = find(docs, "RoleBinding", &format!("{NAME}-leader-election"));
-    assert_eq!(rb["roleRef"]["name"], role["metadata"]["name"]);
-    assert_eq!(rb["subjects"], subject, "{what}: RoleBinding subjects");
+    for r in [role, wrole] {
+        let name = r["metadata"]["name"].as_str().unwrap_or_default();
+        let rb = find(docs, "RoleBinding", name);
+        assert_eq!(rb["roleRef"]["name"], name);
+        assert_eq!(
+            rb["subjects"], subject,
+            "{what}: RoleBinding {name} subjects"
+        );
+    }
 }
 
 /// Pod Security Standard "restricted", plus the workload identity label.
@@ -454,14 +517,16 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
 
     // Every environment variable the manifests set is one the operator reads (src/main.rs).
     let main_rs = std::fs::read_to_string(root().join("src/main.rs")).expect("src/main.rs");
-    for (what, d, workload_identity) in [
-        ("helm default", &default, true),
-        ("helm full", &full, true),
-        ("helm client-secret", &client_secret, false),
-        ("helm managed-identity", &managed_identity, false),
-        ("kustomize", &kustomize, true),
+    // The full values bring a cert-manager certificate; the others let the operator generate
+    // its own.
+    for (what, d, workload_identity, self_signed) in [
+        ("helm default", &default, true, true),
+        ("helm full", &full, true, false),
+        ("helm client-secret", &client_secret, false, true),
+        ("helm managed-identity", &managed_identity, false, true),
+        ("kustomize", &kustomize, true, true),
     ] {
-        check_rbac(d, what);
+        check_rbac(d, what, self_signed);
         check_pod_security(d, what, workload_identity);
         let dep = find(d, "Deployment", NAME);
         for env in dep["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -500,14 +565,31 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
         );
     }
 
-    // Defaults: no webhook (the operator does not serve it yet), no optional objects.
-    let optional = [
+    // Defaults: the webhook (self-generated certificate: no CA bundle, no mounted Secret), no
+    // optional objects.
+    for kind in [
         "MutatingWebhookConfiguration",
         "ValidatingWebhookConfiguration",
-        "ServiceMonitor",
-        "NetworkPolicy",
-        "PodDisruptionBudget",
-    ];
+    ] {
+        let wh = find(&default, kind, NAME);
+        for w in wh["webhooks"].as_array().expect("webhooks") {
+            assert!(w["clientConfig"]["caBundle"].is_null(), "{kind}: caBundle");
+            assert_eq!(w["failurePolicy"], "Fail");
+        }
+    }
+    let env_names = |d: &[Value]| -> BTreeSet<String> {
+        find(d, "Deployment", NAME)["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .filter_map(|e| e["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(env_names(&default).contains("WEBHOOK_SECRET"));
+    assert!(!env_names(&default).contains("WEBHOOK_CERT_DIR"));
+    assert!(env_names(&full).contains("WEBHOOK_CERT_DIR"));
+    assert!(!env_names(&full).contains("WEBHOOK_SECRET"));
+    let optional = ["ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget"];
     for kind in optional {
         assert!(
             !kinds(&default).contains(kind),
@@ -620,14 +702,24 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
         "ValidatingWebhookConfiguration/accessgrant-operator",
     ];
     for (file, d, create_ns, want) in [
-        ("helm-default.yaml", &default, true, base.to_vec()),
+        (
+            "helm-default.yaml",
+            &default,
+            true,
+            [&base[..], &webhooks[..]].concat(),
+        ),
         (
             "helm-full.yaml",
             &full,
             true,
             [&base[..], &webhooks[..]].concat(),
         ),
-        ("kustomize.yaml", &kustomize, false, base.to_vec()),
+        (
+            "kustomize.yaml",
+            &kustomize,
+            false,
+            [&base[..], &webhooks[..]].concat(),
+        ),
     ] {
         let applied = apply_served(d, file, &validated, create_ns).await;
         eprintln!("{file}: applied to kube-sim: {applied:?}");

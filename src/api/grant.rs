@@ -106,6 +106,18 @@ pub struct AccessGrantSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clamp_duration: Option<bool>,
 
+    /// Break-glass: emergency access that an AccessPolicy's `breakGlass` section may allow
+    /// without a ticket. It always needs a justification, emits a Warning event, an audit line
+    /// and a metric, cannot be renewed, and is capped by `breakGlass.maxDuration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<bool>,
+
+    /// `true` runs validation, the AccessPolicy guard and the Azure policy pre-check (reads
+    /// only) and records in `status.dryRun` what would be requested; nothing is written to
+    /// Azure. Setting it on a grant that holds access takes the access away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
+
     /// Defender for Cloud just-in-time network access: open VM ports from given source
     /// addresses. Exactly one of `jit` or `pim`. Immutable once created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -284,6 +296,8 @@ pub enum Phase {
     Denied,
     /// Could not be granted (invalid spec, an Azure policy rule, or an Azure error).
     Failed,
+    /// `spec.dryRun`: checked and recorded in `status.dryRun`; nothing was requested.
+    DryRun,
 }
 
 impl Phase {
@@ -291,7 +305,7 @@ impl Phase {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed
+            Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed | Phase::DryRun
         )
     }
 }
@@ -316,6 +330,13 @@ pub struct AccessGrantStatus {
     /// The Kubernetes user who created the grant (from the verified admission stamp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
+    /// The verified requester: who created (or last changed the spec of) the grant, their
+    /// groups and any GitOps provenance, from the operator-signed admission stamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<RequesterStatus>,
+    /// What a `spec.dryRun` grant would request from Azure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRunStatus>,
     /// Short form of the grant for `kubectl get` columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<GrantSummary>,
@@ -356,6 +377,54 @@ pub struct AccessGrantStatus {
     /// The last 20 transitions, oldest first: an audit trail that outlives Kubernetes events.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+}
+
+/// The verified requester (from a valid admission stamp).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RequesterStatus {
+    /// Kubernetes user name (`alice@example.com`, `system:serviceaccount:argocd:argocd-application-controller`).
+    pub username: String,
+    /// The user's groups at the time of the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// When the admission webhook stamped the request.
+    pub stamped_at: DateTime<Utc>,
+    /// GitOps provenance found on the object at admission (Argo CD or Flux), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+}
+
+/// Where a GitOps tool says the object came from (labels and annotations at admission time;
+/// they are the tool's claims, bound to the request by the operator's signature).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Provenance {
+    /// `ArgoCD` or `Flux`.
+    pub tool: String,
+    /// The Argo CD Application, or the Flux Kustomization / HelmRelease (`namespace/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    /// The source revision (commit, chart version) when the tool records one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+}
+
+/// What a dry run would have sent to Azure.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunStatus {
+    /// The operation that would be sent.
+    pub operation: Operation,
+    /// HTTP method and ARM path (without host) of the request.
+    pub request: String,
+    /// The JSON body that would be sent.
+    pub body: String,
+    /// When the access would end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<DateTime<Utc>>,
+    /// When the dry run was evaluated.
+    pub evaluated_at: DateTime<Utc>,
 }
 
 /// Short form of the grant for printer columns.

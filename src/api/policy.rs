@@ -52,6 +52,30 @@ pub struct AccessPolicySpec {
     /// Grants must carry a `ticket`.
     #[serde(default)]
     pub require_ticket: bool,
+    /// Grants must carry a valid requester stamp from the operator's admission webhook (so a
+    /// grant created while the webhook was bypassed is denied).
+    #[serde(default)]
+    pub require_verified_requester: bool,
+    /// Break-glass: emergency grants (`spec.breakGlass: true`) this policy allows without a
+    /// ticket. Omit to allow none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlassRules>,
+}
+
+/// Break-glass limits. Every other rule of the policy (targets, principals, prefixes) still
+/// applies; a justification is always required and renewal is never allowed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakGlassRules {
+    /// Longest break-glass grant (ISO 8601, e.g. `PT1H`); the policy's `maxDuration` applies too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(r"self.matches('^P(\\d+W)?(\\d+D)?(T(\\d+H)?(\\d+M)?(\\d+S)?)?$') && self != 'P' && !self.endsWith('T')").message("maxDuration must be an ISO 8601 duration without years or months, e.g. PT1H").reason(Reason::FieldValueInvalid))]
+    pub max_duration: Option<IsoDuration>,
+    /// Who may break the glass: user names, or groups written `group:<name>`, matched against
+    /// the verified requester. Empty allows any verified requester; an unverified one never.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub requesters: Vec<String>,
 }
 
 /// Renewal limits.
@@ -96,4 +120,10 @@ pub struct PimRules {
     /// Modes allowed (`Activate`, `Assign`).
     #[schemars(length(max = 2))]
     pub modes: Vec<PimMode>,
+    /// ServiceAccounts (of the grant's own namespace) a grant may act as through
+    /// `spec.pim.identity`. Omit to allow any ServiceAccount of the grant's namespace; an empty
+    /// list allows none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
+    pub service_accounts: Option<Vec<String>>,
 }

@@ -186,6 +186,38 @@ struct Bucket {
     size: BucketSize,
     last: Instant,
     blocked_until: Option<Instant>,
+    /// Calls that take access away, waiting for a token: they go first.
+    removals_waiting: u32,
+}
+
+tokio::task_local! {
+    static REMOVAL: bool;
+}
+
+/// Runs `f` (ARM calls) as a removal of access: when a subscription's bucket is short of
+/// tokens, removals waiting for it are served before calls that grant access.
+pub async fn as_removal<F: std::future::Future>(f: F) -> F::Output {
+    REMOVAL.scope(true, f).await
+}
+
+fn is_removal() -> bool {
+    REMOVAL.try_with(|r| *r).unwrap_or(false)
+}
+
+/// Counts a waiting removal in its bucket for as long as it waits.
+struct RemovalWaiting<'a> {
+    buckets: &'a Mutex<HashMap<(String, String, OpClass), Bucket>>,
+    key: (String, String, OpClass),
+}
+
+impl Drop for RemovalWaiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.buckets.lock()
+            && let Some(b) = map.get_mut(&self.key)
+        {
+            b.removals_waiting = b.removals_waiting.saturating_sub(1);
+        }
+    }
 }
 
 impl Bucket {
@@ -420,6 +452,8 @@ impl ArmClient {
 
     /// Waits for (or refuses) a slot in the bucket; returns Throttled when the wait is too long.
     async fn take_token(&self, key: (String, String, OpClass)) -> Result<(), AzureError> {
+        let removal = is_removal();
+        let mut waiting: Option<RemovalWaiting<'_>> = None;
         loop {
             let wait = {
                 let mut map = self.buckets.lock().map_err(|_| AzureError::Transient {
@@ -433,17 +467,35 @@ impl ArmClient {
                     OpClass::Delete => self.cfg.deletes,
                 };
                 let now = Instant::now();
-                map.entry(key.clone())
-                    .or_insert(Bucket {
-                        tokens: size.capacity,
-                        size,
-                        last: now,
-                        blocked_until: None,
-                    })
-                    .wait(now)
+                let bucket = map.entry(key.clone()).or_insert(Bucket {
+                    tokens: size.capacity,
+                    size,
+                    last: now,
+                    blocked_until: None,
+                    removals_waiting: 0,
+                });
+                if removal || bucket.removals_waiting == 0 {
+                    bucket.wait(now)
+                } else {
+                    // Removals are waiting for this bucket: let them have the next tokens.
+                    bucket.refill(now);
+                    Duration::from_secs_f64(1.0 / bucket.size.refill_per_sec.max(0.001))
+                        .max(Duration::from_millis(5))
+                }
             };
             if wait.is_zero() {
                 return Ok(());
+            }
+            if removal && waiting.is_none() {
+                if let Ok(mut map) = self.buckets.lock()
+                    && let Some(b) = map.get_mut(&key)
+                {
+                    b.removals_waiting += 1;
+                }
+                waiting = Some(RemovalWaiting {
+                    buckets: &self.buckets,
+                    key: key.clone(),
+                });
             }
             if wait > self.cfg.max_inline_wait {
                 return Err(AzureError::Throttled {

@@ -278,3 +278,43 @@ impl ArmClient {
         }
     }
 }
+
+/// The HTTP request a planner write becomes (`METHOD path?api-version=...`) and its JSON body,
+/// without sending it: what a dry run records.
+pub fn describe(w: &AzureWrite) -> (String, String) {
+    match w {
+        AzureWrite::Pim {
+            scope, name, body, ..
+        } => (
+            format!(
+                "PUT {}?api-version={PIM_API_VERSION}",
+                pim_path(scope, &format!("roleAssignmentScheduleRequests/{name}"))
+            ),
+            serde_json::to_string(&pim_request_body(body)).unwrap_or_default(),
+        ),
+        AzureWrite::PimCancel { scope, name, .. } => (
+            format!(
+                "POST {}?api-version={PIM_API_VERSION}",
+                pim_path(
+                    scope,
+                    &format!("roleAssignmentScheduleRequests/{name}/cancel")
+                )
+            ),
+            String::new(),
+        ),
+        AzureWrite::JitInitiate {
+            subscription_id,
+            resource_group,
+            location,
+            policy_name,
+            vms,
+            justification,
+        } => (
+            format!(
+                "POST {}/initiate?api-version={JIT_API_VERSION}",
+                jit_policy_path(subscription_id, resource_group, location, policy_name)
+            ),
+            serde_json::to_string(&jit_initiate_body(vms, justification)).unwrap_or_default(),
+        ),
+    }
+}

@@ -9,11 +9,11 @@ use crate::api::{AccessGrant, AccessGrantStatus, AccessPolicy, Phase};
 use crate::azure::client::ArmClient;
 use crate::azure::error::AzureError;
 use crate::constants::{FIELD_MANAGER, FINALIZER};
-use crate::guard::{GrantContext, guard};
+use crate::guard::{Decision, GrantContext, decide};
 use crate::lifecycle::{
     GrantMeta, Need, Observed, PlanInput, PlannerConfig, Read, Step, WriteResult, plan,
 };
-use crate::validate::{ValidTarget, validate};
+use crate::validate::ValidTarget;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
@@ -43,6 +43,8 @@ pub struct ControllerConfig {
     pub readiness: crate::telemetry::Readiness,
     /// Leader-election fence: when set, no Azure write is sent unless it allows writing.
     pub fence: Option<crate::leader::Leadership>,
+    /// Key that verifies requester stamps (None: admission webhook disabled).
+    pub stamp_key: Option<crate::stamp::StampKey>,
 }
 
 /// Shared state of the reconciler.
@@ -386,18 +388,9 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
     let ns = grant.namespace().unwrap_or_default();
     let api: Api<AccessGrant> = Api::namespaced(ctx.client.clone(), &ns);
     let labels = namespace_labels(&ctx.client, &ns).await?;
-    let valid = validate(&grant.spec);
     let policies: Vec<AccessPolicy> = ctx.policies.state().iter().map(|p| (**p).clone()).collect();
-    let gctx = GrantContext {
-        namespace: ns.clone(),
-        namespace_labels: labels,
-        created: grant
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .and_then(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0)),
-    };
-    let verdict = valid.as_ref().ok().map(|v| guard(v, &policies, &gctx));
+    let (decision, verified) = judge(&grant, &policies, labels, ctx.cfg.stamp_key.as_ref());
+    let Decision { valid, verdict } = decision;
     let covered = covered_by_other(ctx, &grant);
     let mut observed = Observed::default();
     let mut status = grant.status.clone().unwrap_or_default();
@@ -410,7 +403,9 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
             generation: grant.metadata.generation.unwrap_or(1),
             deleting: grant.metadata.deletion_timestamp.is_some(),
             has_finalizer: grant.finalizers().iter().any(|f| f == FINALIZER),
-            requested_by: None,
+            requested_by: verified.status.as_ref().map(|r| r.username.clone()),
+            requester: verified.status.clone(),
+            stamp_problem: verified.problem.clone(),
         };
         // Whole seconds: request windows and end times read cleanly in status and audit.
         let now = chrono::SubsecRound::trunc_subsecs(crate::clock::now(), 0);
@@ -455,7 +450,12 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                         return Err(ReconcileError::NotLeader);
                     }
                     let intent = status.intent.clone();
-                    let outcome = ctx.arm.execute(&ns, w).await;
+                    // Taking access away goes before granting when ARM's budget is short.
+                    let outcome = if intent.as_ref().is_some_and(|i| i.operation.is_removal()) {
+                        crate::azure::client::as_removal(ctx.arm.execute(&ns, w)).await
+                    } else {
+                        ctx.arm.execute(&ns, w).await
+                    };
                     invalidate_after_write(ctx, w);
                     crate::crashpoint::hit("after-azure-write");
                     if let Err(e) = &outcome {
@@ -506,6 +506,28 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
     }
     tracing::warn!("reconcile did not settle; retrying");
     Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+/// The controller's decision for a grant: its verified requester (from the stamp), then
+/// validation and the guard with the same context the admission webhook used. Pure.
+pub fn judge(
+    grant: &AccessGrant,
+    policies: &[AccessPolicy],
+    namespace_labels: BTreeMap<String, String>,
+    key: Option<&crate::stamp::StampKey>,
+) -> (Decision, crate::stamp::Verified) {
+    let verified = crate::stamp::check_grant(key, grant);
+    let gctx = GrantContext {
+        namespace: grant.namespace().unwrap_or_default(),
+        namespace_labels,
+        created: grant
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0)),
+        requester: verified.requester.clone(),
+    };
+    (decide(&grant.spec, policies, &gctx), verified)
 }
 
 async fn read(
@@ -735,6 +757,25 @@ async fn write_status(
 async fn publish(ctx: &Context, g: &AccessGrant, events: &[crate::lifecycle::PlannedEvent]) {
     let reference = g.object_ref(&());
     for e in events {
+        if e.reason == crate::constants::reason::BREAK_GLASS {
+            let kind = if g.spec.jit.is_some() { "JIT" } else { "PIM" };
+            ctx.cfg.metrics.break_glass(kind);
+            println!(
+                "{}",
+                json!({
+                    "audit": "BreakGlass",
+                    "time": crate::clock::now().to_rfc3339(),
+                    "namespace": g.namespace(),
+                    "name": g.name_any(),
+                    "uid": g.uid(),
+                    "kind": kind,
+                    "requestedBy": crate::stamp::check_grant(ctx.cfg.stamp_key.as_ref(), g).status.map(|r| r.username),
+                    "justification": g.spec.justification,
+                    "ticket": g.spec.ticket,
+                    "note": e.note,
+                })
+            );
+        }
         let note: String = e.note.chars().take(1000).collect();
         let ev = Event {
             type_: if e.warning {
@@ -802,6 +843,9 @@ fn audit(g: &AccessGrant, before: &AccessGrantStatus, after: &AccessGrantStatus)
         "uid": g.uid(),
         "generation": g.metadata.generation,
         "requestedBy": after.requested_by,
+        "requester": after.requester,
+        "breakGlass": g.spec.break_glass.unwrap_or(false),
+        "dryRun": g.spec.dry_run.unwrap_or(false),
         "from": format!("{:?}", before.phase),
         "to": format!("{:?}", after.phase),
         "reason": after.reason,

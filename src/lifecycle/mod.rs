@@ -67,8 +67,12 @@ pub struct GrantMeta {
     pub deleting: bool,
     /// Our finalizer is present.
     pub has_finalizer: bool,
-    /// Verified requester, if any.
+    /// Verified requester's user name, if any.
     pub requested_by: Option<String>,
+    /// The verified requester in full (groups, time, provenance), if any.
+    pub requester: Option<crate::api::RequesterStatus>,
+    /// Why the object's requester stamp was not trusted (None: valid or absent).
+    pub stamp_problem: Option<String>,
 }
 
 /// Everything `plan` decides from.
@@ -163,6 +167,7 @@ enum Unwanted {
     Suspended,
     Invalid,
     Denied,
+    DryRun,
 }
 
 /// Decides what to do now. Pure.
@@ -192,8 +197,23 @@ impl<'a> Ctx<'a> {
     }
 
     fn run(&mut self) {
-        if self.st.requested_by.is_none() {
-            self.st.requested_by = self.meta().requested_by.clone();
+        // The requester of the current spec: a valid stamp binds it to this very spec.
+        self.st.requested_by = self.meta().requested_by.clone();
+        self.st.requester = self.meta().requester.clone();
+        if let Some(problem) = self.meta().stamp_problem.clone() {
+            let known = self.st.conditions.iter().any(|c| {
+                c.type_ == cond::REQUESTER_VERIFIED
+                    && c.reason == reason::STAMP_INVALID
+                    && c.message == problem
+            });
+            if !known {
+                self.history(reason::STAMP_INVALID, problem.clone());
+                self.event(
+                    true,
+                    reason::STAMP_INVALID,
+                    format!("requester stamp ignored: {problem}"),
+                );
+            }
         }
         if let Ok(g) = self.input.spec {
             self.st.summary = Some(summary(g));
@@ -223,6 +243,10 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    fn dry_run(&self) -> bool {
+        self.input.spec.is_ok_and(|g| g.dry_run)
+    }
+
     fn unwanted(&self) -> Option<Unwanted> {
         if self.meta().deleting {
             return Some(Unwanted::Deleted);
@@ -235,6 +259,10 @@ impl<'a> Ctx<'a> {
         }
         if let Some(Verdict::Denied { .. }) | None = self.input.verdict {
             return Some(Unwanted::Denied);
+        }
+        if self.dry_run() && self.may_hold() {
+            // A dry run never holds access: switching an active grant to dry run revokes it.
+            return Some(Unwanted::DryRun);
         }
         None
     }
@@ -347,6 +375,44 @@ impl<'a> Ctx<'a> {
         why: &str,
         message: String,
     ) {
+        if self.dry_run() && !op.is_removal() {
+            let (request, body) = crate::azure::ops::describe(&w);
+            self.st.attempt = attempt;
+            self.st.observed_generation = Some(self.meta().generation);
+            self.st.dry_run = Some(crate::api::DryRunStatus {
+                operation: op,
+                request,
+                body,
+                end_time: end,
+                evaluated_at: self.now(),
+            });
+            self.transition(
+                Phase::DryRun,
+                reason::DRY_RUN,
+                format!(
+                    "dry run: validation, AccessPolicy and the Azure policy pre-check passed; would send {} (see status.dryRun); nothing was requested",
+                    op.as_str()
+                ),
+            );
+            return;
+        }
+        if !op.is_removal()
+            && let Ok(g) = self.input.spec
+            && g.break_glass
+        {
+            let who = self
+                .st
+                .requested_by
+                .clone()
+                .unwrap_or_else(|| "an unverified requester".into());
+            let note = format!(
+                "BREAK-GLASS {} requested by {who}: {}",
+                op.as_str(),
+                g.justification.clone().unwrap_or_default()
+            );
+            self.history(reason::BREAK_GLASS, note.clone());
+            self.event(true, reason::BREAK_GLASS, note);
+        }
         if !self.meta().has_finalizer {
             self.steps.push(Step::AddFinalizer);
         }
@@ -830,6 +896,7 @@ impl<'a> Ctx<'a> {
         match self.unwanted() {
             Some(Unwanted::Deleted) => reason::DELETED,
             Some(Unwanted::Suspended) => reason::SUSPENDED,
+            Some(Unwanted::DryRun) => reason::DRY_RUN,
             Some(_) => reason::WITHDRAWN,
             None => reason::WITHDRAWN,
         }
@@ -885,6 +952,7 @@ impl<'a> Ctx<'a> {
                     self.transition(Phase::Denied, reason::POLICY_DENIED, message.clone());
                 }
             }
+            Unwanted::DryRun => {}
         }
         self.access_gone_done();
     }
@@ -1906,6 +1974,32 @@ impl<'a> Ctx<'a> {
             self.st.phase == Phase::Active,
             &r,
             &m,
+            now,
+            generation,
+        );
+        let (verified, why, msg) = match (&self.meta().requester, &self.meta().stamp_problem) {
+            (Some(r), _) => (
+                true,
+                reason::STAMP_VALID,
+                format!(
+                    "requested by {} (stamped {})",
+                    r.username,
+                    r.stamped_at.to_rfc3339()
+                ),
+            ),
+            (None, Some(p)) => (false, reason::STAMP_INVALID, p.clone()),
+            (None, None) => (
+                false,
+                reason::STAMP_MISSING,
+                "no requester stamp: the grant was created or changed without the operator's admission webhook".to_string(),
+            ),
+        };
+        set_condition(
+            &mut self.st.conditions,
+            cond::REQUESTER_VERIFIED,
+            verified,
+            why,
+            &msg,
             now,
             generation,
         );

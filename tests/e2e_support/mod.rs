@@ -123,9 +123,56 @@ impl Env {
     }
 
     pub fn start_operator(&mut self) {
-        let (child, admin) = self.spawn_operator(&[]);
-        self.operator = Some(child);
-        self.admin_addr = Some(admin);
+        self.start_operator_with(&[]);
+    }
+
+    /// Registers the operator's webhooks (Mutating and Validating, failurePolicy Fail) at
+    /// `https://{addr}`, without a CA bundle: the operator patches it in.
+    pub async fn register_webhooks(&self, addr: std::net::SocketAddr) {
+        use k8s_openapi::api::admissionregistration::v1::{
+            MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+        };
+        let hook = |path: &str, name: &str| {
+            serde_json::json!({
+                "name": name,
+                "clientConfig": {"url": format!("https://{addr}/{path}")},
+                "rules": [{"apiGroups": ["accessgrant.io"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"], "resources": ["accessgrants"], "scope": "Namespaced"}],
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10
+            })
+        };
+        let m: MutatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "accessgrant-operator"},
+            "webhooks": [hook("mutate", "stamp.accessgrant.io")]
+        }))
+        .expect("mutating");
+        let v: ValidatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "accessgrant-operator"},
+            "webhooks": [hook("validate", "guard.accessgrant.io")]
+        }))
+        .expect("validating");
+        Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+            .create(&PostParams::default(), &m)
+            .await
+            .expect("create mutating webhook configuration");
+        Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
+            .create(&PostParams::default(), &v)
+            .await
+            .expect("create validating webhook configuration");
+    }
+
+    /// A client acting as another user (impersonation, as `kubectl --as --as-group`).
+    pub async fn client_as(&self, user: &str, groups: &[&str]) -> kube::Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(self.dir.path().join("kubeconfig"))
+            .expect("kubeconfig");
+        let mut cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("config");
+        cfg.auth_info.impersonate = Some(user.to_string());
+        cfg.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        kube::Client::try_from(cfg).expect("client")
     }
 
     /// Starts a named replica with extra environment (e.g. leader election).
@@ -159,6 +206,8 @@ impl Env {
             .expect("stderr file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_accessgrant-operator"));
         cmd.arg("run");
+        // The admission webhook on a free port (tests that register it pass their own).
+        cmd.env("WEBHOOK_ADDR", "127.0.0.1:0");
         cmd.env("KUBECONFIG", self.dir.path().join("kubeconfig"))
             .env("ARM_ENDPOINT", self.azure.base_url())
             .env("AZURE_AUTHORITY_HOST", self.azure.base_url())

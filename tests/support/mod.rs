@@ -89,6 +89,7 @@ pub fn allow_all_policy() -> AccessPolicy {
                 role_definition_ids: vec![role()],
                 principals: vec![PRINCIPAL.into()],
                 modes: vec![PimMode::Activate, PimMode::Assign],
+                service_accounts: None,
             }),
             max_duration: Some(IsoDuration::new("PT8H")),
             renewal: Some(RenewalRules {
@@ -96,6 +97,8 @@ pub fn allow_all_policy() -> AccessPolicy {
             }),
             require_justification: false,
             require_ticket: false,
+            require_verified_requester: false,
+            break_glass: None,
         },
     )
 }
@@ -147,6 +150,7 @@ impl World {
                     deleting: false,
                     has_finalizer: false,
                     requested_by: Some("alice".into()),
+                    ..Default::default()
                 },
                 spec,
                 status: AccessGrantStatus::default(),

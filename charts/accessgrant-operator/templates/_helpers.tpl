@@ -50,3 +50,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "accessgrant-operator.webhookTlsSecret" -}}
 {{- default (printf "%s-webhook-tls" (include "accessgrant-operator.fullname" .)) .Values.webhook.tlsSecretName }}
 {{- end }}
+
+{{/* The operator generates the webhook certificate itself (no mounted Secret, no cert-manager). */}}
+{{- define "accessgrant-operator.webhookSelfSigned" -}}
+{{- if and .Values.webhook.enabled (not .Values.webhook.tlsSecretName) (not .Values.webhook.certManagerCertificate) (not .Values.webhook.caBundle) -}}
+true
+{{- end -}}
+{{- end }}
+
+{{- define "accessgrant-operator.stampKeySecret" -}}
+{{- printf "%s-stamp-key" (include "accessgrant-operator.fullname" .) }}
+{{- end }}

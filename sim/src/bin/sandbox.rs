@@ -63,6 +63,50 @@ fn api_resource(kind: &str) -> Option<(ApiResource, bool)> {
     Some((ApiResource::from_gvk_with_plural(&gvk, plural), namespaced))
 }
 
+/// Registers the operator's admission webhooks (failurePolicy Fail) at `https://{addr}`; the
+/// operator patches in the CA it generates.
+async fn register_webhooks(
+    client: &kube::Client,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    for (kind, plural, name, path) in [
+        (
+            "MutatingWebhookConfiguration",
+            "mutatingwebhookconfigurations",
+            "stamp.accessgrants.accessgrant.io",
+            "mutate",
+        ),
+        (
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfigurations",
+            "validate.accessgrants.accessgrant.io",
+            "validate",
+        ),
+    ] {
+        let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+        let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let v = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
+            "metadata": {"name": "accessgrant-operator"},
+            "webhooks": [{
+                "name": name,
+                "clientConfig": {"url": format!("https://{addr}/{path}")},
+                "rules": [{"apiGroups": ["accessgrant.io"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"], "resources": ["accessgrants"], "scope": "Namespaced"}],
+                "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"], "timeoutSeconds": 10
+            }]
+        });
+        api.patch(
+            "accessgrant-operator",
+            &PatchParams::apply("sandbox").force(),
+            &Patch::Apply(&v),
+        )
+        .await
+        .with_context(|| format!("registering the {kind}"))?;
+    }
+    Ok(())
+}
+
 async fn apply_examples(client: &kube::Client, dir: &PathBuf) -> anyhow::Result<usize> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -98,14 +142,42 @@ async fn apply_examples(client: &kube::Client, dir: &PathBuf) -> anyhow::Result<
             } else {
                 Api::all_with(client.clone(), &ar)
             };
-            api.patch(
-                &name,
-                &PatchParams::apply("sandbox").force(),
-                &Patch::Apply(&v),
-            )
-            .await
-            .with_context(|| format!("applying {kind} {name} from {}", f.display()))?;
-            n += 1;
+            // The webhook may still be starting (failurePolicy Fail): retry that for a while;
+            // a refusal by the webhook is the point of some examples: print it.
+            let started = tokio::time::Instant::now();
+            loop {
+                match api
+                    .patch(
+                        &name,
+                        &PatchParams::apply("sandbox").force(),
+                        &Patch::Apply(&v),
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        n += 1;
+                        break;
+                    }
+                    Err(kube::Error::Api(e))
+                        if e.message.contains("failed calling webhook")
+                            && started.elapsed() < std::time::Duration::from_secs(120) =>
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    }
+                    Err(kube::Error::Api(e)) if e.message.contains("admission webhook") => {
+                        println!(
+                            "refused at admission: {kind} {name} ({}): {}",
+                            e.reason, e.message
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("applying {kind} {name} from {}", f.display())
+                        });
+                    }
+                }
+            }
         }
     }
     Ok(n)
@@ -125,13 +197,14 @@ fn row(o: &DynamicObject) -> (String, String, String) {
         o.metadata.name.as_deref().unwrap_or_default()
     );
     let line = format!(
-        "{:<32} {:<5} {:<28} {:<16} {:<24} {:<26} {}",
+        "{:<32} {:<5} {:<28} {:<16} {:<24} {:<26} {:<18} {}",
         key,
         s("/summary/type"),
         s("/summary/target"),
         s("/phase"),
         s("/reason"),
         s("/endTime"),
+        s("/requestedBy"),
         s("/message")
     );
     (key, format!("{} {}", s("/phase"), s("/reason")), line)
@@ -197,8 +270,12 @@ async fn main() -> anyhow::Result<()> {
         args.dir.join("operator.log").display(),
         args.dir.join("audit.jsonl").display()
     );
+    let client = kube.client().await?;
+    let webhook_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    register_webhooks(&client, webhook_addr).await?;
     let mut operator = tokio::process::Command::new(&binary)
         .arg("run")
+        .env("WEBHOOK_ADDR", webhook_addr.to_string())
         .env("KUBECONFIG", &kubeconfig)
         .env("ARM_ENDPOINT", azure.base_url())
         .env("AZURE_AUTHORITY_HOST", azure.base_url())
@@ -215,8 +292,17 @@ async fn main() -> anyhow::Result<()> {
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
 
-    let client = kube.client().await?;
-    let applied = apply_examples(&client, &args.examples).await?;
+    // The examples are applied by an on-call engineer (impersonated): the webhook stamps them
+    // and REQUESTED-BY shows who asked.
+    let mut as_alice = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig)?,
+        &Default::default(),
+    )
+    .await?;
+    as_alice.auth_info.impersonate = Some("alice@example.com".into());
+    as_alice.auth_info.impersonate_groups = Some(vec!["oncall".into(), "team-a".into()]);
+    let alice = kube::Client::try_from(as_alice)?;
+    let applied = apply_examples(&alice, &args.examples).await?;
     println!("applied {applied} objects from {}", args.examples.display());
     println!();
     println!(
@@ -225,8 +311,8 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:<32} {:<5} {:<28} {:<16} {:<24} {:<26} MESSAGE",
-        "NAMESPACE/NAME", "TYPE", "TARGET", "PHASE", "REASON", "EXPIRES"
+        "{:<32} {:<5} {:<28} {:<16} {:<24} {:<26} {:<18} MESSAGE",
+        "NAMESPACE/NAME", "TYPE", "TARGET", "PHASE", "REASON", "EXPIRES", "REQUESTED-BY"
     );
 
     let (ar, _) = api_resource("AccessGrant").context("AccessGrant resource")?;

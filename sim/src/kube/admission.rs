@@ -368,10 +368,17 @@ pub(crate) async fn mutate(
                 if r["allowed"].as_bool() != Some(true) {
                     return Err(denied(&hook, r));
                 }
-                if let Some(p) = r["patch"].as_str() {
-                    let bytes = base64::engine::general_purpose::STANDARD
+                // Go's encoding/json reads a []byte from a base64 string or from an array of
+                // numbers (what kube-rs sends), so kube-apiserver accepts both.
+                let patch_bytes: Option<Vec<u8>> = match &r["patch"] {
+                    Value::Null => None,
+                    Value::String(p) => Some(base64::engine::general_purpose::STANDARD
                         .decode(p)
-                        .map_err(|e| ApiError::internal(format!("Internal error occurred: webhook \"{}\" returned an undecodable patch: {e}", hook.name)))?;
+                        .map_err(|e| ApiError::internal(format!("Internal error occurred: webhook \"{}\" returned an undecodable patch: {e}", hook.name)))?),
+                    Value::Array(a) => Some(a.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok())).collect::<Option<Vec<u8>>>().ok_or_else(|| ApiError::internal(format!("Internal error occurred: webhook \"{}\" returned a patch that is not a byte array", hook.name)))?),
+                    other => return Err(ApiError::internal(format!("Internal error occurred: webhook \"{}\" returned a patch of type {other}", hook.name))),
+                };
+                if let Some(bytes) = patch_bytes {
                     let patch: json_patch::Patch = serde_json::from_slice(&bytes).map_err(|e| {
                         ApiError::internal(format!("Internal error occurred: webhook \"{}\" returned an invalid JSONPatch: {e}", hook.name))
                     })?;
