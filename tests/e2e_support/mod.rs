@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod soak;
+pub mod storm;
 
 use accessgrant_operator::api::*;
 use k8s_openapi::api::core::v1::Namespace;

@@ -225,7 +225,7 @@ fn pim_target(slot: Slot) -> Option<(&'static str, String, String)> {
 }
 
 /// Waits until the grant reaches `want` or any terminal phase; panics unless it is `want`.
-async fn reach(api: &Api<AccessGrant>, name: &str, want: Phase, secs: u64) -> AccessGrant {
+pub async fn reach(api: &Api<AccessGrant>, name: &str, want: Phase, secs: u64) -> AccessGrant {
     let g = wait_for(api, name, &format!("{want:?}"), secs, |s| {
         s.phase == want || s.phase.is_terminal()
     })
