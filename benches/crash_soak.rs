@@ -5,7 +5,7 @@
 //! (tests/e2e_support/soak.rs). Prints figures; exits non-zero on a finding.
 //!
 //! `cargo bench --bench crash_soak [-- --kills N --seed S --gap-ms MIN-MAX --jit-slots N
-//! --pim-rgs N]`. The seed is printed; the same seed replays the same workload choices and kill
+//! --pim-rgs N --operator-log LEVEL --only expire|renew|delete|delete-early|suspend]`. The seed is printed; the same seed replays the same workload choices and kill
 //! gaps (the moments they land on depend on timing). tests/crash.rs runs a 60-kill version.
 
 #[path = "../tests/e2e_support/mod.rs"]
@@ -45,9 +45,20 @@ fn main() {
         pim_rgs: num("--pim-rgs", 4) as usize,
         gap_ms,
         step_secs: 600,
-        operator_env: vec![("RUST_LOG".into(), "warn".into())],
+        operator_env: vec![(
+            "RUST_LOG".into(),
+            arg(&args, "--operator-log").unwrap_or_else(|| "warn".into()),
+        )],
         extra_operators: 0,
         window_secs: 0,
+        only: match arg(&args, "--only").as_deref() {
+            Some("expire") => Some(soak::Life::Expire),
+            Some("renew") => Some(soak::Life::Renew),
+            Some("delete") => Some(soak::Life::DeleteActive),
+            Some("delete-early") => Some(soak::Life::DeleteEarly),
+            Some("suspend") => Some(soak::Life::Suspend),
+            _ => None,
+        },
     };
     println!(
         "crash soak: seed {seed} (replay: --seed {seed}), {} kills, gaps {}-{} ms, {} JIT slots, {} PIM resource groups",

@@ -575,6 +575,7 @@ async fn random_sigkills_under_a_mixed_workload() {
         operator_env: vec![],
         extra_operators: 0,
         window_secs: 0,
+        only: None,
     })
     .await;
     println!(
@@ -613,6 +614,7 @@ async fn two_operators_without_leader_election() {
         operator_env: vec![],
         extra_operators: 1,
         window_secs: 30,
+        only: None,
     })
     .await;
     let (jit_doubles, others): (Vec<&String>, Vec<&String>) = r

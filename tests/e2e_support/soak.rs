@@ -77,6 +77,14 @@ pub fn roomy_world(w: &mut accessgrant_sim::azure::World, vms: usize, rgs: usize
     );
 }
 
+fn tracked_time(g: &AccessGrant) -> String {
+    g.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_default()
+}
+
 /// What a workload slot grants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Slot {
@@ -183,6 +191,8 @@ pub struct SoakConfig {
     pub extra_operators: usize,
     /// With no kills: how long new lives keep starting.
     pub window_secs: u64,
+    /// Only this life (to chase one flow); None: every life the slot allows.
+    pub only: Option<Life>,
 }
 
 /// Figures of a run.
@@ -233,8 +243,8 @@ pub async fn reach(api: &Api<AccessGrant>, name: &str, want: Phase, secs: u64) -
     let st = g.status.clone().unwrap_or_default();
     assert_eq!(
         st.phase, want,
-        "{name} ended {:?}/{:?} instead of {want:?}: {:?}",
-        st.phase, st.reason, st.message
+        "{name} ended {:?}/{:?} instead of {want:?}: {:?}\nhistory: {:#?}\nstatus: {:?}",
+        st.phase, st.reason, st.message, st.history, st
     );
     g
 }
@@ -255,10 +265,77 @@ async fn one_life(
         .await
         .expect("create");
     let tracked = Tracked::of(&created);
+    // Every version of the grant as the API stored it, to tell what happened if it goes wrong.
+    let versions = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let trace = {
+        use futures::StreamExt;
+        let versions = versions.clone();
+        let stream = kube::runtime::watcher(
+            api.clone(),
+            kube::runtime::watcher::Config::default().fields(&format!("metadata.name={name}")),
+        );
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                if let Ok(kube::runtime::watcher::Event::Apply(g)) = ev {
+                    let st = g.status.clone().unwrap_or_default();
+                    versions.lock().expect("lock").push(format!(
+                        "rv {} {:?}/{} attempt {} intent {:?} marker {:?} retry {:?} renewals {}",
+                        g.metadata.resource_version.unwrap_or_default(),
+                        st.phase,
+                        st.reason.unwrap_or_default(),
+                        st.attempt,
+                        st.intent.map(|i| (i.operation, i.attempt)),
+                        st.jit.and_then(|j| j.marker),
+                        st.retry.map(|r| r.not_before),
+                        st.renewals
+                    ));
+                }
+            }
+        })
+    };
     let mut renewals = 0;
     let mut reached_active = false;
     match life {
         Life::Expire | Life::Renew => {
+            let g = wait_for(api, name, "Expired", step, |s| s.phase.is_terminal()).await;
+            if g.status.as_ref().map(|s| s.phase) != Some(Phase::Expired) {
+                // What Azure shows for this grant, to tell what happened.
+                let state = sim.state().await;
+                let mut requests = vec![];
+                for pol in state["jitPolicies"].as_array().into_iter().flatten() {
+                    for req in pol["properties"]["requests"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                    {
+                        if req["justification"]
+                            .as_str()
+                            .is_some_and(|j| j.contains(&format!("[ag:soak/{name}#")))
+                        {
+                            requests.push(req.clone());
+                        }
+                    }
+                }
+                let calls: Vec<Value> = sim
+                    .calls()
+                    .await
+                    .into_iter()
+                    .filter(|c| c["operation"] == "JitNetworkAccessPolicies_Initiate")
+                    .collect();
+                let t0 = tracked_time(&g);
+                println!(
+                    "{name}: versions {:#?}",
+                    versions.lock().expect("lock").clone()
+                );
+                println!(
+                    "{name}: Azure shows {requests:#?}\ninitiate calls since its creation: {:#?}",
+                    calls
+                        .iter()
+                        .filter(|c| c["time"].as_str().is_some_and(|t| t >= t0.as_str()))
+                        .collect::<Vec<_>>()
+                );
+            }
             let g = reach(api, name, Phase::Expired, step).await;
             let st = g.status.unwrap_or_default();
             renewals = st.renewals;
@@ -314,6 +391,7 @@ async fn one_life(
         left.is_empty(),
         "{name} ({life:?}) is gone but Azure still shows {left:?}"
     );
+    trace.abort();
     shared.lived.lock().expect("lock").push(Lived {
         tracked,
         renewals,
@@ -380,13 +458,17 @@ pub async fn run(cfg: SoakConfig) -> SoakReport {
         let sim = sim.clone();
         let seed = cfg.seed.wrapping_add(i as u64 + 1);
         let step = cfg.step_secs;
+        let only = cfg.only;
         async move {
             let mut rng = StdRng::seed_from_u64(seed);
             let mut n = 0;
             while shared.killing.load(Ordering::SeqCst) {
                 n += 1;
                 let name = format!("s{i}-{n}");
-                let life = slot.lives()[rng.random_range(0..slot.lives().len())];
+                let mut life = slot.lives()[rng.random_range(0..slot.lives().len())];
+                if let Some(only) = only.filter(|l| slot.lives().contains(l)) {
+                    life = only;
+                }
                 one_life(&sim, &api, &shared, slot, &name, life, &mut rng, step).await;
             }
         }
