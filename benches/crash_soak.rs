@@ -5,7 +5,11 @@
 //! (tests/e2e_support/soak.rs). Prints figures; exits non-zero on a finding.
 //!
 //! `cargo bench --bench crash_soak [-- --kills N --seed S --gap-ms MIN-MAX --jit-slots N
-//! --pim-rgs N --operator-log LEVEL --only expire|renew|delete|delete-early|suspend]`. The seed is printed; the same seed replays the same workload choices and kill
+//! --pim-rgs N --operator-log LEVEL --only expire|renew|delete|delete-early|suspend]`.
+//! `-- --two-operators [--window-secs N]`: no kills, a second operator without leader election
+//! for the window (JIT double initiations and late writes are a known issue: it reports them).
+//! `ACCESSGRANT_OPERATOR_BIN` pins the operator binary (a shared target directory may hold
+//! another worktree's build at the default path). The seed is printed; the same seed replays the same workload choices and kill
 //! gaps (the moments they land on depend on timing). tests/crash.rs runs a 60-kill version.
 
 #[path = "../tests/e2e_support/mod.rs"]
@@ -38,9 +42,15 @@ fn main() {
             Some((a.parse().ok()?, b.parse().ok()?))
         })
         .unwrap_or((100, 1200));
+    // Two operators without leader election, no kills (the JIT known issue, measured).
+    let two = args.iter().any(|a| a == "--two-operators");
     let cfg = soak::SoakConfig {
         seed,
-        kills: num("--kills", 1000) as usize,
+        kills: if two {
+            0
+        } else {
+            num("--kills", 1000) as usize
+        },
         jit_slots: num("--jit-slots", 8) as usize,
         pim_rgs: num("--pim-rgs", 4) as usize,
         gap_ms,
@@ -49,8 +59,8 @@ fn main() {
             "RUST_LOG".into(),
             arg(&args, "--operator-log").unwrap_or_else(|| "warn".into()),
         )],
-        extra_operators: 0,
-        window_secs: 0,
+        extra_operators: usize::from(two),
+        window_secs: num("--window-secs", 60),
         only: match arg(&args, "--only").as_deref() {
             Some("expire") => Some(soak::Life::Expire),
             Some("renew") => Some(soak::Life::Renew),
@@ -87,9 +97,12 @@ fn main() {
         "orphaned access:                   {}",
         r.audit.orphans.len()
     );
-    if !(r.audit.double_grants.is_empty() && r.audit.orphans.is_empty()) {
+    println!("lives that went wrong:             {}", r.findings.len());
+    println!("PIM replays adopted (409):         {}", r.pim_replays);
+    if !(r.audit.double_grants.is_empty() && r.audit.orphans.is_empty() && r.findings.is_empty()) {
         println!("double grants: {:#?}", r.audit.double_grants);
         println!("orphans: {:#?}", r.audit.orphans);
+        println!("lives that went wrong: {:#?}", r.findings);
         std::process::exit(1);
     }
 }
