@@ -744,7 +744,7 @@ struct Bench {
     layout: Layout,
     dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
-    kube: accessgrant_sim::kube::RunningSim,
+    _kube: accessgrant_sim::kube::RunningSim,
     azure: accessgrant_sim::azure::RunningSim,
     client: kube::Client,
     http: reqwest::Client,
@@ -1097,7 +1097,7 @@ async fn run(
         layout,
         dir,
         _tmp: tmp,
-        kube,
+        _kube: kube,
         azure,
         client,
         http,
@@ -1106,6 +1106,7 @@ async fn run(
         tck: clk_tck(),
     };
     b.setup_kube().await?;
+    probe_latency(&b).await?;
     let result = match args.scenario {
         Scenario::Load => load(&mut b).await,
         Scenario::Burst => burst(&mut b).await,
@@ -1114,8 +1115,44 @@ async fn run(
     if args.keep.is_some() {
         println!("kept: {}", b.dir.display());
     }
-    println!("kube-sim requests served: {}", b.kube.requests().len());
     result
+}
+
+/// Round trips to both simulators from this process (idle, before the operator starts).
+async fn probe_latency(b: &Bench) -> Result<(), BoxError> {
+    let ns_api: Api<Namespace> = Api::all(b.client.clone());
+    let n = 20;
+    let start = Instant::now();
+    for _ in 0..n {
+        ns_api.get(&namespace(0)).await?;
+    }
+    let kube_get = start.elapsed().as_secs_f64() * 1000.0 / n as f64;
+    let pol_api: Api<AccessPolicy> = Api::all(b.client.clone());
+    let start = Instant::now();
+    for _ in 0..n {
+        let patch = json!({"metadata": {"annotations": {"bench/probe": format!("{:?}", Instant::now())}}});
+        pol_api
+            .patch(
+                "bench-s0",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+    }
+    let kube_patch = start.elapsed().as_secs_f64() * 1000.0 / n as f64;
+    let start = Instant::now();
+    for _ in 0..n {
+        b.http
+            .get(format!("{}/_sim/health", b.azure.base_url()))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    let arm = start.elapsed().as_secs_f64() * 1000.0 / n as f64;
+    println!(
+        "idle round trips from the bench: kube-sim GET {kube_get:.2} ms, merge PATCH {kube_patch:.2} ms; azure-sim GET {arm:.2} ms"
+    );
+    Ok(())
 }
 
 /// Starts the operator, waits for readiness, returns its idle stats.
