@@ -65,6 +65,7 @@ struct Args {
     timeout: u64,
     watch_history: Option<usize>,
     keep: Option<PathBuf>,
+    operator_env: Vec<(String, String)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -91,6 +92,8 @@ const HELP: &str = "load benchmark (see benches/load.rs)
   --timeout SECS             give up after this long (default 3600)
   --watch-history E          kube-sim watch history (default max(100000, 8N))
   --keep DIR                 keep operator logs, world and kubeconfig in DIR
+  --operator-env K=V         extra environment for the operator (repeatable), e.g.
+                             MALLOC_ARENA_MAX=2
 ";
 
 fn parse_args() -> Result<Args, String> {
@@ -108,6 +111,7 @@ fn parse_args() -> Result<Args, String> {
         timeout: 3600,
         watch_history: None,
         keep: None,
+        operator_env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -143,6 +147,13 @@ fn parse_args() -> Result<Args, String> {
             "--timeout" => a.timeout = num(&flag, value()?)?,
             "--watch-history" => a.watch_history = Some(num(&flag, value()?)?),
             "--keep" => a.keep = Some(PathBuf::from(value()?)),
+            "--operator-env" => {
+                let v = value()?;
+                let (k, val) = v
+                    .split_once('=')
+                    .ok_or_else(|| format!("--operator-env: K=V, not {v}"))?;
+                a.operator_env.push((k.to_string(), val.to_string()));
+            }
             other => return Err(format!("unknown flag {other} (--help lists them)")),
         }
     }
@@ -339,12 +350,19 @@ impl Layout {
     fn grant(&self, i: usize, duration_secs: u64) -> Result<AccessGrant, serde_json::Error> {
         let sl = self.slot(i);
         let target = match sl.kind {
-            Kind::Jit => json!({"jit": {"subscriptionId": sub_id(sl.sub), "resourceGroup": format!("rg-{}", sl.rg), "location": "westeurope", "policyName": "default",
-                "virtualMachines": [{"id": vm_id(sl.sub, sl.rg, sl.a), "ports": [{"number": sl.b, "allowedSourceAddressPrefix": "10.1.2.3"}]}]}}),
-            Kind::Activate => json!({"pim": {"mode": "Activate", "scope": rg_scope(sl.sub, sl.rg), "roleDefinitionId": role_id(sl.sub, sl.a), "principalId": OPERATOR_OID}}),
-            Kind::Assign => json!({"pim": {"mode": "Assign", "scope": rg_scope(sl.sub, sl.rg), "roleDefinitionId": role_id(sl.sub, sl.a), "principalId": user_oid(sl.b)}}),
+            Kind::Jit => {
+                json!({"jit": {"subscriptionId": sub_id(sl.sub), "resourceGroup": format!("rg-{}", sl.rg), "location": "westeurope", "policyName": "default",
+                "virtualMachines": [{"id": vm_id(sl.sub, sl.rg, sl.a), "ports": [{"number": sl.b, "allowedSourceAddressPrefix": "10.1.2.3"}]}]}})
+            }
+            Kind::Activate => {
+                json!({"pim": {"mode": "Activate", "scope": rg_scope(sl.sub, sl.rg), "roleDefinitionId": role_id(sl.sub, sl.a), "principalId": OPERATOR_OID}})
+            }
+            Kind::Assign => {
+                json!({"pim": {"mode": "Assign", "scope": rg_scope(sl.sub, sl.rg), "roleDefinitionId": role_id(sl.sub, sl.a), "principalId": user_oid(sl.b)}})
+            }
         };
-        let mut spec = json!({"justification": "load benchmark", "duration": format!("PT{duration_secs}S")});
+        let mut spec =
+            json!({"justification": "load benchmark", "duration": format!("PT{duration_secs}S")});
         if let (Some(s), Some(t)) = (spec.as_object_mut(), target.as_object()) {
             s.extend(t.clone());
         }
@@ -701,11 +719,17 @@ async fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> (bool
             return true;
         }
         if start.elapsed() > limit {
-            println!("  !! gave up waiting for {what} after {:.0}s: {progress}", limit.as_secs_f64());
+            println!(
+                "  !! gave up waiting for {what} after {:.0}s: {progress}",
+                limit.as_secs_f64()
+            );
             return false;
         }
         if last_print.elapsed() > Duration::from_secs(10) {
-            eprintln!("  … {what}: {progress} ({:.0}s)", start.elapsed().as_secs_f64());
+            eprintln!(
+                "  … {what}: {progress} ({:.0}s)",
+                start.elapsed().as_secs_f64()
+            );
             last_print = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -778,6 +802,9 @@ impl Bench {
         if let Some(c) = self.args.concurrency {
             cmd.env("CONCURRENCY", c.to_string());
         }
+        for (k, v) in &self.args.operator_env {
+            cmd.env(k, v);
+        }
         self.operator = Some(cmd.spawn()?);
         Ok(())
     }
@@ -828,7 +855,9 @@ impl Bench {
         let ns_api: Api<Namespace> = Api::all(self.client.clone());
         let pol_api: Api<AccessPolicy> = Api::all(self.client.clone());
         for s in 0..self.layout.subs {
-            let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace(s), "labels": {"bench-team": format!("s{s}")}}}))?;
+            let ns: Namespace = serde_json::from_value(
+                json!({"metadata": {"name": namespace(s), "labels": {"bench-team": format!("s{s}")}}}),
+            )?;
             ns_api.create(&PostParams::default(), &ns).await?;
             pol_api
                 .create(&PostParams::default(), &self.layout.policy(s)?)
@@ -946,17 +975,22 @@ fn revocations_accepted(state: &Value) -> HashMap<String, DateTime<Utc>> {
     {
         let p = &r["properties"];
         let t = p["requestType"].as_str().unwrap_or_default();
-        if (t == "SelfDeactivate" || t == "AdminRemove") && p["status"] == "Revoked" {
-            if let (Some(k), Some(at)) = (
+        if (t == "SelfDeactivate" || t == "AdminRemove")
+            && p["status"] == "Revoked"
+            && let (Some(k), Some(at)) = (
                 p["justification"].as_str().and_then(who),
                 parse(&p["createdOn"]),
-            ) {
-                put(k, at);
-            }
+            )
+        {
+            put(k, at);
         }
     }
     for pol in state["jitPolicies"].as_array().into_iter().flatten() {
-        for r in pol["properties"]["requests"].as_array().into_iter().flatten() {
+        for r in pol["properties"]["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let j = r["justification"].as_str().unwrap_or_default();
             if j.contains("closing early")
                 && let (Some(k), Some(at)) = (who(j), parse(&r["startTimeUtc"]))
@@ -1074,19 +1108,24 @@ async fn run(
     let history = args.watch_history.unwrap_or((8 * n).max(100_000));
     let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
     let kubeconfig = dir.join("kubeconfig");
-    let kube = kube_rt.spawn(accessgrant_sim::kube::serve(accessgrant_sim::kube::SimConfig {
-        crds_dir: Some(crds),
-        kubeconfig: Some(kubeconfig),
-        watch_history: history,
-        ..Default::default()
-    }));
+    let kube = kube_rt.spawn(accessgrant_sim::kube::serve(
+        accessgrant_sim::kube::SimConfig {
+            crds_dir: Some(crds),
+            kubeconfig: Some(kubeconfig),
+            watch_history: history,
+            ..Default::default()
+        },
+    ));
     let kube = kube.await?.map_err(|e| format!("kube-sim: {e}"))?;
     let azure = azure_rt
         .spawn(accessgrant_sim::azure::serve(
             accessgrant_sim::azure::SimConfig::new(world),
         ))
         .await??;
-    let client = kube.client().await.map_err(|e| format!("kube client: {e}"))?;
+    let client = kube
+        .client()
+        .await
+        .map_err(|e| format!("kube client: {e}"))?;
     let http = accessgrant_operator::azure::client::http_client(
         Some(azure.ca_pem().as_bytes()),
         Duration::from_secs(120),
@@ -1130,7 +1169,8 @@ async fn probe_latency(b: &Bench) -> Result<(), BoxError> {
     let pol_api: Api<AccessPolicy> = Api::all(b.client.clone());
     let start = Instant::now();
     for _ in 0..n {
-        let patch = json!({"metadata": {"annotations": {"bench/probe": format!("{:?}", Instant::now())}}});
+        let patch =
+            json!({"metadata": {"annotations": {"bench/probe": format!("{:?}", Instant::now())}}});
         pol_api
             .patch(
                 "bench-s0",
@@ -1155,6 +1195,22 @@ async fn probe_latency(b: &Bench) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The size of one Active grant as the API serves it, with and without managedFields.
+async fn object_size(b: &Bench) {
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        b.client.clone(),
+        &namespace(0),
+        &kube::api::ApiResource::erase::<AccessGrant>(&()),
+    );
+    let Ok(mut g) = api.get("g0").await else {
+        return;
+    };
+    let full = serde_json::to_vec(&g).map_or(0, |v| v.len());
+    g.metadata.managed_fields = None;
+    let stripped = serde_json::to_vec(&g).map_or(0, |v| v.len());
+    println!("  one Active grant as JSON: {full} bytes, {stripped} without managedFields");
+}
+
 /// Starts the operator, waits for readiness, returns its idle stats.
 async fn start_operator(b: &mut Bench) -> Result<ProcStats, BoxError> {
     b.spawn_operator()?;
@@ -1173,11 +1229,18 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
     let remaining = |s: &Instant| deadline.saturating_sub(s.elapsed());
     let expire_after = b.args.expire_after.unwrap_or((n as u64 / 50).max(120));
     let spread = b.args.expiry_spread;
-    let sample = b.args.revoke_sample.unwrap_or((n / 10).clamp(1, 1000)).min(n);
+    let sample = b
+        .args
+        .revoke_sample
+        .unwrap_or((n / 10).clamp(1, 1000))
+        .min(n);
     // Every (n/sample)-th grant lives an hour and is deleted later; the rest expire.
     let stride = (n / sample.max(1)).max(1);
-    let revoke_ids: Vec<usize> = (0..n).filter(|i| i % stride == 0).take(sample).collect();
-    let long_lived = move |i: usize| i % stride == 0 && i / stride < sample;
+    let revoke_ids: Vec<usize> = (0..n)
+        .filter(|i| i.is_multiple_of(stride))
+        .take(sample)
+        .collect();
+    let long_lived = move |i: usize| i.is_multiple_of(stride) && i / stride < sample;
     let duration = |i: usize| {
         if long_lived(i) {
             3600
@@ -1199,6 +1262,9 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
             .map_or("16 (default)".to_string(), |c| c.to_string())
     );
 
+    if !b.args.operator_env.is_empty() {
+        println!("operator environment: {:?}", b.args.operator_env);
+    }
     let idle = start_operator(b).await?;
     println!(
         "operator ready with 0 grants: RSS {:.1} MiB, CPU {:.2}s",
@@ -1230,7 +1296,10 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
         let map = lock(&tracks);
         let active = map.values().filter(|t| t.active_seen.is_some()).count();
         let failed = map.values().filter(|t| t.failed.is_some()).count();
-        (active >= n, format!("{active}/{n} reached Active, {failed} failed"))
+        (
+            active >= n,
+            format!("{active}/{n} reached Active, {failed} failed"),
+        )
     })
     .await;
     let t_active = lock(&tracks)
@@ -1288,6 +1357,7 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
         mib(idle.rss_kib),
         (full.rss_kib.saturating_sub(idle.rss_kib) * 1024) as f64 / n as f64
     );
+    object_size(b).await;
     let activation_calls: Vec<Call> = log
         .all
         .iter()
@@ -1438,7 +1508,10 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
                 .iter()
                 .filter(|k| map.get(*k).is_some_and(|t| t.gone_seen.is_some()))
                 .count();
-            (g >= revoke_keys.len(), format!("{g}/{} gone", revoke_keys.len()))
+            (
+                g >= revoke_keys.len(),
+                format!("{g}/{} gone", revoke_keys.len()),
+            )
         },
     )
     .await;
@@ -1483,6 +1556,11 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
                 "delete -> object gone (finalizer removed after Azure confirmed)",
                 gone
             )
+        );
+        println!(
+            "    accepted within 5 s: {}/{}",
+            slowest.iter().filter(|(l, _)| *l <= 5.0).count(),
+            revoke_keys.len()
         );
         slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
         let names: Vec<String> = slowest
@@ -1596,17 +1674,16 @@ async fn burst(b: &mut Bench) -> Result<(), BoxError> {
     let w0 = Instant::now();
     let ids: Vec<usize> = (0..n).collect();
     b.create(&ids, |_| 3600, |_| false, &tracks).await?;
-    println!(
-        "created {n} grants in {:.1}s",
-        w0.elapsed().as_secs_f64()
-    );
+    println!("created {n} grants in {:.1}s", w0.elapsed().as_secs_f64());
     // Mid-burst: delete a sample of grants that are already Active while others still wait.
     let until_revoke = Duration::from_secs(b.args.revoke_at).saturating_sub(w0.elapsed());
     tokio::time::sleep(until_revoke).await;
     let (revoke_keys, pending_at_delete): (Vec<String>, Vec<String>) = {
         let map = lock(&tracks);
-        let mut active: Vec<(&String, &Track)> =
-            map.iter().filter(|(_, t)| t.active_seen.is_some()).collect();
+        let mut active: Vec<(&String, &Track)> = map
+            .iter()
+            .filter(|(_, t)| t.active_seen.is_some())
+            .collect();
         active.sort_by_key(|(k, _)| (*k).clone());
         let step = (active.len() / sample.max(1)).max(1);
         let keys = active
@@ -1644,7 +1721,10 @@ async fn burst(b: &mut Bench) -> Result<(), BoxError> {
                 .count();
             (
                 active >= n && gone >= revoke_keys.len(),
-                format!("{active}/{n} Active, {gone}/{} deleted gone", revoke_keys.len()),
+                format!(
+                    "{active}/{n} Active, {gone}/{} deleted gone",
+                    revoke_keys.len()
+                ),
             )
         };
         if ok {
@@ -1744,6 +1824,18 @@ async fn burst(b: &mut Bench) -> Result<(), BoxError> {
             .filter_map(|k| map.get(k).and_then(|t| t.active_seen))
             .map(|a| secs(t_del, a))
             .collect();
+        let within = |v: &[f64], s: f64| v.iter().filter(|x| **x <= s).count();
+        println!(
+            "  within 5 s of the deletes: {}/{} revocations accepted, {}/{} waiting grants Active; within 30 s: {}/{} and {}/{}",
+            within(&revoke_lag, 5.0),
+            revoke_keys.len(),
+            within(&waits, 5.0),
+            pending_at_delete.len(),
+            within(&revoke_lag, 30.0),
+            revoke_keys.len(),
+            within(&waits, 30.0),
+            pending_at_delete.len()
+        );
         println!(
             "  {}",
             summary(
