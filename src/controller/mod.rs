@@ -121,8 +121,34 @@ pub async fn run(
         instance: std::env::var("POD_NAME").ok(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let controller = Controller::new(grants_api, watcher::Config::default().any_semantic());
-    let grants = controller.store();
+    // The grant cache and the reconcile triggers (measured with benches/load.rs, see
+    // BENCHMARKS.md):
+    // - managedFields are dropped before objects enter the cache: nothing reads them, and
+    //   they were a large part of the bytes kept per grant;
+    // - only a new generation (spec change, and deletion, which bumps it) or the start of
+    //   deletion triggers a reconcile, never our own status, finalizer or intent writes.
+    //   Those self-triggered passes cost an Azure read each, and, run on a cache that had not
+    //   yet seen our last status write, they re-sent a JIT initiation and then took the
+    //   grant's own newer request for an out-of-band revocation. Time-driven work (renewal,
+    //   expiry, confirmations, drift checks) is requeued by the plan's `wake_at`, and an
+    //   operator restart reconciles every grant from its initial list.
+    let (grants, grants_writer) = reflector::store();
+    let grant_events = watcher(grants_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|g: &mut DeserializeGuard<AccessGrant>| g.managed_fields_mut().clear())
+        .reflect(grants_writer)
+        .touched_objects()
+        .predicate_filter(
+            |g: &DeserializeGuard<AccessGrant>| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                g.meta().generation.hash(&mut h);
+                g.meta().deletion_timestamp.is_some().hash(&mut h);
+                Some(h.finish())
+            },
+            Default::default(),
+        );
+    let controller = Controller::for_stream(grant_events, grants.clone());
     let map_store = grants.clone();
     {
         let store = grants.clone();
