@@ -38,12 +38,32 @@ export PATH="$TOOLS/bin:$PATH"
 cargo deny --version >&2
 cargo deny check licenses bans sources
 
+# Advisories, offline: from a copy of the RustSec database in $CARGO_HOME/advisory-dbs when
+# one is there ('cargo deny fetch' puts it there where GitHub is reachable), else from the
+# snapshot committed in third_party/rustsec-advisory-db (see its SNAPSHOT file), made into the
+# git repository cargo-deny reads (dated with the snapshot's own commit date).
 CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
-DB="$CARGO_HOME/advisory-dbs"
-if [ -d "$DB" ] && [ -n "$(find "$DB" -mindepth 2 -maxdepth 2 -name advisories -type d 2>/dev/null)" ]; then
-  cargo deny check --disable-fetch advisories
+DB_DIR="advisory-db-3157b0e258782691" # cargo-deny's directory for the default RustSec URL
+SNAP="$ROOT/third_party/rustsec-advisory-db"
+if [ -d "$CARGO_HOME/advisory-dbs/$DB_DIR/.git" ]; then
+  cargo deny --offline check advisories
+elif [ -d "$SNAP/crates" ]; then
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  mkdir -p "$tmp/dbs/$DB_DIR"
+  cp -R "$SNAP/." "$tmp/dbs/$DB_DIR/"
+  snap_date="$(sed -n 's/^date: //p' "$SNAP/SNAPSHOT")"
+  (
+    cd "$tmp/dbs/$DB_DIR"
+    git init -q
+    git add -A
+    GIT_AUTHOR_DATE="$snap_date" GIT_COMMITTER_DATE="$snap_date" \
+      git -c user.email=deny@localhost -c user.name=deny commit -qm "RustSec snapshot"
+  )
+  sed "s|^db-path = .*|db-path = \"$tmp/dbs\"\nmaximum-db-staleness = \"P3650D\"|" deny.toml >"$tmp/deny.toml"
+  echo "deny: advisories from the committed RustSec snapshot of $snap_date" \
+    "($(sed -n 's/^commit: //p' "$SNAP/SNAPSHOT" | cut -c1-12)); refresh it with scripts/update-advisory-db.sh" >&2
+  cargo deny --offline --config "$tmp/deny.toml" check advisories
 else
-  echo "deny: NOTICE: advisories NOT checked: no RustSec advisory database under $DB, and it" \
-    "cannot be fetched here (its only source is GitHub). Where it can, 'cargo deny fetch' puts" \
-    "it there and this script then checks advisories too." >&2
+  echo "deny: NOTICE: advisories NOT checked: no RustSec advisory database" >&2
 fi
