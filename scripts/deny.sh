@@ -38,21 +38,22 @@ export PATH="$TOOLS/bin:$PATH"
 cargo deny --version >&2
 cargo deny check licenses bans sources
 
-# Advisories, offline: from a copy of the RustSec database in $CARGO_HOME/advisory-dbs when
-# one is there ('cargo deny fetch' puts it there where GitHub is reachable), else from the
-# snapshot committed in third_party/rustsec-advisory-db (see its SNAPSHOT file), made into the
-# git repository cargo-deny reads (dated with the snapshot's own commit date).
+# Advisories, offline (the RustSec database lives on GitHub, which these machines and CI cannot
+# reach, and no registry we can reach carries it): from a copy in $CARGO_HOME/advisory-dbs
+# ('cargo deny fetch' puts it there where GitHub is reachable), or from a checkout named by
+# RUSTSEC_ADVISORY_DB (made into the git repository cargo-deny reads, dated with its own commit
+# date). Without either, say so loudly and skip that one check.
 CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 DB_DIR="advisory-db-3157b0e258782691" # cargo-deny's directory for the default RustSec URL
-SNAP="$ROOT/third_party/rustsec-advisory-db"
+SNAP="${RUSTSEC_ADVISORY_DB:-}"
 if [ -d "$CARGO_HOME/advisory-dbs/$DB_DIR/.git" ]; then
   cargo deny --offline check advisories
-elif [ -d "$SNAP/crates" ]; then
+elif [ -n "$SNAP" ] && [ -d "$SNAP/crates" ]; then
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
   mkdir -p "$tmp/dbs/$DB_DIR"
-  cp -R "$SNAP/." "$tmp/dbs/$DB_DIR/"
-  snap_date="$(sed -n 's/^date: //p' "$SNAP/SNAPSHOT")"
+  (cd "$SNAP" && tar -cf - crates rust) | tar -xf - -C "$tmp/dbs/$DB_DIR"
+  snap_date="$(git -C "$SNAP" log -1 --format=%cI 2>/dev/null || date -u +%FT%TZ)"
   (
     cd "$tmp/dbs/$DB_DIR"
     git init -q
@@ -61,9 +62,9 @@ elif [ -d "$SNAP/crates" ]; then
       git -c user.email=deny@localhost -c user.name=deny commit -qm "RustSec snapshot"
   )
   sed "s|^db-path = .*|db-path = \"$tmp/dbs\"\nmaximum-db-staleness = \"P3650D\"|" deny.toml >"$tmp/deny.toml"
-  echo "deny: advisories from the committed RustSec snapshot of $snap_date" \
-    "($(sed -n 's/^commit: //p' "$SNAP/SNAPSHOT" | cut -c1-12)); refresh it with scripts/update-advisory-db.sh" >&2
+  echo "deny: advisories from $SNAP (snapshot of $snap_date)" >&2
   cargo deny --offline --config "$tmp/deny.toml" check advisories
 else
-  echo "deny: NOTICE: advisories NOT checked: no RustSec advisory database" >&2
+  echo "deny: NOTICE: advisories NOT checked: no RustSec advisory database (none under" \
+    "$CARGO_HOME/advisory-dbs, RUSTSEC_ADVISORY_DB unset) and it cannot be fetched here." >&2
 fi
