@@ -19,6 +19,7 @@ mod wait;
 
 use accessgrant_operator::api::*;
 use e2e_support::audit::{Tracked, audit};
+use e2e_support::soak;
 use e2e_support::*;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -550,4 +551,116 @@ async fn crash_jit_adopt_existing_marker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_pim_adopt_existing_request() {
     flow_at_every_point(Flow::PimAdopt).await;
+}
+
+/// Random SIGKILLs (Child::kill) at random moments under a mixed workload: JIT and PIM
+/// (SelfActivate, AdminAssign) grants that expire, renew, are deleted (active or still in
+/// flight) or suspended, side by side. Each kill is followed by a restart; once the kills are
+/// done every grant must finish its life, each deleted or revoked one with nothing left in
+/// Azure, and the whole run with no double grant and no orphan. The seed is printed;
+/// `CRASH_SEED=<seed>` replays the same choices. The 1,000-kill run is
+/// `cargo bench --bench crash_soak`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sigkills_under_a_mixed_workload() {
+    let seed = soak::seed();
+    println!("random SIGKILLs: seed {seed} (replay with CRASH_SEED={seed})");
+    let kills = 60;
+    let r = soak::run(soak::SoakConfig {
+        seed,
+        kills,
+        jit_slots: 6,
+        pim_rgs: 3,
+        gap_ms: (200, 1500),
+        step_secs: 240,
+        operator_env: vec![],
+        extra_operators: 0,
+        window_secs: 0,
+    })
+    .await;
+    println!(
+        "random SIGKILLs (seed {seed}): {} kills in {:.0}s, {} grants finished their lives {:?}, {} renewals, {} Azure writes, {:.0}s in all",
+        r.kills, r.kill_secs, r.grants, r.lives, r.renewals, r.azure_writes, r.secs
+    );
+    r.audit
+        .assert_clean(&format!("random SIGKILLs, seed {seed}"));
+    assert_eq!(r.kills, kills);
+    assert!(r.grants >= 12, "every slot finished at least one life");
+}
+
+/// Two operators at once, leader election off (a misconfigured rollout, a split brain): both
+/// reconcile every grant for the whole window.
+///
+/// PIM holds: one request per attempt (the deterministic name makes the second writer's PUT a
+/// 409 it adopts), no orphan. JIT does not, and this test says so without failing the suite:
+/// JIT has no request id, both writers record the intent and initiate (the sim shows two
+/// requests per marker, ~100 ms apart; closes are doubled the same way). What is asserted for
+/// JIT is what still must hold: the grant follows the request in force (no false
+/// RevokedOutOfBand), every life converges, and nothing is left open once grants are deleted.
+/// The double initiations are counted and printed; the fix (a resourceVersion precondition on
+/// the intent write and not re-sending a JIT intent that may still be in flight) is left to the
+/// controller/planner owners; leader election, on by default in the chart, prevents it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_without_leader_election() {
+    let seed = soak::seed();
+    println!("two operators: seed {seed} (replay with CRASH_SEED={seed})");
+    let r = soak::run(soak::SoakConfig {
+        seed,
+        kills: 0,
+        jit_slots: 6,
+        pim_rgs: 3,
+        gap_ms: (0, 0),
+        step_secs: 120,
+        operator_env: vec![],
+        extra_operators: 1,
+        window_secs: 30,
+    })
+    .await;
+    let (jit_doubles, others): (Vec<&String>, Vec<&String>) = r
+        .audit
+        .double_grants
+        .iter()
+        .partition(|f| f.starts_with("JIT"));
+    let jit_markers: std::collections::BTreeSet<&str> = r
+        .audit
+        .jit
+        .values()
+        .flatten()
+        .map(|j| j.marker.as_str())
+        .collect();
+    let doubled = jit_doubles
+        .iter()
+        .filter(|f| f.starts_with("JIT marker"))
+        .count();
+    println!(
+        "two operators (seed {seed}): {} grants finished their lives {:?}, {} renewals, {} Azure writes \
+         ({} PIM replays answered 409 and adopted), {:.0}s; PIM double grants: {}, orphans: {}; \
+         known issue: {doubled} of {} JIT markers initiated twice",
+        r.grants,
+        r.lives,
+        r.renewals,
+        r.azure_writes,
+        r.pim_replays,
+        r.secs,
+        others.len(),
+        r.audit.orphans.len(),
+        jit_markers.len()
+    );
+    for f in jit_doubles.iter().take(3) {
+        println!("  e.g. {f}");
+    }
+    assert!(
+        others.is_empty() && r.audit.orphans.is_empty(),
+        "two operators: PIM double grants {others:#?}, orphans {:#?}",
+        r.audit.orphans
+    );
+    assert!(r.grants >= 12, "every slot finished at least one life");
+    assert!(
+        r.pim_replays > 0,
+        "both operators wrote to PIM (the second writer's replays were adopted)"
+    );
+    assert!(
+        r.lives.keys().any(|k| k.starts_with("PIM-Activate"))
+            && r.lives.keys().any(|k| k.starts_with("PIM-Assign")),
+        "both PIM modes ran"
+    );
 }

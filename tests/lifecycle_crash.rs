@@ -135,3 +135,40 @@ fn jit_request_already_listed_with_our_marker_is_adopted() {
     assert_eq!(w.grant.status.end_time, Some(t0() + Duration::hours(1)));
     assert!(w.last.wake_at.is_some(), "comes back to watch the access");
 }
+
+/// Two writers raced (leader election off) and Azure lists two requests with our marker: the
+/// newer superseded the older. The grant follows the newer one, in force, instead of taking
+/// the superseded one for an out-of-band revocation while the ports are open.
+#[test]
+fn jit_duplicate_marker_follows_the_newer_request() {
+    let mut w = World::new(jit_spec());
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Active);
+    let pol = w
+        .model
+        .jit_policies
+        .values_mut()
+        .next()
+        .expect("a JIT policy");
+    let mut newer = pol.requests.last().cloned().expect("our request");
+    for r in &mut pol.requests {
+        for p in &mut r.ports {
+            p.status = "Revoked".into();
+            p.status_reason = Some("NewerRequestInitiated".into());
+        }
+    }
+    newer.start = newer.start.map(|s| s + Duration::milliseconds(90));
+    pol.requests.push(newer);
+    w.advance(Duration::minutes(6));
+    assert_eq!(w.phase(), Phase::Active, "{:?}", w.grant.status.message);
+    assert_eq!(
+        w.grant
+            .status
+            .jit
+            .as_ref()
+            .and_then(|j| j.ports.first())
+            .and_then(|p| p.status.clone())
+            .as_deref(),
+        Some("Initiated")
+    );
+}

@@ -1716,11 +1716,17 @@ impl<'a> Ctx<'a> {
                 .as_ref()
                 .and_then(|j| j.marker.clone())
                 .unwrap_or_default();
-            let ours = pol.requests.iter().find(|r| {
-                r.justification
-                    .as_deref()
-                    .is_some_and(|j| j.contains(&marker))
-            });
+            // The newest request with our marker: if Azure lists two (two writers raced), the
+            // newer superseded the older and is the one in force.
+            let ours = pol
+                .requests
+                .iter()
+                .filter(|r| {
+                    r.justification
+                        .as_deref()
+                        .is_some_and(|j| j.contains(&marker))
+                })
+                .max_by_key(|r| r.start);
             let Some(req) = ours.cloned() else {
                 if now >= end {
                     self.expired("Expired".into());

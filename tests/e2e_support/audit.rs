@@ -387,3 +387,63 @@ pub fn audit(
     }
     a
 }
+
+/// Access Azure shows for one grant: open JIT ports of requests carrying its markers, and
+/// active PIM assignments on its target `(principal, role, scope)`.
+pub fn access_of(state: &Value, g: &Tracked, pim: Option<(&str, &str, &str)>) -> Vec<String> {
+    let mut out = vec![];
+    for pol in state["jitPolicies"].as_array().into_iter().flatten() {
+        for req in pol["properties"]["requests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let just = req["justification"].as_str().unwrap_or_default();
+            let Some(m) = markers(just).last().cloned() else {
+                continue;
+            };
+            let uid8: String = g.uid.chars().take(8).collect();
+            if !(m.starts_with(&g.marker_prefix()) && m.ends_with(&format!(".{uid8}]"))) {
+                continue;
+            }
+            for vm in req["virtualMachines"].as_array().into_iter().flatten() {
+                for port in vm["ports"].as_array().into_iter().flatten() {
+                    if matches!(
+                        port["status"].as_str(),
+                        Some("Initiated") | Some("Initiating")
+                    ) {
+                        out.push(format!(
+                            "JIT port {}:{} open until {} by {m}",
+                            guid_tail(vm["id"].as_str().unwrap_or_default()),
+                            port["number"],
+                            port["endTimeUtc"].as_str().unwrap_or("?")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some((principal, role, scope)) = pim {
+        for inst in state["roleAssignmentScheduleInstances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let p = &inst["properties"];
+            if p["principalId"]
+                .as_str()
+                .is_some_and(|x| x.eq_ignore_ascii_case(principal))
+                && p["scope"]
+                    .as_str()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(scope))
+                && guid_tail(p["roleDefinitionId"].as_str().unwrap_or_default()) == guid_tail(role)
+            {
+                out.push(format!(
+                    "PIM assignment of {role} to {principal} at {scope} until {}",
+                    p["endDateTime"].as_str().unwrap_or("never")
+                ));
+            }
+        }
+    }
+    out
+}

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod audit;
+pub mod soak;
+pub mod storm;
 
 use accessgrant_operator::api::*;
 use k8s_openapi::api::core::v1::Namespace;
@@ -637,5 +639,53 @@ impl Env {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+/// A cloneable handle on azure-sim's control API, for tasks that run while the Env itself is
+/// borrowed mutably (e.g. by a task that kills and restarts the operator).
+#[derive(Clone)]
+pub struct AzureSimHandle {
+    base: String,
+    ca: String,
+}
+
+impl AzureSimHandle {
+    async fn get(&self, path: &str) -> Value {
+        let c = accessgrant_operator::azure::client::http_client(
+            Some(self.ca.as_bytes()),
+            Duration::from_secs(10),
+        )
+        .expect("client");
+        c.get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("azure-sim control call")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// `GET /_sim/state`.
+    pub async fn state(&self) -> Value {
+        self.get("/_sim/state").await
+    }
+
+    /// `GET /_sim/calls`.
+    pub async fn calls(&self) -> Vec<Value> {
+        match self.get("/_sim/calls").await {
+            Value::Array(a) => a,
+            other => panic!("calls: {other}"),
+        }
+    }
+}
+
+impl Env {
+    /// A cloneable handle on azure-sim's control API.
+    pub fn azure_handle(&self) -> AzureSimHandle {
+        AzureSimHandle {
+            base: self.azure.base_url(),
+            ca: self.azure.ca_pem().to_string(),
+        }
     }
 }
