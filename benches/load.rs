@@ -622,6 +622,8 @@ struct Track {
     /// The operator's own timestamp of the Expired transition (whole seconds).
     expired_recorded: Option<DateTime<Utc>>,
     failed: Option<String>,
+    /// The last status seen: reason, message, retry.
+    last_message: Option<String>,
     delete_sent: Option<DateTime<Utc>>,
     gone_seen: Option<DateTime<Utc>>,
 }
@@ -651,6 +653,13 @@ fn observe(tracks: &Tracks, g: &AccessGrant, now: DateTime<Utc>) {
         return;
     };
     t.phase = Some(st.phase);
+    t.last_message = Some(format!(
+        "{} {} retry={:?} intent={:?}",
+        st.reason.clone().unwrap_or_default(),
+        st.message.clone().unwrap_or_default(),
+        st.retry.as_ref().map(|r| (r.failures, r.not_before)),
+        st.intent.as_ref().map(|i| i.operation)
+    ));
     if st.end_time.is_some() {
         t.end_time = st.end_time;
     }
@@ -1743,6 +1752,26 @@ async fn burst(b: &mut Bench) -> Result<(), BoxError> {
     }
     if !done {
         println!("  !! gave up after {}s", b.args.timeout);
+        let map = lock(&tracks);
+        let stuck: Vec<(&String, &Track)> = map
+            .iter()
+            .filter(|(_, t)| t.active_seen.is_none())
+            .collect();
+        let mut by_phase: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, t) in &stuck {
+            *by_phase.entry(format!("{:?}", t.phase)).or_default() += 1;
+        }
+        println!(
+            "  !! {} grants never Active, by phase: {by_phase:?}",
+            stuck.len()
+        );
+        for (k, t) in stuck.iter().take(5) {
+            println!(
+                "     {k}: {:?} {}",
+                t.phase,
+                t.last_message.clone().unwrap_or_default()
+            );
+        }
     }
     let t_end = clock::now();
     log.sync().await?;
