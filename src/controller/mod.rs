@@ -463,7 +463,13 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                     crate::crashpoint::hit("after-finalizer");
                 }
                 Step::RecordIntent(st) => {
-                    write_status(&api, &grant, st).await?;
+                    // Guarded by the resourceVersion we planned from: if anyone (another
+                    // replica in a split brain, or our own write this cache has not seen yet)
+                    // changed the grant since, the apiserver refuses (409) and nothing is sent
+                    // to Azure; the next pass plans from the newer object.
+                    let rv = grant.metadata.resource_version.clone();
+                    let written = write_status(&api, &grant, st, rv.as_deref()).await?;
+                    grant.metadata.resource_version = written;
                     audit(&grant, &status, st);
                     observe_transition(ctx, &grant, &status, st);
                     status = (**st).clone();
@@ -513,7 +519,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
             continue;
         }
         if p.status != status {
-            write_status(&api, &grant, &p.status).await?;
+            write_status(&api, &grant, &p.status, None).await?;
             crate::crashpoint::hit("after-status");
         }
         events.extend(p.events.iter().cloned());
@@ -760,15 +766,22 @@ async fn remove_finalizer(api: &Api<AccessGrant>, g: &AccessGrant) -> Result<(),
 
 /// Writes status by server-side apply under one field manager; fields we no longer set are
 /// removed by the apiserver because we owned them.
+/// With `resource_version`, the write is refused (409) unless the object is still at that
+/// version. Returns the object's new resourceVersion.
 async fn write_status(
     api: &Api<AccessGrant>,
     g: &AccessGrant,
     st: &AccessGrantStatus,
-) -> Result<(), kube::Error> {
+    resource_version: Option<&str>,
+) -> Result<Option<String>, kube::Error> {
+    let mut metadata = json!({"name": g.name_any(), "namespace": g.namespace()});
+    if let Some(rv) = resource_version {
+        metadata["resourceVersion"] = json!(rv);
+    }
     let body = json!({
         "apiVersion": "accessgrant.io/v1alpha1",
         "kind": "AccessGrant",
-        "metadata": {"name": g.name_any(), "namespace": g.namespace()},
+        "metadata": metadata,
         "status": st,
     });
     api.patch_status(
@@ -777,7 +790,7 @@ async fn write_status(
         &Patch::Apply(&body),
     )
     .await
-    .map(|_| ())
+    .map(|o| o.metadata.resource_version)
 }
 
 async fn publish(ctx: &Context, g: &AccessGrant, events: &[crate::lifecycle::PlannedEvent]) {
