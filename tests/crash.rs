@@ -9,8 +9,9 @@
 //! reaches its expected phase; once deleted, its finalizer goes and no access is left.
 //!
 //! Also: a randomized mixed workload with random SIGKILLs (seed printed; `CRASH_SEED` replays
-//! it; the 1,000-kill run is `cargo bench --bench crash_soak`), and two operators at once with
-//! leader election off.
+//! it; the 1,000-kill run is `cargo bench --bench crash_soak`). Two operators at once with
+//! leader election off are measured by that bench (`--extra-operators 1`), not asserted here:
+//! a known issue (JIT initiated twice, a PIM renewal extended twice).
 //!
 //! Every scenario runs in its own pair of simulators; the points of one flow run side by side.
 
