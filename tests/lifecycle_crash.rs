@@ -5,8 +5,12 @@
 mod support;
 
 use accessgrant_operator::api::*;
+use accessgrant_operator::azure::error::AzureError;
 use accessgrant_operator::azure_model::reconcile;
+use accessgrant_operator::guard::{GrantContext, guard};
 use accessgrant_operator::lifecycle::{JitRequestPortView, JitRequestView, jit_marker};
+use accessgrant_operator::lifecycle::{Need, Observed, PlanInput, Read, WriteResult, plan};
+use accessgrant_operator::validate::validate;
 use chrono::Duration;
 use std::collections::BTreeMap;
 use support::*;
@@ -171,4 +175,101 @@ fn jit_duplicate_marker_follows_the_newer_request() {
             .as_deref(),
         Some("Initiated")
     );
+}
+
+fn assign_with_renewal() -> World {
+    let mut w = World::new(pim_spec(PimMode::Assign));
+    w.grant.spec.renewal = Some(RenewalSpec {
+        until: t0() + Duration::hours(5),
+        before: Some(IsoDuration::new("PT10M")),
+    });
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Active);
+    w
+}
+
+/// A renewal that got to Azure just after the assignment ended (the operator was down or
+/// throttled through the renewal window): AdminExtend answers RoleAssignmentDoesNotExist. The
+/// grant expires like any assignment that reached its end, instead of failing as "rejected".
+#[test]
+fn pim_extend_too_late_expires_instead_of_failing() {
+    let mut w = assign_with_renewal();
+    let end = w.grant.status.end_time.expect("end");
+    w.now = end - Duration::seconds(1);
+    crash_after(&mut w, 1);
+    let intent = w
+        .grant
+        .status
+        .intent
+        .clone()
+        .expect("extend intent recorded");
+    assert_eq!(intent.operation, Operation::AdminExtend);
+    // Azure's answer, and then its view: the assignment had just ended.
+    let valid = validate(&w.grant.spec);
+    let ctx = GrantContext {
+        namespace: w.grant.meta.namespace.clone(),
+        namespace_labels: BTreeMap::new(),
+        created: w.grant.created,
+        requester: None,
+    };
+    let verdict = valid.as_ref().ok().map(|v| guard(v, &w.policies, &ctx));
+    let mut observed = Observed {
+        last_write: Some(WriteResult {
+            operation: intent.operation,
+            request_id: intent.request_id.clone(),
+            outcome: Err(AzureError::DoesNotExist {
+                message: "The Role assignment does not exist.".into(),
+            }),
+        }),
+        ..Default::default()
+    };
+    let plan_with = |observed: &Observed| {
+        plan(&PlanInput {
+            meta: &w.grant.meta,
+            spec: valid.as_ref(),
+            suspend: false,
+            status: &w.grant.status,
+            verdict: verdict.as_ref(),
+            observed,
+            covered_by_other: false,
+            now: w.now,
+            config: &w.config,
+        })
+    };
+    let p = plan_with(&observed);
+    assert_eq!(
+        p.needs,
+        vec![Need::PimInstance],
+        "reads Azure before deciding"
+    );
+    observed.pim_instance = Read::Missing;
+    let p = plan_with(&observed);
+    assert_eq!(
+        (p.status.phase, p.status.intent.is_none()),
+        (Phase::Expired, true),
+        "{:?}",
+        p.status.message
+    );
+}
+
+/// The same answer while the assignment is in fact still there (a stale instance in Azure's
+/// view): the grant re-reads it and extends again, with the next attempt's request name.
+#[test]
+fn pim_extend_does_not_exist_but_still_active_extends_again() {
+    let mut w = assign_with_renewal();
+    let end = w.grant.status.end_time.expect("end");
+    w.now = end - Duration::minutes(5);
+    w.model.faults.push_back(AzureError::DoesNotExist {
+        message: "The Role assignment does not exist.".into(),
+    });
+    w.reconcile();
+    assert_ne!(w.phase(), Phase::Failed, "{:?}", w.grant.status.message);
+    w.reconcile();
+    assert_eq!(
+        (w.phase(), w.reason().as_str()),
+        (Phase::Active, "Renewed"),
+        "{:?}",
+        w.grant.status.message
+    );
+    assert_eq!(w.grant.status.renewals, 1);
 }

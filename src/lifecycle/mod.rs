@@ -744,6 +744,18 @@ impl<'a> Ctx<'a> {
                     "Azure reports no assignment left to remove".into(),
                 );
             }
+            AzureError::DoesNotExist { .. } if intent.operation == Operation::AdminExtend => {
+                // The assignment to extend is gone, e.g. it ended before a late renewal got
+                // there: not a rejected request. Decide from Azure's view as for any active
+                // grant (Expired at its end, revoked out of band before it, or extend again).
+                match &self.input.observed.pim_instance {
+                    Read::NotRead => self.need(Need::PimInstance),
+                    _ => {
+                        self.st.intent = None;
+                        self.clear_retry();
+                    }
+                }
+            }
             _ if removal => {
                 // Never give up on taking access away: keep retrying, loudly.
                 self.retry_later(e);
