@@ -6,10 +6,18 @@
 //!
 //! `cargo bench --bench crash_soak [-- --kills N --seed S --gap-ms MIN-MAX --jit-slots N
 //! --pim-rgs N --operator-log LEVEL --only expire|renew|delete|delete-early|suspend]`.
-//! `-- --two-operators [--window-secs N]`: no kills, a second operator without leader election
-//! for the window (JIT double initiations and late writes are a known issue: it reports them).
+//!
+//! `--extra-operators 1 --window-secs 30 --kills 0`: two operators at once with leader election
+//! off (a split brain). Known issue, measured here rather than asserted in the suite: PIM holds
+//! mostly (the deterministic request name turns the second writer's PUT into a 409 that is
+//! adopted) but a renewal can be extended twice, and JIT has no request id, so both writers can
+//! initiate the same attempt (a resend of an intent whose write is still in flight at the
+//! other replica), and a late write of one can reopen a port after the other removed the
+//! finalizer. Leader election, on by default in the chart and kustomize base, prevents it.
+//!
 //! `ACCESSGRANT_OPERATOR_BIN` pins the operator binary (a shared target directory may hold
-//! another worktree's build at the default path). The seed is printed; the same seed replays the same workload choices and kill
+//! another worktree's build at the default path). The seed is printed; the same seed replays
+//! the same workload choices and kill
 //! gaps (the moments they land on depend on timing). tests/crash.rs runs a 60-kill version.
 
 #[path = "../tests/e2e_support/mod.rs"]
@@ -42,15 +50,9 @@ fn main() {
             Some((a.parse().ok()?, b.parse().ok()?))
         })
         .unwrap_or((100, 1200));
-    // Two operators without leader election, no kills (the JIT known issue, measured).
-    let two = args.iter().any(|a| a == "--two-operators");
     let cfg = soak::SoakConfig {
         seed,
-        kills: if two {
-            0
-        } else {
-            num("--kills", 1000) as usize
-        },
+        kills: num("--kills", 1000) as usize,
         jit_slots: num("--jit-slots", 8) as usize,
         pim_rgs: num("--pim-rgs", 4) as usize,
         gap_ms,
@@ -59,8 +61,8 @@ fn main() {
             "RUST_LOG".into(),
             arg(&args, "--operator-log").unwrap_or_else(|| "warn".into()),
         )],
-        extra_operators: usize::from(two),
-        window_secs: num("--window-secs", 60),
+        extra_operators: num("--extra-operators", 0) as usize,
+        window_secs: num("--window-secs", 0),
         only: match arg(&args, "--only").as_deref() {
             Some("expire") => Some(soak::Life::Expire),
             Some("renew") => Some(soak::Life::Renew),

@@ -842,3 +842,41 @@ fn break_glass_is_announced_once_per_request() {
     );
     assert_eq!(w.writes(), Vec::<String>::new());
 }
+
+#[test]
+fn a_client_side_token_wait_does_not_grow_the_backoff() {
+    // Three times in a row our own bucket said "not yet" (nothing reached Azure): each retry is
+    // due when the bucket refills (its estimate), not after a doubling backoff.
+    let mut w = World::new(pim_spec(PimMode::Activate));
+    for _ in 0..3 {
+        w.model.faults.push_back(AzureError::Throttled {
+            code: "ClientThrottled".into(),
+            retry_after_secs: 1,
+        });
+    }
+    w.reconcile();
+    for _ in 0..3 {
+        let due = w.last.wake_at.expect("wake");
+        assert!(
+            due <= w.now + Duration::seconds(1),
+            "retry at {due}, now {}",
+            w.now
+        );
+        w.now = due;
+        w.reconcile();
+    }
+    assert_eq!(w.phase(), Phase::Active);
+    // An answer from Azure itself still backs off: 2 s, then 4 s.
+    let mut w = World::new(pim_spec(PimMode::Activate));
+    for _ in 0..2 {
+        w.model.faults.push_back(AzureError::Throttled {
+            code: "TooManyRequests".into(),
+            retry_after_secs: 1,
+        });
+    }
+    w.reconcile();
+    assert_eq!(w.last.wake_at, Some(w.now + Duration::seconds(2)));
+    w.now += Duration::seconds(2);
+    w.reconcile();
+    assert_eq!(w.last.wake_at, Some(w.now + Duration::seconds(4)));
+}

@@ -319,8 +319,8 @@ pub fn http_client(
         let _ = roots.add(c);
     }
     if let Some(pem) = extra_ca_pem {
-        let mut reader = std::io::BufReader::new(pem);
-        for cert in rustls_pemfile::certs(&mut reader) {
+        use rustls::pki_types::pem::PemObject as _;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
             let cert = cert.map_err(|e| ArmClientError::Http(format!("bad CA file: {e}")))?;
             roots
                 .add(cert)

@@ -121,8 +121,34 @@ pub async fn run(
         instance: std::env::var("POD_NAME").ok(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let controller = Controller::new(grants_api, watcher::Config::default().any_semantic());
-    let grants = controller.store();
+    // The grant cache and the reconcile triggers (measured with benches/load.rs, see
+    // BENCHMARKS.md):
+    // - managedFields are dropped before objects enter the cache: nothing reads them, and
+    //   they were a large part of the bytes kept per grant;
+    // - only a new generation (spec change, and deletion, which bumps it) or the start of
+    //   deletion triggers a reconcile, never our own status, finalizer or intent writes.
+    //   Those self-triggered passes cost an Azure read each, and, run on a cache that had not
+    //   yet seen our last status write, they re-sent a JIT initiation and then took the
+    //   grant's own newer request for an out-of-band revocation. Time-driven work (renewal,
+    //   expiry, confirmations, drift checks) is requeued by the plan's `wake_at`, and an
+    //   operator restart reconciles every grant from its initial list.
+    let (grants, grants_writer) = reflector::store();
+    let grant_events = watcher(grants_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|g: &mut DeserializeGuard<AccessGrant>| g.managed_fields_mut().clear())
+        .reflect(grants_writer)
+        .touched_objects()
+        .predicate_filter(
+            |g: &DeserializeGuard<AccessGrant>| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                g.meta().generation.hash(&mut h);
+                g.meta().deletion_timestamp.is_some().hash(&mut h);
+                Some(h.finish())
+            },
+            Default::default(),
+        );
+    let controller = Controller::for_stream(grant_events, grants.clone());
     let map_store = grants.clone();
     {
         let store = grants.clone();
@@ -437,7 +463,13 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                     crate::crashpoint::hit("after-finalizer");
                 }
                 Step::RecordIntent(st) => {
-                    write_status(&api, &grant, st).await?;
+                    // Guarded by the resourceVersion we planned from: if anyone (another
+                    // replica in a split brain, or our own write this cache has not seen yet)
+                    // changed the grant since, the apiserver refuses (409) and nothing is sent
+                    // to Azure; the next pass plans from the newer object.
+                    let rv = grant.metadata.resource_version.clone();
+                    let written = write_status(&api, &grant, st, rv.as_deref()).await?;
+                    grant.metadata.resource_version = written;
                     audit(&grant, &status, st);
                     observe_transition(ctx, &grant, &status, st);
                     status = (**st).clone();
@@ -487,7 +519,7 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
             continue;
         }
         if p.status != status {
-            write_status(&api, &grant, &p.status).await?;
+            write_status(&api, &grant, &p.status, None).await?;
             crate::crashpoint::hit("after-status");
         }
         events.extend(p.events.iter().cloned());
@@ -734,15 +766,22 @@ async fn remove_finalizer(api: &Api<AccessGrant>, g: &AccessGrant) -> Result<(),
 
 /// Writes status by server-side apply under one field manager; fields we no longer set are
 /// removed by the apiserver because we owned them.
+/// With `resource_version`, the write is refused (409) unless the object is still at that
+/// version. Returns the object's new resourceVersion.
 async fn write_status(
     api: &Api<AccessGrant>,
     g: &AccessGrant,
     st: &AccessGrantStatus,
-) -> Result<(), kube::Error> {
+    resource_version: Option<&str>,
+) -> Result<Option<String>, kube::Error> {
+    let mut metadata = json!({"name": g.name_any(), "namespace": g.namespace()});
+    if let Some(rv) = resource_version {
+        metadata["resourceVersion"] = json!(rv);
+    }
     let body = json!({
         "apiVersion": "accessgrant.io/v1alpha1",
         "kind": "AccessGrant",
-        "metadata": {"name": g.name_any(), "namespace": g.namespace()},
+        "metadata": metadata,
         "status": st,
     });
     api.patch_status(
@@ -751,7 +790,7 @@ async fn write_status(
         &Patch::Apply(&body),
     )
     .await
-    .map(|_| ())
+    .map(|o| o.metadata.resource_version)
 }
 
 async fn publish(ctx: &Context, g: &AccessGrant, events: &[crate::lifecycle::PlannedEvent]) {

@@ -330,7 +330,15 @@ impl<'a> Ctx<'a> {
     fn retry_later(&mut self, e: &AzureError) {
         let failures = self.st.retry.as_ref().map_or(0, |r| r.failures) + 1;
         let exp = self.cfg().backoff_base * 2i32.saturating_pow(failures.saturating_sub(1).min(16));
-        let backoff = exp.min(self.cfg().backoff_max);
+        // Our own client-side budget said "not yet" (nothing reached Azure): come back when the
+        // bucket refills, without growing the backoff.
+        let client_side =
+            matches!(e, AzureError::Throttled { code, .. } if code == "ClientThrottled");
+        let backoff = if client_side {
+            Duration::zero()
+        } else {
+            exp.min(self.cfg().backoff_max)
+        };
         let retry_after = match e {
             AzureError::Throttled {
                 retry_after_secs, ..

@@ -265,13 +265,16 @@ where
 
 /// A rustls server configuration for the certificate.
 pub fn server_config(c: &ServingCert) -> Result<Arc<rustls::ServerConfig>, CertError> {
+    use rustls::pki_types::pem::PemObject as _;
     let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut c.cert_pem.as_bytes())
+        rustls::pki_types::CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|e| CertError::Crypto(format!("certificate: {e}")))?;
-    let key = rustls_pemfile::private_key(&mut c.key_pem.as_bytes())
-        .map_err(|e| CertError::Crypto(format!("private key: {e}")))?
-        .ok_or_else(|| CertError::Crypto("no private key in tls.key".into()))?;
+    if certs.is_empty() {
+        return Err(CertError::Crypto("no certificate in tls.crt".into()));
+    }
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+        .map_err(|e| CertError::Crypto(format!("private key in tls.key: {e}")))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -102,14 +102,16 @@ fn policy_spec() -> Value {
     })
 }
 
+/// Per subscription: tag, resource group id and name, role id, VM id by number.
+type SubFixture = (&'static str, String, &'static str, String, fn(u8) -> String);
+
 /// The grants: on each subscription two JIT, one SelfActivate and one AdminAssign.
 fn grants(sub: &str) -> Vec<AccessGrant> {
-    let a = sub == SUB;
-    let tag = if a { "a" } else { "b" };
-    let rg_id = if a { rg() } else { rg_b() };
-    let rg_name = if a { "rg-sandbox" } else { "rg-storm" };
-    let role_id = if a { role(READER) } else { role_b() };
-    let vm_of: fn(u8) -> String = if a { vm } else { vm_b };
+    let (tag, rg_id, rg_name, role_id, vm_of): SubFixture = if sub == SUB {
+        ("a", rg(), "rg-sandbox", role(READER), vm)
+    } else {
+        ("b", rg_b(), "rg-storm", role_b(), vm_b)
+    };
     let jit = |name: String, n: u8, port: u16| -> AccessGrant {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "accessgrant.io/v1alpha1", "kind": "AccessGrant",
