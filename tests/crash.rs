@@ -576,11 +576,17 @@ async fn random_sigkills_under_a_mixed_workload() {
         operator_env: vec![],
         extra_operators: 0,
         window_secs: 0,
+        only: None,
     })
     .await;
     println!(
         "random SIGKILLs (seed {seed}): {} kills in {:.0}s, {} grants finished their lives {:?}, {} renewals, {} Azure writes, {:.0}s in all",
         r.kills, r.kill_secs, r.grants, r.lives, r.renewals, r.azure_writes, r.secs
+    );
+    assert!(
+        r.findings.is_empty(),
+        "random SIGKILLs, seed {seed}: {:#?}",
+        r.findings
     );
     r.audit
         .assert_clean(&format!("random SIGKILLs, seed {seed}"));

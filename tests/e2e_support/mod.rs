@@ -30,6 +30,15 @@ pub const OWNER: &str = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
 pub const DEPLOYER_OID: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e02";
 pub const DEPLOYER_APP: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4ea2";
 
+/// The operator binary under test: `ACCESSGRANT_OPERATOR_BIN` when set (e.g. a copy pinned
+/// while another worktree shares the target directory and re-links its own build at the same
+/// path), else the one Cargo built for this test.
+pub fn operator_bin() -> PathBuf {
+    std::env::var_os("ACCESSGRANT_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_accessgrant-operator")))
+}
+
 pub fn rg() -> String {
     format!("/subscriptions/{SUB}/resourceGroups/rg-sandbox")
 }
@@ -205,7 +214,7 @@ impl Env {
             .expect("stdout file");
         let stderr = std::fs::File::create(self.dir.path().join(format!("operator-{n}.err")))
             .expect("stderr file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_accessgrant-operator"));
+        let mut cmd = Command::new(operator_bin());
         cmd.arg("run");
         // The admission webhook on a free port (tests that register it pass their own).
         cmd.env("WEBHOOK_ADDR", "127.0.0.1:0");

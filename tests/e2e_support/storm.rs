@@ -401,9 +401,13 @@ async fn wait_ready(env: &Env) {
         Duration::from_secs(30),
         Duration::from_millis(200),
         || async {
-            match env.admin_get("/readyz").await {
-                (200, _) => Ok(()),
-                other => Err(format!("{other:?}")),
+            // Connection refused until the admin server listens: not ready yet.
+            let c = accessgrant_operator::azure::client::http_client(None, Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            match c.get(format!("{}/readyz", env.admin_url())).send().await {
+                Ok(r) if r.status().as_u16() == 200 => Ok(()),
+                Ok(r) => Err(format!("readyz {}", r.status())),
+                Err(e) => Err(e.to_string()),
             }
         },
     )
