@@ -211,6 +211,8 @@ struct Lived {
     tracked: Tracked,
     renewals: u32,
     reached_active: bool,
+    /// Every stored version of the grant (to explain a double grant).
+    versions: Vec<String>,
 }
 
 struct Shared {
@@ -313,15 +315,16 @@ async fn one_life(
                 if let Ok(kube::runtime::watcher::Event::Apply(g)) = ev {
                     let st = g.status.clone().unwrap_or_default();
                     versions.lock().expect("lock").push(format!(
-                        "rv {} {:?}/{} attempt {} intent {:?} marker {:?} retry {:?} renewals {}",
+                        "rv {} {:?}/{} attempt {} intent {:?} marker {:?} retry {:?} renewals {} end {:?}",
                         g.metadata.resource_version.unwrap_or_default(),
                         st.phase,
                         st.reason.unwrap_or_default(),
                         st.attempt,
-                        st.intent.map(|i| (i.operation, i.attempt)),
+                        st.intent.map(|i| (i.operation, i.attempt, i.recorded_at)),
                         st.jit.and_then(|j| j.marker),
                         st.retry.map(|r| r.not_before),
-                        st.renewals
+                        st.renewals,
+                        st.end_time
                     ));
                 }
             }
@@ -391,10 +394,12 @@ async fn one_life(
         ));
     }
     trace.abort();
+    let versions = versions.lock().expect("lock").clone();
     shared.lived.lock().expect("lock").push(Lived {
         tracked,
         renewals,
         reached_active,
+        versions,
     });
     *shared
         .lives
@@ -532,11 +537,21 @@ pub async fn run(cfg: SoakConfig) -> SoakReport {
         };
         if made > 1 + l.renewals as usize {
             a.double_grants.push(format!(
-                "{kind} {key}: {made} grant requests for {} renewals: {:?} {:?}",
+                "{kind} {key}: {made} grant requests for {} renewals: {:?} {:?}; stored versions: {:#?}",
                 l.renewals,
                 a.jit.get(&key),
-                a.pim.get(&key)
+                a.pim.get(&key),
+                l.versions
             ));
+        }
+        if let Some(reqs) = a.jit.get(&key) {
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(twice) = reqs.iter().find(|r| !seen.insert(r.marker.clone())) {
+                println!(
+                    "soak: {key}: marker {} initiated more than once; requests {reqs:?}; stored versions: {:#?}",
+                    twice.marker, l.versions
+                );
+            }
         }
         assert!(
             !l.reached_active || made >= 1,
