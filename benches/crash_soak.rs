@@ -90,6 +90,7 @@ fn main() {
         println!("  {life:<28} {n}");
     }
     println!("renewals:                          {}", r.renewals);
+    println!("JIT markers (requests by attempt): {}", r.jit_markers);
     println!("Azure writes (2xx):                {}", r.azure_writes);
     println!(
         "double grants:                     {}",
@@ -101,6 +102,10 @@ fn main() {
     );
     println!("lives that went wrong:             {}", r.findings.len());
     println!("PIM replays adopted (409):         {}", r.pim_replays);
+    println!("Azure calls answered 429:          {}", r.throttled);
+    for (grant, life, secs) in &r.slowest {
+        println!("  slow life: {grant} {life} {secs:.0} s");
+    }
     if !(r.audit.double_grants.is_empty() && r.audit.orphans.is_empty() && r.findings.is_empty()) {
         println!("double grants: {:#?}", r.audit.double_grants);
         println!("orphans: {:#?}", r.audit.orphans);

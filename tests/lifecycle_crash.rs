@@ -57,10 +57,18 @@ fn jit_close_intent_lost_to_a_crash_still_closes_early() {
     assert_eq!(jit_writes(&w), 1, "the close was not sent");
 
     w.reconcile();
-    assert_eq!(jit_writes(&w), 1, "not sent again while it may be in flight");
+    assert_eq!(
+        jit_writes(&w),
+        1,
+        "not sent again while it may be in flight"
+    );
     assert!(!w.grant.gone, "the finalizer stays meanwhile");
     let settled = intent.recorded_at + w.config.write_deadline + w.config.write_settle;
-    assert_eq!(w.last.wake_at, Some(settled), "comes back once it cannot land");
+    assert_eq!(
+        w.last.wake_at,
+        Some(settled),
+        "comes back once it cannot land"
+    );
     w.wake(Duration::minutes(5));
     assert_eq!(jit_writes(&w), 2, "the close is sent after the restart");
     assert_eq!(
@@ -103,7 +111,11 @@ fn jit_renewal_intent_lost_to_a_crash_renews_again() {
     assert_eq!(jit_writes(&w), 1, "the renewal was not sent");
 
     w.reconcile();
-    assert_eq!(jit_writes(&w), 1, "not sent again while it may be in flight");
+    assert_eq!(
+        jit_writes(&w),
+        1,
+        "not sent again while it may be in flight"
+    );
     w.wake(Duration::minutes(5));
     assert_eq!(w.phase(), Phase::Active, "{:?}", w.grant.status.message);
     assert_eq!(w.reason(), "Renewed");

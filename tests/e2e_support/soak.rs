@@ -203,6 +203,14 @@ pub struct SoakReport {
     pub audit: Audit,
     /// Lives that went wrong (wrong end phase, access left after revoke or delete).
     pub findings: Vec<String>,
+    /// The slowest lives: (grant, life, seconds from create to gone), slowest first.
+    pub slowest: Vec<(String, String, f64)>,
+    /// Status transitions each operator process wrote (its audit lines), in start order.
+    pub transitions_by_operator: Vec<usize>,
+    /// Azure calls answered 429 (both operators share one principal, so one ARM budget).
+    pub throttled: usize,
+    /// Distinct JIT markers Azure lists for the run's grants (initiations and closes).
+    pub jit_markers: usize,
 }
 
 /// One grant's record: who it was and what it held when its life ended.
@@ -211,6 +219,9 @@ struct Lived {
     tracked: Tracked,
     renewals: u32,
     reached_active: bool,
+    /// What kind of life it was, and how long it took from create to gone.
+    life: String,
+    secs: f64,
     /// Every stored version of the grant (to explain a double grant).
     versions: Vec<String>,
 }
@@ -330,6 +341,7 @@ async fn one_life(
             }
         })
     };
+    let born = Instant::now();
     let mut renewals = 0;
     let mut reached_active = false;
     match life {
@@ -399,6 +411,8 @@ async fn one_life(
         tracked,
         renewals,
         reached_active,
+        life: format!("{}/{life:?}", kind(slot)),
+        secs: born.elapsed().as_secs_f64(),
         versions,
     });
     *shared
@@ -576,7 +590,39 @@ pub async fn run(cfg: SoakConfig) -> SoakReport {
         .iter()
         .filter(|c| c["operation"] == "RoleAssignmentScheduleRequests_Create" && c["status"] == 409)
         .count();
+    let throttled = calls.iter().filter(|c| c["status"] == 429).count();
+    let mut outs: Vec<std::path::PathBuf> = std::fs::read_dir(env.dir.path())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "out"))
+                .collect()
+        })
+        .unwrap_or_default();
+    outs.sort();
+    let transitions_by_operator = outs
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .matches("\"audit\":\"AccessGrantTransition\"")
+                .count()
+        })
+        .collect();
     let lives = shared.lives.lock().expect("lock").clone();
+    let mut slowest: Vec<(String, String, f64)> = lived
+        .iter()
+        .map(|l| (l.tracked.key(), l.life.clone(), l.secs))
+        .collect();
+    slowest.sort_by(|a, b| b.2.total_cmp(&a.2));
+    slowest.truncate(5);
+    let jit_markers = a
+        .jit
+        .values()
+        .flatten()
+        .map(|r| r.marker.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     SoakReport {
         seed: cfg.seed,
         kills: killed.load(Ordering::SeqCst),
@@ -589,6 +635,10 @@ pub async fn run(cfg: SoakConfig) -> SoakReport {
         secs: started.elapsed().as_secs_f64(),
         audit: a,
         findings: shared.findings.lock().expect("lock").clone(),
+        slowest,
+        transitions_by_operator,
+        throttled,
+        jit_markers,
     }
 }
 
