@@ -208,7 +208,7 @@ impl Publisher {
             .clone()
             .unwrap_or_else(|| "default".into());
         let uid = regarding.uid.clone().unwrap_or_default();
-        let now = chrono::Utc::now();
+        let now = crate::clock::now();
         let base = regarding
             .name
             .as_deref()
