@@ -804,6 +804,9 @@ impl Bench {
             // azure-sim's floor is PT1S in the bench world; the operator must agree.
             .env("PIM_DEACTIVATION_FLOOR", "PT1S")
             .env("ADMIN_ADDR", self.admin.to_string())
+            // No webhook is registered in the bench; a fixed port could collide with another
+            // run on the machine.
+            .env("WEBHOOK_ADDR", "127.0.0.1:0")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(out)
