@@ -366,7 +366,15 @@ async fn reconcile(
     let name = grant.name_any();
     let span = tracing::info_span!("reconcile", ns = %ns, name = %name, attempt = grant.status.as_ref().map_or(0, |s| s.attempt));
     let started = tokio::time::Instant::now();
-    let result = reconcile_grant(grant, &ctx).instrument(span).await;
+    // A grant being deleted or suspended is taking access away: its reads and writes go
+    // before those of grants waiting for access when ARM's budget is short.
+    let removing = grant.metadata.deletion_timestamp.is_some() || grant.spec.suspend == Some(true);
+    let work = reconcile_grant(grant, &ctx).instrument(span);
+    let result = if removing {
+        crate::azure::client::as_removal(work).await
+    } else {
+        work.await
+    };
     ctx.cfg.metrics.reconcile(started.elapsed(), result.is_ok());
     if let Err(e) = &result {
         ctx.cfg.metrics.failure(e.category());
