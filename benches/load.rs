@@ -72,12 +72,17 @@ struct Args {
 enum Scenario {
     Load,
     Burst,
+    Restart,
 }
 
 const HELP: &str = "load benchmark (see benches/load.rs)
 
-  --scenario load|burst      load: throttling off, N grants to Active, expiry, revoke sample
+  --scenario load|burst|restart
+                             load: throttling off, N grants to Active, expiry, revoke sample
                              burst: azure-sim enforces ARM buckets; budget use, 429s, priority
+                             restart: N grants Active, the operator restarted (SIGTERM, start):
+                             time to every grant reconciled, ARM calls after the restart, and a
+                             sample expiring after it (its timers were re-armed)
   --grants N                 grants to create (default 10000)
   --subscriptions S          subscriptions in the world (load: N/200 rounded up, so each stays
                              inside ARM's write burst; burst: 10)
@@ -132,7 +137,10 @@ fn parse_args() -> Result<Args, String> {
                 a.scenario = match value()?.as_str() {
                     "load" => Scenario::Load,
                     "burst" => Scenario::Burst,
-                    other => return Err(format!("--scenario: load or burst, not {other}")),
+                    "restart" => Scenario::Restart,
+                    other => {
+                        return Err(format!("--scenario: load, burst or restart, not {other}"));
+                    }
                 }
             }
             "--grants" => a.grants = num(&flag, value()?)?,
@@ -804,6 +812,9 @@ impl Bench {
             // azure-sim's floor is PT1S in the bench world; the operator must agree.
             .env("PIM_DEACTIVATION_FLOOR", "PT1S")
             .env("ADMIN_ADDR", self.admin.to_string())
+            // No webhook is registered in the bench; a fixed port could collide with another
+            // run on the machine.
+            .env("WEBHOOK_ADDR", "127.0.0.1:0")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(out)
@@ -1090,7 +1101,7 @@ async fn run(
     accessgrant_sim::azure::install_crypto_provider();
     let n = args.grants;
     let subs = args.subscriptions.unwrap_or(match args.scenario {
-        Scenario::Load => n.div_ceil(200),
+        Scenario::Load | Scenario::Restart => n.div_ceil(200),
         Scenario::Burst => 10,
     });
     let layout = Layout::new(n, subs.max(1));
@@ -1158,6 +1169,7 @@ async fn run(
     let result = match args.scenario {
         Scenario::Load => load(&mut b).await,
         Scenario::Burst => burst(&mut b).await,
+        Scenario::Restart => restart(&mut b).await,
     };
     b.stop_operator().await;
     if args.keep.is_some() {
@@ -1275,9 +1287,11 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
         println!("operator environment: {:?}", b.args.operator_env);
     }
     let idle = start_operator(b).await?;
+    let idle_heap = metric(b, "accessgrant_heap_allocated_bytes").await;
     println!(
-        "operator ready with 0 grants: RSS {:.1} MiB, CPU {:.2}s",
+        "operator ready with 0 grants: RSS {:.1} MiB, heap {:.1} MiB, CPU {:.2}s",
         mib(idle.rss_kib),
+        idle_heap / 1048576.0,
         idle.cpu_secs
     );
 
@@ -1365,6 +1379,12 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
         mib(full.rss_kib),
         mib(idle.rss_kib),
         (full.rss_kib.saturating_sub(idle.rss_kib) * 1024) as f64 / n as f64
+    );
+    let full_heap = metric(b, "accessgrant_heap_allocated_bytes").await;
+    println!(
+        "  operator heap with {n} grants cached: {:.1} MiB allocated (jemalloc stats) => {:.0} heap bytes per cached grant",
+        full_heap / 1048576.0,
+        (full_heap - idle_heap) / n as f64
     );
     object_size(b).await;
     let activation_calls: Vec<Call> = log
@@ -1890,5 +1910,166 @@ async fn burst(b: &mut Bench) -> Result<(), BoxError> {
         end.cpu_secs
     );
     watch.abort();
+    Ok(())
+}
+
+/// One sample of the running operator's metrics (0 when absent).
+async fn metric(b: &Bench, series: &str) -> f64 {
+    b.metrics()
+        .await
+        .lines()
+        .find(|l| l.split(' ').next() == Some(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The `reconciles_total{outcome="ok"}` counter of the running operator.
+async fn reconciles_ok(b: &Bench) -> f64 {
+    metric(b, "accessgrant_reconciles_total{outcome=\"ok\"}").await
+}
+
+/// Restart with N Active grants and no intents in flight.
+async fn restart(b: &mut Bench) -> Result<(), BoxError> {
+    let n = b.args.grants;
+    let deadline = Duration::from_secs(b.args.timeout);
+    let run_start = Instant::now();
+    let remaining = |s: &Instant| deadline.saturating_sub(s.elapsed());
+    // A sample expires after the restart: that it does, on time, shows its timer was re-armed
+    // by the new process (nothing else wakes an Active grant before its drift check).
+    let sample = b
+        .args
+        .revoke_sample
+        .unwrap_or((n / 10).clamp(1, 1000))
+        .min(n);
+    let stride = (n / sample.max(1)).max(1);
+    let expire_after = b.args.expire_after.unwrap_or((n as u64 / 20).max(180));
+    let expiring = move |i: usize| i.is_multiple_of(stride) && i / stride < sample;
+    let duration = move |i: usize| if expiring(i) { expire_after } else { 3600 };
+    println!(
+        "grants: {} for PT1H, {sample} expire after {expire_after}s (after the restart)",
+        n - sample
+    );
+    start_operator(b).await?;
+    let tracks: Tracks = Arc::new(Mutex::new(HashMap::new()));
+    let watch = spawn_watch(b.client.clone(), tracks.clone());
+    let mut log = b.call_log();
+    log.sync().await?;
+    let ids: Vec<usize> = (0..n).collect();
+    let t0 = clock::now();
+    b.create(&ids, duration, |_| false, &tracks).await?;
+    let all_active = wait_until(remaining(&run_start), "every grant Active", || {
+        let map = lock(&tracks);
+        let active = map.values().filter(|t| t.active_seen.is_some()).count();
+        (active >= n, format!("{active}/{n} reached Active"))
+    })
+    .await;
+    println!(
+        "all {n} grants Active {:.1}s after the first create{}",
+        secs(t0, clock::now()),
+        if all_active { "" } else { " (INCOMPLETE)" }
+    );
+    // Let the last status writes land: no intent may be in flight at the restart.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = proc_stats(b.operator_pid(), b.tck);
+    println!(
+        "operator before the restart: RSS {:.1} MiB, {} reconciles",
+        mib(before.rss_kib),
+        reconciles_ok(b).await
+    );
+
+    let t_stop = Instant::now();
+    b.stop_operator().await;
+    let stopped_in = t_stop.elapsed().as_secs_f64();
+    log.sync().await?;
+    let t_start = clock::now();
+    let wall_start = Instant::now();
+    b.spawn_operator()?;
+    if !b.wait_ready().await {
+        return Err("the restarted operator did not become ready within 120s".into());
+    }
+    let ready_in = wall_start.elapsed().as_secs_f64();
+    let cpu0 = thread_cpu(b.tck);
+    let all_reconciled = {
+        let limit = remaining(&run_start);
+        let start = Instant::now();
+        let mut ok = false;
+        let mut last_print = Instant::now();
+        while start.elapsed() < limit {
+            let done = reconciles_ok(b).await;
+            if done >= n as f64 {
+                ok = true;
+                break;
+            }
+            if last_print.elapsed() > Duration::from_secs(10) {
+                eprintln!("  … {done}/{n} reconciled after the restart");
+                last_print = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ok
+    };
+    let reconciled_in = wall_start.elapsed().as_secs_f64();
+    let t_reconciled = clock::now();
+    let cpu = diff_cpu(&cpu0, &thread_cpu(b.tck));
+    let after = proc_stats(b.operator_pid(), b.tck);
+    log.sync().await?;
+    let calls = count_calls(
+        log.all
+            .iter()
+            .filter(|c| c.at().is_some_and(|t| t >= t_start && t <= t_reconciled)),
+    );
+    println!("\n== restart with {n} Active grants, no intent in flight");
+    println!("  SIGTERM -> exited: {stopped_in:.1}s");
+    println!("  start -> ready (caches synced): {ready_in:.1}s");
+    println!(
+        "  start -> every grant reconciled once: {reconciled_in:.1}s ({:.0} grants/s){}",
+        n as f64 / reconciled_in.max(0.001),
+        if all_reconciled { "" } else { " (INCOMPLETE)" }
+    );
+    print_counts("ARM calls from start to every grant reconciled", &calls, n);
+    print_cpu("the restart", &cpu, after.cpu_secs, reconciled_in);
+    println!(
+        "  operator after the restart: RSS {:.1} MiB (peak {:.1} MiB), heap {:.1} MiB allocated",
+        mib(after.rss_kib),
+        mib(after.hwm_kib),
+        metric(b, "accessgrant_heap_allocated_bytes").await / 1048576.0
+    );
+
+    // The expiring sample: its timers were armed by the new process only.
+    let limit = Duration::from_secs(expire_after + 180).min(remaining(&run_start));
+    let expired = wait_until(limit, "the sample Expired", || {
+        let map = lock(&tracks);
+        let e = map.values().filter(|t| t.expired_seen.is_some()).count();
+        (e >= sample, format!("{e}/{sample} Expired"))
+    })
+    .await;
+    log.sync().await?;
+    let lags: Vec<f64> = lock(&tracks)
+        .values()
+        .filter_map(|t| Some(secs(t.end_time?, t.expired_seen?)))
+        .collect();
+    println!(
+        "  {}{}",
+        summary(
+            "sample: end time -> Expired seen, timers armed after the restart",
+            lags
+        ),
+        if expired { "" } else { " (INCOMPLETE)" }
+    );
+    let later = count_calls(
+        log.all
+            .iter()
+            .filter(|c| c.at().is_some_and(|t| t > t_reconciled)),
+    );
+    print_counts(
+        "ARM calls after that, to the sample's expiry",
+        &later,
+        sample,
+    );
+    watch.abort();
+    if calls.writes > 0 {
+        return Err(format!("{} ARM writes after the restart (expected 0)", calls.writes).into());
+    }
     Ok(())
 }

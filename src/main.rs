@@ -1,6 +1,12 @@
 //! `accessgrant-operator`: `run` (controller) and `crd` (print CRDs). Thin: parses flags, builds
 //! clients, hands over to the library.
 use accessgrant_operator::api::IsoDuration;
+
+/// jemalloc instead of the system allocator: at 10k cached grants glibc's malloc kept ~2x the
+/// live heap resident (BENCHMARKS.md), and jemalloc's statistics give the
+/// `accessgrant_heap_*` metrics.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use accessgrant_operator::azure::client::{ArmClient, ArmConfig, AuthConfig};
 use accessgrant_operator::controller::{self, ControllerConfig, identity::ServiceAccountTokens};
 use accessgrant_operator::lifecycle::PlannerConfig;

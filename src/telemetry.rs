@@ -129,6 +129,8 @@ struct MetricsInner {
     expiry_lag: Histogram,
     break_glass: Family<KindLabels, Counter>,
     admission: Family<AdmissionLabels, Counter>,
+    heap_allocated: Gauge,
+    heap_resident: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -155,6 +157,8 @@ struct AdmissionLabels {
 /// - `expiry_status_lag_seconds` (histogram, 0.1 s .. 10 min)
 /// - `break_glass_total{kind="JIT"|"PIM"}`: break-glass requests sent to Azure
 /// - `admission_reviews_total{webhook="mutate"|"validate",allowed}`
+/// - `heap_allocated_bytes`, `heap_resident_bytes`: jemalloc's statistics at scrape time (0
+///   when jemalloc is not the process's allocator, as in library tests)
 #[derive(Clone, Debug)]
 pub struct Metrics {
     inner: Arc<MetricsInner>,
@@ -268,6 +272,20 @@ impl Metrics {
             "AdmissionReviews answered by the webhook, by webhook and verdict",
             admission.clone(),
         );
+        let heap_allocated = Gauge::default();
+        registry.register_with_unit(
+            "heap_allocated",
+            "Bytes the process has allocated and not freed (jemalloc stats.allocated)",
+            Unit::Bytes,
+            heap_allocated.clone(),
+        );
+        let heap_resident = Gauge::default();
+        registry.register_with_unit(
+            "heap_resident",
+            "Bytes of allocator pages resident in memory (jemalloc stats.resident)",
+            Unit::Bytes,
+            heap_resident.clone(),
+        );
 
         Self {
             inner: Arc::new(MetricsInner {
@@ -282,6 +300,8 @@ impl Metrics {
                 expiry_lag,
                 break_glass,
                 admission,
+                heap_allocated,
+                heap_resident,
             }),
         }
     }
@@ -380,6 +400,15 @@ impl Metrics {
 
     /// The registry in OpenMetrics text format (ends with `# EOF`).
     pub fn encode(&self) -> String {
+        // jemalloc's statistics are refreshed by advancing its epoch.
+        if tikv_jemalloc_ctl::epoch::advance().is_ok() {
+            if let Ok(b) = tikv_jemalloc_ctl::stats::allocated::read() {
+                self.inner.heap_allocated.set(b as i64);
+            }
+            if let Ok(b) = tikv_jemalloc_ctl::stats::resident::read() {
+                self.inner.heap_resident.set(b as i64);
+            }
+        }
         let mut out = String::new();
         // Writing to a String cannot fail; an Err could only come from a label encoder, and a
         // scrape should still get what was written rather than a panic.

@@ -77,6 +77,42 @@ fn pim_assign_and_remove_on_delete() {
 }
 
 #[test]
+fn deleting_an_active_grant_reads_only_the_assignment_before_removing_it() {
+    // The grant request was seen Provisioned: nothing can be pending, so the removal costs one
+    // read (the assignment), not two (ARM's read budget bounds revocation bursts).
+    use accessgrant_operator::lifecycle::Need;
+    for mode in [PimMode::Assign, PimMode::Activate] {
+        let mut w = World::new(pim_spec(mode));
+        w.reconcile();
+        assert_eq!(w.phase(), Phase::Active);
+        assert_eq!(
+            w.grant
+                .status
+                .pim
+                .as_ref()
+                .and_then(|p| p.status.as_deref()),
+            Some("Provisioned")
+        );
+        w.now += Duration::minutes(10);
+        w.delete();
+        w.reconcile();
+        let needs: Vec<&Need> = w
+            .last
+            .plans
+            .iter()
+            .take_while(|p| p.azure_write().is_none())
+            .flat_map(|p| p.needs.iter())
+            .collect();
+        assert!(
+            needs.iter().all(|n| !matches!(n, Need::PimRequest(_))),
+            "{mode:?}: {needs:?}"
+        );
+        assert_eq!(needs.len(), 1, "{mode:?}: {needs:?}");
+        assert!(w.grant.gone);
+    }
+}
+
+#[test]
 fn delete_inside_the_deactivation_floor_waits() {
     let mut w = World::new(pim_spec(PimMode::Activate));
     w.reconcile();

@@ -203,7 +203,7 @@ fn cluster_allow_list(self_signed: bool) -> BTreeSet<Perm> {
             "accesspolicies",
             &["get", "list", "watch"],
         ),
-        ("", "namespaces", &["get"]),
+        ("", "namespaces", &["get", "list", "watch"]),
         ("", "serviceaccounts/token", &["create"]),
         ("events.k8s.io", "events", &["create", "patch"]),
     ]);

@@ -13,27 +13,45 @@ type Slot<V> = Arc<tokio::sync::Mutex<Option<(Instant, V)>>>;
 /// A TTL cache where concurrent misses for one key make a single call.
 pub struct ReadCache<K, V> {
     ttl: Duration,
-    slots: Mutex<HashMap<K, Slot<V>>>,
+    slots: Mutex<Slots<K, V>>,
 }
+
+struct Slots<K, V> {
+    map: HashMap<K, Slot<V>>,
+    /// Sweep expired entries when the map grows past this (doubles the live size each sweep),
+    /// so the cache holds about what the last TTL used, not every key ever read.
+    sweep_at: usize,
+}
+
+const MIN_SWEEP: usize = 1024;
 
 impl<K: Eq + Hash + Clone, V: Clone> ReadCache<K, V> {
     /// New cache.
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Slots {
+                map: HashMap::new(),
+                sweep_at: MIN_SWEEP,
+            }),
         }
     }
 
     fn slot(&self, key: &K) -> Slot<V> {
-        let mut map = match self.slots.lock() {
+        let mut slots = match self.slots.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        if map.len() > 50_000 {
-            map.clear();
+        if slots.map.len() >= slots.sweep_at {
+            let ttl = self.ttl;
+            // A slot in use (locked) or still fresh stays; an expired or empty one goes.
+            slots.map.retain(|_, slot| match slot.try_lock() {
+                Ok(v) => v.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl),
+                Err(_) => true,
+            });
+            slots.sweep_at = (slots.map.len() * 2).max(MIN_SWEEP);
         }
-        map.entry(key.clone()).or_default().clone()
+        slots.map.entry(key.clone()).or_default().clone()
     }
 
     /// The cached value, or the result of `load` (stored on success).
@@ -56,10 +74,50 @@ impl<K: Eq + Hash + Clone, V: Clone> ReadCache<K, V> {
 
     /// Forgets a key (after a write that changed it).
     pub fn invalidate(&self, key: &K) {
-        let mut map = match self.slots.lock() {
+        let mut slots = match self.slots.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        map.remove(key);
+        slots.map.remove(key);
+    }
+}
+
+impl<K, V> ReadCache<K, V> {
+    /// Keys held (fresh or not yet swept).
+    pub fn len(&self) -> usize {
+        match self.slots.lock() {
+            Ok(m) => m.map.len(),
+            Err(p) => p.into_inner().map.len(),
+        }
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_entries_are_swept_so_the_cache_stays_bounded() {
+        let c: ReadCache<u32, u32> = ReadCache::new(Duration::from_secs(2));
+        for i in 0..10_000u32 {
+            let v = c
+                .get_or_load(&i, || async move { Ok::<_, ()>(i * 2) })
+                .await;
+            assert_eq!(v, Ok(i * 2));
+            if i % 100 == 0 {
+                tokio::time::advance(Duration::from_secs(1)).await;
+            }
+        }
+        // About two seconds' worth of keys (200) live; sweeps keep at most ~2x the live set or
+        // the minimum.
+        assert!(c.len() <= 2 * MIN_SWEEP, "{} entries kept", c.len());
+        // A fresh entry is served from the cache.
+        let again = c.get_or_load(&9_999, || async { Err::<u32, ()>(()) }).await;
+        assert_eq!(again, Ok(19_998));
     }
 }

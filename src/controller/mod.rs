@@ -3,6 +3,8 @@
 //! the plan's `wake_at`. All decisions are in `crate::lifecycle`; this module only does I/O.
 
 pub mod cache;
+pub mod coverage;
+pub mod events;
 pub mod identity;
 
 use crate::api::{AccessGrant, AccessGrantStatus, AccessPolicy, Phase};
@@ -19,7 +21,6 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -54,8 +55,10 @@ pub struct Context {
     client: Client,
     arm: Arc<ArmClient>,
     policies: Store<AccessPolicy>,
+    namespaces: Store<Namespace>,
     grants: Store<DeserializeGuard<AccessGrant>>,
-    recorder: Recorder,
+    recorder: events::Publisher,
+    coverage: Arc<coverage::Coverage>,
     cfg: ControllerConfig,
     jit_policies:
         cache::ReadCache<(String, String, String, String), Option<crate::lifecycle::JitPolicyView>>,
@@ -110,17 +113,31 @@ pub async fn run(
     });
     policies.wait_until_ready().await?;
     tracing::info!(count = policies.state().len(), "AccessPolicies loaded");
+    // Namespace labels select policies: kept from a watch instead of a GET per reconcile (a
+    // namespace missing from this cache, e.g. just created, is read directly).
+    let (namespaces, ns_writer) = reflector::store();
+    let ns_stream = watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|n: &mut Namespace| n.managed_fields_mut().clear())
+    .reflect(ns_writer)
+    .touched_objects();
+    let ns_task = tokio::spawn(async move {
+        ns_stream.for_each(|_| async {}).await;
+    });
     // Both CRDs are served (the policy watch listed; a grants list answers too).
     grants_api
         .list_metadata(&kube::api::ListParams::default().limit(1))
         .await?;
     cfg.readiness.set_crds_established(true);
 
-    let reporter = Reporter {
+    let reporter = events::Reporter {
         controller: "accessgrant-operator".into(),
-        instance: std::env::var("POD_NAME").ok(),
+        instance: std::env::var("POD_NAME").unwrap_or_else(|_| "accessgrant-operator".into()),
     };
-    let recorder = Recorder::new(client.clone(), reporter);
+    let recorder = events::Publisher::new(client.clone(), reporter);
     // The grant cache and the reconcile triggers (measured with benches/load.rs, see
     // BENCHMARKS.md):
     // - managedFields are dropped before objects enter the cache: nothing reads them, and
@@ -133,9 +150,16 @@ pub async fn run(
     //   expiry, confirmations, drift checks) is requeued by the plan's `wake_at`, and an
     //   operator restart reconciles every grant from its initial list.
     let (grants, grants_writer) = reflector::store();
+    let coverage = Arc::new(coverage::Coverage::default());
+    let index = coverage.clone();
     let grant_events = watcher(grants_api, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(|g: &mut DeserializeGuard<AccessGrant>| g.managed_fields_mut().clear())
+        .inspect(move |ev| {
+            if let Ok(ev) = ev {
+                index.observe(ev);
+            }
+        })
+        .modify(lean)
         .reflect(grants_writer)
         .touched_objects()
         .predicate_filter(
@@ -188,8 +212,10 @@ pub async fn run(
         client,
         arm,
         policies,
+        namespaces,
         grants,
         recorder,
+        coverage,
         cfg: cfg.clone(),
         jit_policies: cache::ReadCache::new(Duration::from_secs(2)),
         pim_instances: cache::ReadCache::new(Duration::from_secs(2)),
@@ -257,6 +283,7 @@ pub async fn run(
     }
     controller_task.abort();
     policy_task.abort();
+    ns_task.abort();
     Ok(())
 }
 
@@ -303,6 +330,17 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     let _in_flight = InFlight::enter(&ctx.in_flight);
+    // The cache holds lean copies (see `lean`): every pass plans from the object as the API
+    // server has it now, which also means never from a copy older than our own last write.
+    let Some(ns) = obj.meta().namespace.clone() else {
+        return Ok(Action::await_change());
+    };
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let fresh_api: Api<DeserializeGuard<AccessGrant>> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(obj) = fresh_api.get_opt(&name).await? else {
+        // Gone (our finalizer was removed, or it never had one): nothing is held for it.
+        return Ok(Action::await_change());
+    };
     let grant = match &obj.0 {
         Ok(g) => g.clone(),
         Err(invalid) => {
@@ -339,7 +377,15 @@ async fn reconcile(
     let name = grant.name_any();
     let span = tracing::info_span!("reconcile", ns = %ns, name = %name, attempt = grant.status.as_ref().map_or(0, |s| s.attempt));
     let started = tokio::time::Instant::now();
-    let result = reconcile_grant(grant, &ctx).instrument(span).await;
+    // A grant being deleted or suspended is taking access away: its reads and writes go
+    // before those of grants waiting for access when ARM's budget is short.
+    let removing = grant.metadata.deletion_timestamp.is_some() || grant.spec.suspend == Some(true);
+    let work = reconcile_grant(grant, &ctx).instrument(span);
+    let result = if removing {
+        crate::azure::client::as_removal(work).await
+    } else {
+        work.await
+    };
     ctx.cfg.metrics.reconcile(started.elapsed(), result.is_ok());
     if let Err(e) = &result {
         ctx.cfg.metrics.failure(e.category());
@@ -347,77 +393,47 @@ async fn reconcile(
     result
 }
 
+/// What the grant cache keeps of an object: what triggers, maps and counts reconciles
+/// (metadata without managedFields and annotations, the spec, the phase). Each reconcile reads
+/// the whole object fresh, so the full status, history and stamp annotations are not held in
+/// memory for every grant (measured: BENCHMARKS.md). The access index (`coverage`) is fed
+/// from the full objects before this.
+fn lean(g: &mut DeserializeGuard<AccessGrant>) {
+    let meta = g.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+    if let Ok(grant) = &mut g.0
+        && let Some(st) = grant.status.as_mut()
+    {
+        *st = AccessGrantStatus {
+            phase: st.phase,
+            ..Default::default()
+        };
+    }
+}
+
 async fn namespace_labels(
-    client: &Client,
+    ctx: &Context,
     ns: &str,
 ) -> Result<BTreeMap<String, String>, kube::Error> {
-    let api: Api<Namespace> = Api::all(client.clone());
+    if let Some(n) = ctx.namespaces.get(&ObjectRef::new(ns)) {
+        return Ok(n.metadata.labels.clone().unwrap_or_default());
+    }
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
     match api.get_opt(ns).await? {
         Some(n) => Ok(n.metadata.labels.unwrap_or_default()),
         None => Ok(BTreeMap::new()),
     }
 }
 
-fn covered_by_other(ctx: &Context, me: &AccessGrant) -> bool {
-    let Some(my) = me.status.as_ref().and_then(|s| s.target.clone()) else {
-        return false;
-    };
-    let my_uid = me.uid();
-    ctx.grants
-        .state()
-        .iter()
-        .filter_map(|g| g.0.as_ref().ok())
-        .any(|other| {
-            if other.uid() == my_uid
-                || other.metadata.deletion_timestamp.is_some()
-                || other.spec.suspend == Some(true)
-            {
-                return false;
-            }
-            let Some(st) = other.status.as_ref() else {
-                return false;
-            };
-            if !matches!(st.phase, Phase::Active | Phase::Renewing) {
-                return false;
-            }
-            let Some(t) = st.target.as_ref() else {
-                return false;
-            };
-            match (&my.pim, &t.pim, &my.jit, &t.jit) {
-                (Some(a), Some(b), _, _) => {
-                    a.principal_id.eq_ignore_ascii_case(&b.principal_id)
-                        && a.role_definition_id
-                            .eq_ignore_ascii_case(&b.role_definition_id)
-                        && a.scope.eq_ignore_ascii_case(&b.scope)
-                        && a.mode == b.mode
-                }
-                (_, _, Some(a), Some(b)) => a.virtual_machines.iter().all(|vm| {
-                    vm.ports.iter().all(|p| {
-                        b.virtual_machines
-                            .iter()
-                            .filter(|v| v.id.eq_ignore_ascii_case(&vm.id))
-                            .any(|v| {
-                                v.ports.iter().any(|q| {
-                                    q.number == p.number
-                                        && q.allowed_source_address_prefixes
-                                            == p.allowed_source_address_prefixes
-                                })
-                            })
-                    })
-                }),
-                _ => false,
-            }
-        })
-}
-
 async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = grant.namespace().unwrap_or_default();
     let api: Api<AccessGrant> = Api::namespaced(ctx.client.clone(), &ns);
-    let labels = namespace_labels(&ctx.client, &ns).await?;
+    let labels = namespace_labels(ctx, &ns).await?;
     let policies: Vec<AccessPolicy> = ctx.policies.state().iter().map(|p| (**p).clone()).collect();
     let (decision, verified) = judge(&grant, &policies, labels, ctx.cfg.stamp_key.as_ref());
     let Decision { valid, verdict } = decision;
-    let covered = covered_by_other(ctx, &grant);
+    let covered = ctx.coverage.covered_by_other(&grant);
     let mut observed = Observed::default();
     let mut status = grant.status.clone().unwrap_or_default();
     let mut events: Vec<crate::lifecycle::PlannedEvent> = Vec::new();
@@ -913,17 +929,11 @@ async fn publish(ctx: &Context, g: &AccessGrant, events: &[crate::lifecycle::Pla
                 })
             );
         }
-        let note: String = e.note.chars().take(1000).collect();
-        let ev = Event {
-            type_: if e.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+        let ev = events::EventSpec {
+            warning: e.warning,
             reason: e.reason.clone(),
-            note: Some(note),
+            note: e.note.chars().take(1000).collect(),
             action: "Reconcile".into(),
-            secondary: None,
         };
         if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
             tracing::debug!(error = %err, "event not published");

@@ -1094,7 +1094,19 @@ impl<'a> Ctx<'a> {
         let attempt = self.st.attempt.max(1);
         // A request still waiting (approval or processing) must be canceled first, whatever
         // the phase says: an approver could otherwise grant it after we let go.
-        if let Some(name) = self.st.pim.as_ref().and_then(|p| p.request_name.clone()) {
+        // An Active grant's latest request was seen Provisioned, which Azure never turns back
+        // into a pending one: no read is needed to know there is nothing to cancel (saves ARM's
+        // read budget when many grants are revoked at once).
+        let provisioned = self.st.phase == Phase::Active
+            && self
+                .st
+                .pim
+                .as_ref()
+                .and_then(|p| p.status.as_deref())
+                .is_some_and(|s| pim_class(s) == PimClass::Granted);
+        if let Some(name) = self.st.pim.as_ref().and_then(|p| p.request_name.clone())
+            && !provisioned
+        {
             match &self.input.observed.pim_request {
                 Read::NotRead => return self.need(Need::PimRequest(name)),
                 Read::Missing => {}
