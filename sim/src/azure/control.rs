@@ -9,7 +9,7 @@ use chrono::Duration;
 use serde_json::{Value, json};
 
 use super::arm::ArmError;
-use super::server::{Shared, json_response};
+use super::server::{Shared, json_bytes_response, json_response};
 use super::state::Fault;
 use super::world::ThrottleSettings;
 use super::{jit, pim};
@@ -23,8 +23,12 @@ fn body_json(b: &[u8]) -> Result<Value, ArmError> {
 }
 
 pub async fn get_calls(AxState(s): AxState<Arc<Shared>>) -> Response {
-    let st = s.lock();
-    json_response(200, Some(&json!(st.calls)))
+    // Straight to bytes: the log holds up to 100,000 calls, read under the state lock.
+    let body = serde_json::to_vec(&s.lock().calls);
+    match body {
+        Ok(b) => json_bytes_response(200, b),
+        Err(e) => err(&ArmError::new(500, "InternalServerError", e.to_string())),
+    }
 }
 
 pub async fn clear_calls(AxState(s): AxState<Arc<Shared>>) -> Response {
@@ -36,6 +40,7 @@ pub async fn get_state(AxState(s): AxState<Arc<Shared>>) -> Response {
     let now = super::clock::now();
     let mut st = s.lock();
     st.expire(now);
+    st.expire_all_jit(now);
     json_response(200, Some(&st.dump(now)))
 }
 
