@@ -20,7 +20,7 @@ use super::managed::{self, ApplyRequest, Scope};
 use super::patch;
 use super::registry::{Builtin, Registry, ResourceDef, StoreKey};
 use super::schema;
-use super::store::{self, EventType, Store, StoreEvent};
+use super::store::{self, EventType, Store, StoreEvent, Stored};
 use super::{discovery, table};
 
 pub(crate) struct Inner {
@@ -52,6 +52,20 @@ pub(crate) fn now_rfc3339() -> String {
 
 pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, [("content-type", "application/json")], v.to_string()).into_response()
+}
+
+/// A JSON answer already serialised.
+pub(crate) fn json_bytes_response(code: StatusCode, b: Bytes) -> Response {
+    (code, [("content-type", "application/json")], b).into_response()
+}
+
+/// Answers with a stored object as `def` shows it: its stored JSON as is when that is what
+/// `def` shows, else the presented object serialised.
+fn stored_response(code: StatusCode, def: &ResourceDef, obj: &Stored) -> Response {
+    match obj.presented_json(def) {
+        Some(b) => json_bytes_response(code, b.clone()),
+        None => json_response(code, &present(def, &obj.value())),
+    }
 }
 
 /// Per-request facts.
@@ -448,17 +462,24 @@ fn is_table(ctx: &Ctx) -> bool {
 // ---------------------------------------------------------------- read
 
 fn get(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
-    let inner = sim.lock();
-    let obj = inner
-        .store
-        .get(&rr.def.store, rr.ns_str(), rr.name_str())
-        .ok_or_else(|| ApiError::not_found(&rr.def, rr.name_str()))?;
-    let obj = present(&rr.def, obj);
+    let (stored, rv) = {
+        let inner = sim.lock();
+        let stored = inner
+            .store
+            .get_stored(&rr.def.store, rr.ns_str(), rr.name_str())
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&rr.def, rr.name_str()))?;
+        (stored, inner.store.current_rv())
+    };
+    let plain = !wants_metadata_only(ctx) && !is_table(ctx);
+    if plain {
+        return Ok(stored_response(StatusCode::OK, &rr.def, &stored));
+    }
+    let obj = present(&rr.def, &stored.value());
     if wants_metadata_only(ctx) {
         return Ok(json_response(StatusCode::OK, &partial_metadata(&obj)));
     }
     if is_table(ctx) {
-        let rv = inner.store.current_rv();
         return Ok(json_response(
             StatusCode::OK,
             &table::table(&rr.def, &[obj], rv, None, ctx.q("includeObject")),
@@ -597,29 +618,33 @@ fn list(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
     // Selectors see the object as the requested version shows it; only events.k8s.io
     // differs from the stored form.
     let needs_present = rr.def.builtin == Builtin::EventV1;
-    let mut items = vec![];
+    let mut stored: Vec<Arc<Stored>> = vec![];
     let mut last: Option<(String, String)> = None;
     let mut remaining = 0usize;
     for (key, obj) in inner
         .store
         .iter_from(&rr.def.store, ns, start_after.as_ref())
     {
-        let matches = if needs_present {
-            sel.matches(&present(&rr.def, obj))
-        } else {
-            sel.matches(obj)
+        // Without selectors every object matches: no need to parse it here.
+        let matches = sel.is_empty() || {
+            let v = obj.value();
+            if needs_present {
+                sel.matches(&present(&rr.def, &v))
+            } else {
+                sel.matches(&v)
+            }
         };
         if !matches {
             continue;
         }
-        if items.len() >= limit {
+        if stored.len() >= limit {
             remaining += 1;
             if !sel.is_empty() {
                 break;
             }
             continue;
         }
-        items.push(present(&rr.def, obj));
+        stored.push(obj.clone());
         last = Some(key.clone());
     }
     drop(inner);
@@ -638,6 +663,13 @@ fn list(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
             metadata["remainingItemCount"] = json!(remaining);
         }
     }
+    if !is_table(ctx) && !wants_metadata_only(ctx) {
+        return Ok(list_response(&rr.def, &metadata, &stored));
+    }
+    let items: Vec<Value> = stored
+        .iter()
+        .map(|o| present(&rr.def, &o.value()))
+        .collect();
     if is_table(ctx) {
         return Ok(json_response(
             StatusCode::OK,
@@ -669,12 +701,48 @@ fn list(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
     ))
 }
 
+/// `{"apiVersion","items","kind","metadata"}` (the key order of a serialised
+/// `serde_json::Value`) with each item's stored JSON copied in when it needs no conversion.
+fn list_response(def: &ResourceDef, metadata: &Value, items: &[Arc<Stored>]) -> Response {
+    let size: usize = items.iter().map(|o| o.json_len() + 1).sum();
+    let mut out: Vec<u8> = Vec::with_capacity(size + 256);
+    out.extend_from_slice(b"{\"apiVersion\":");
+    out.extend_from_slice(Value::String(def.api_version()).to_string().as_bytes());
+    out.extend_from_slice(b",\"items\":[");
+    for (i, o) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match o.presented_json(def) {
+            Some(b) => out.extend_from_slice(b),
+            None => out.extend_from_slice(present(def, &o.value()).to_string().as_bytes()),
+        }
+    }
+    out.extend_from_slice(b"],\"kind\":");
+    out.extend_from_slice(Value::String(def.list_kind()).to_string().as_bytes());
+    out.extend_from_slice(b",\"metadata\":");
+    out.extend_from_slice(metadata.to_string().as_bytes());
+    out.push(b'}');
+    json_bytes_response(StatusCode::OK, Bytes::from(out))
+}
+
 // ---------------------------------------------------------------- watch
 
 fn watch_line(etype: &str, obj: &Value) -> Bytes {
     let mut s = json!({"type": etype, "object": obj}).to_string();
     s.push('\n');
     Bytes::from(s)
+}
+
+/// [`watch_line`] for an object already serialised: the same bytes, without a `Value`.
+fn watch_line_json(etype: &str, obj: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(obj.len() + 40);
+    out.extend_from_slice(b"{\"object\":");
+    out.extend_from_slice(obj);
+    out.extend_from_slice(b",\"type\":");
+    out.extend_from_slice(Value::String(etype.to_string()).to_string().as_bytes());
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
 }
 
 fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
@@ -737,13 +805,13 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
                 }
             }
         };
-        let initial: Vec<Value> = if initial_events {
+        let initial: Vec<Arc<Stored>> = if initial_events {
             inner
                 .store
                 .list(&rr.def.store, ns.as_deref())
                 .into_iter()
-                .map(|(_, o)| present(&rr.def, &o))
-                .filter(|p| sel.matches(p))
+                .map(|(_, o)| o)
+                .filter(|o| sel.is_empty() || sel.matches(&present(&rr.def, &o.value())))
                 .collect()
         } else {
             vec![]
@@ -785,12 +853,13 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut first = true;
         let mut render = |obj: &Value| render_mode.render(&def, obj, &mut first);
+        let full = matches!(render_mode, Render::Full);
         for obj in initial {
-            if tx
-                .send(Ok(watch_line("ADDED", &render(&obj))))
-                .await
-                .is_err()
-            {
+            let line = match obj.presented_json(&def).filter(|_| full) {
+                Some(b) => watch_line_json("ADDED", b),
+                None => watch_line("ADDED", &render(&present(&def, &obj.value()))),
+            };
+            if tx.send(Ok(line)).await.is_err() {
                 return;
             }
         }
@@ -810,6 +879,24 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
             return;
         }
         let mut last_rv = start_rv;
+        // An event whose object the watch shows as stored, to a watch without selectors: its
+        // line is made from the stored JSON without parsing it.
+        let fast = |ev: &StoreEvent| -> Option<Option<Bytes>> {
+            if ev.key != def.store {
+                return Some(None);
+            }
+            if let Some(ns) = &ns
+                && &ev.namespace != ns
+            {
+                return Some(None);
+            }
+            if !full || !sel.is_empty() {
+                return None;
+            }
+            ev.object
+                .presented_json(&def)
+                .map(|b| Some(watch_line_json(ev.etype.as_str(), b)))
+        };
         let deliver = |ev: &StoreEvent| -> Option<(String, Value)> {
             if ev.key != def.store {
                 return None;
@@ -819,9 +906,15 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
             {
                 return None;
             }
-            let now_obj = present(&def, &ev.object);
+            let now_obj = present(&def, &ev.object.value());
             let m_new = sel.matches(&now_obj);
-            let m_old = ev.old.as_ref().map(|o| sel.matches(&present(&def, o)));
+            let m_old = if sel.is_empty() {
+                ev.old.as_ref().map(|_| true)
+            } else {
+                ev.old
+                    .as_ref()
+                    .map(|o| sel.matches(&present(&def, &o.value())))
+            };
             let t = match (ev.etype, m_old, m_new) {
                 (EventType::Added, _, true) => EventType::Added,
                 (EventType::Modified, Some(true) | None, true) => EventType::Modified,
@@ -835,8 +928,12 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
         };
         for ev in past {
             last_rv = last_rv.max(ev.rv);
-            if let Some((t, o)) = deliver(&ev)
-                && tx.send(Ok(watch_line(&t, &render(&o)))).await.is_err()
+            let line = match fast(&ev) {
+                Some(line) => line,
+                None => deliver(&ev).map(|(t, o)| watch_line(&t, &render(&o))),
+            };
+            if let Some(line) = line
+                && tx.send(Ok(line)).await.is_err()
             {
                 return;
             }
@@ -857,8 +954,12 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
                         Ok(ev) => {
                             if ev.rv <= last_rv { continue; }
                             last_rv = ev.rv;
-                            if let Some((t, o)) = deliver(&ev)
-                                && tx.send(Ok(watch_line(&t, &render(&o)))).await.is_err()
+                            let line = match fast(&ev) {
+                                Some(line) => line,
+                                None => deliver(&ev).map(|(t, o)| watch_line(&t, &render(&o))),
+                            };
+                            if let Some(line) = line
+                                && tx.send(Ok(line)).await.is_err()
                             {
                                 return;
                             }
@@ -1222,7 +1323,7 @@ fn rebuild_registry(inner: &mut Inner) {
             None,
         )
         .into_iter()
-        .map(|(_, v)| v)
+        .map(|(_, v)| v.value())
         .filter(|v| !is_deleting(v))
         .collect();
     inner.registry = Registry::build(&crds);
@@ -1529,7 +1630,7 @@ async fn create_object(
     } else {
         ""
     };
-    if inner.store.get(&def.store, ns, &name).is_some() {
+    if inner.store.contains(&def.store, ns, &name) {
         return Err(ApiError::already_exists(def, &name));
     }
     if ctx.dry_run() {
@@ -1537,7 +1638,7 @@ async fn create_object(
     }
     let rv = inner.store.next_rv();
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-    inner.store.put(&def.store, ns, &name, obj.clone(), rv);
+    inner.store.put(&def.store, ns, &name, &obj, rv);
     if def.builtin == Builtin::Crd {
         rebuild_registry(&mut inner);
     }
@@ -1557,7 +1658,7 @@ fn check_namespace(
     let ns = url_ns.unwrap_or_default();
     match inner.store.get(&StoreKey::new("", "namespaces"), "", ns) {
         None => Err(ApiError::not_found_gr("", "namespaces", ns)),
-        Some(n) if is_deleting(n) => Err(ApiError::forbidden(format!(
+        Some(n) if is_deleting(&n) => Err(ApiError::forbidden(format!(
             "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
             def.gr()
         ))),
@@ -1669,7 +1770,7 @@ async fn write_existing(
     let ns = if def.namespaced { rr.ns_str() } else { "" };
     let name = rr.name_str();
     for _attempt in 0..16 {
-        let current = sim.lock().store.get(&def.store, ns, name).cloned();
+        let current = sim.lock().store.get(&def.store, ns, name);
         let Some(current) = current else {
             if let Change::Apply { applied, force } = &change
                 && scope != Scope::Status
@@ -1838,8 +1939,8 @@ async fn write_existing(
         let mut inner = sim.lock();
         let still = inner
             .store
-            .get(&def.store, ns, name)
-            .map(|o| str_at(o, "metadata", "resourceVersion").to_string());
+            .get_stored(&def.store, ns, name)
+            .map(|o| o.resource_version().to_string());
         if still.as_deref() != Some(cur_rv.as_str()) {
             if matches!(change, Change::Put(_)) && still.is_some() {
                 return Err(ApiError::modified(def, name));
@@ -1852,10 +1953,10 @@ async fn write_existing(
         let rv = inner.store.next_rv();
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
         if is_deleting(&new) && finalizers(&new).is_empty() && !ns_finalizers_pending(def, &new) {
-            inner.store.remove(&def.store, ns, name, new.clone(), rv);
+            inner.store.remove(&def.store, ns, name, &new, rv);
             after_removal(&mut inner, def, ns);
         } else {
-            inner.store.put(&def.store, ns, name, new.clone(), rv);
+            inner.store.put(&def.store, ns, name, &new, rv);
         }
         if def.builtin == Builtin::Crd {
             rebuild_registry(&mut inner);
@@ -1891,7 +1992,6 @@ async fn delete(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq, body: &[u8]) -> ApiResul
         .lock()
         .store
         .get(&def.store, ns, name)
-        .cloned()
         .ok_or_else(|| ApiError::not_found(def, name))?;
     let attrs = AdmissionAttrs::new(
         def,
@@ -1907,7 +2007,6 @@ async fn delete(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq, body: &[u8]) -> ApiResul
     let current = inner
         .store
         .get(&def.store, ns, name)
-        .cloned()
         .ok_or_else(|| ApiError::not_found(def, name))?;
     let pre = &opts["preconditions"];
     if let Some(uid) = pre["uid"].as_str()
@@ -1973,17 +2072,13 @@ fn delete_locked(
         }
         let rv = inner.store.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        inner.store.put(&def.store, ns, name, obj.clone(), rv);
+        inner.store.put(&def.store, ns, name, &obj, rv);
         match def.builtin {
             Builtin::Namespace => cascade_namespace(inner, name),
             Builtin::Crd => cascade_crd(inner, &obj),
             _ => {}
         }
-        return inner
-            .store
-            .get(&def.store, ns, name)
-            .cloned()
-            .unwrap_or(obj);
+        return inner.store.get(&def.store, ns, name).unwrap_or(obj);
     }
     if dry {
         return current;
@@ -1991,7 +2086,7 @@ fn delete_locked(
     let rv = inner.store.next_rv();
     let mut last = current;
     last["metadata"]["resourceVersion"] = json!(rv.to_string());
-    inner.store.remove(&def.store, ns, name, last.clone(), rv);
+    inner.store.remove(&def.store, ns, name, &last, rv);
     after_removal(inner, def, ns);
     if def.builtin == Builtin::Crd {
         rebuild_registry(inner);
@@ -2019,7 +2114,7 @@ fn cascade_namespace(inner: &mut Inner, ns: &str) {
             continue;
         }
         for ((ons, oname), obj) in inner.store.list(&key, Some(ns)) {
-            delete_locked(inner, &def, &ons, &oname, obj, false);
+            delete_locked(inner, &def, &ons, &oname, obj.value(), false);
         }
     }
     finish_namespace(inner, ns);
@@ -2027,7 +2122,7 @@ fn cascade_namespace(inner: &mut Inner, ns: &str) {
 
 fn finish_namespace(inner: &mut Inner, ns: &str) {
     let key = StoreKey::new("", "namespaces");
-    let Some(n) = inner.store.get(&key, "", ns).cloned() else {
+    let Some(n) = inner.store.get(&key, "", ns) else {
         return;
     };
     if is_deleting(&n) && inner.store.count_in_namespace(ns) == 0 {
@@ -2035,7 +2130,7 @@ fn finish_namespace(inner: &mut Inner, ns: &str) {
         let mut last = n;
         last["metadata"]["resourceVersion"] = json!(rv.to_string());
         last["spec"]["finalizers"] = json!([]);
-        inner.store.remove(&key, "", ns, last, rv);
+        inner.store.remove(&key, "", ns, &last, rv);
     }
 }
 
@@ -2043,7 +2138,7 @@ fn cascade_crd(inner: &mut Inner, crd: &Value) {
     let key = crd_store_key(crd);
     if let Some(def) = inner.registry.by_store(&key) {
         for ((ons, oname), obj) in inner.store.list(&key, None) {
-            delete_locked(inner, &def, &ons, &oname, obj, false);
+            delete_locked(inner, &def, &ons, &oname, obj.value(), false);
         }
     }
     finish_crd(inner, &key);
@@ -2052,14 +2147,14 @@ fn cascade_crd(inner: &mut Inner, crd: &Value) {
 fn finish_crd(inner: &mut Inner, key: &StoreKey) {
     let crd_key = StoreKey::new("apiextensions.k8s.io", "customresourcedefinitions");
     let name = format!("{}.{}", key.resource, key.group);
-    let Some(crd) = inner.store.get(&crd_key, "", &name).cloned() else {
+    let Some(crd) = inner.store.get(&crd_key, "", &name) else {
         return;
     };
     if is_deleting(&crd) && inner.store.list(key, None).is_empty() {
         let rv = inner.store.next_rv();
         let mut last = crd;
         last["metadata"]["resourceVersion"] = json!(rv.to_string());
-        inner.store.remove(&crd_key, "", &name, last, rv);
+        inner.store.remove(&crd_key, "", &name, &last, rv);
         rebuild_registry(inner);
     }
 }
@@ -2090,6 +2185,7 @@ async fn delete_collection(
     };
     let mut items = vec![];
     for ((ons, oname), obj) in inner.store.list(&def.store, ns) {
+        let obj = obj.value();
         if !sel.matches(&present(def, &obj)) {
             continue;
         }
@@ -2139,12 +2235,12 @@ pub(crate) fn seed(
         Builtin::Namespace => obj["status"] = json!({"phase": "Active"}),
         _ => {}
     }
-    if inner.store.get(&def.store, "", &name).is_some() {
+    if inner.store.contains(&def.store, "", &name) {
         anyhow::bail!("{} {name} is defined twice", def.kind);
     }
     let rv = inner.store.next_rv();
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-    inner.store.put(&def.store, "", &name, obj, rv);
+    inner.store.put(&def.store, "", &name, &obj, rv);
     if def.builtin == Builtin::Crd {
         rebuild_registry(inner);
     }
