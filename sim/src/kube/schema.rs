@@ -1,7 +1,9 @@
 //! Structural-schema handling of custom resources: pruning, defaulting, OpenAPI v3 value
 //! validation and `x-kubernetes-validations` CEL rules (through kube's `cel` feature).
 
-use kube::core::cel::{CompiledSchema, ErrorKind, RootContext, Validator, apply_defaults};
+use kube::core::cel::{
+    CompiledSchema, ErrorKind, RootContext, Validator, apply_defaults, compile_schema,
+};
 use serde_json::{Map, Value};
 
 use super::error::{FieldError, display_value};
@@ -483,6 +485,187 @@ pub(crate) fn validate_cel(
     }
 }
 
+/// A CRD version's `x-kubernetes-validations`, compiled once: for the whole object and, when the
+/// root has no rules of its own, also per top-level property, so that an update evaluates the
+/// rules of a property it leaves unchanged only where their outcome can matter.
+pub(crate) struct CelRules {
+    pub full: CompiledSchema,
+    /// By property name, sorted; None when the schema cannot be split (rules, composition or
+    /// additionalProperties at the root).
+    parts: Option<Vec<CelPart>>,
+}
+
+impl std::fmt::Debug for CelRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CelRules")
+            .field("parts", &self.parts.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+struct CelPart {
+    name: String,
+    /// The root with only this property; None when no rule lies under it.
+    all: Option<CompiledSchema>,
+    /// Same, with only the rules whose errors ratcheting may keep when the property is
+    /// unchanged (see [`keep_when_unchanged`]); None when there are none.
+    unchanged: Option<CompiledSchema>,
+}
+
+/// Number of rules (compiled or not) in a compiled schema tree.
+fn rule_count(c: &CompiledSchema) -> usize {
+    c.validations.len()
+        + c.properties.values().map(rule_count).sum::<usize>()
+        + c.items.as_deref().map_or(0, rule_count)
+        + c.additional_properties.as_deref().map_or(0, rule_count)
+        + c.all_of
+            .iter()
+            .chain(&c.one_of)
+            .chain(&c.any_of)
+            .map(rule_count)
+            .sum::<usize>()
+}
+
+/// Rules whose errors [`ratchet`] could keep although the value they sit on is unchanged:
+/// transition rules (by the same test `validate_cel` uses), rules reporting at another path
+/// (`fieldPath`), and rules at paths `value_at_path` may not resolve (map values, property
+/// names with `.`, `[` or `]`). Every other rule on an unchanged value only yields errors that
+/// ratcheting drops, so it need not run.
+fn keep_when_unchanged(rule: &Value, awkward_path: bool) -> bool {
+    awkward_path
+        || rule["rule"].as_str().is_none_or(|r| r.contains("oldSelf"))
+        || rule.get("fieldPath").is_some_and(|f| !f.is_null())
+}
+
+/// `schema` with only the rules [`keep_when_unchanged`] keeps.
+fn unchanged_rules(schema: &Value, awkward: bool) -> Value {
+    let Some(obj) = schema.as_object() else {
+        return schema.clone();
+    };
+    let mut out = Map::new();
+    for (k, v) in obj {
+        let nv = match k.as_str() {
+            "x-kubernetes-validations" => match v.as_array() {
+                Some(rules) => Value::Array(
+                    rules
+                        .iter()
+                        .filter(|r| keep_when_unchanged(r, awkward))
+                        .cloned()
+                        .collect(),
+                ),
+                None => v.clone(),
+            },
+            "properties" => match v.as_object() {
+                Some(props) => Value::Object(
+                    props
+                        .iter()
+                        .map(|(name, sub)| {
+                            let odd = awkward || name.contains(['.', '[', ']']);
+                            (name.clone(), unchanged_rules(sub, odd))
+                        })
+                        .collect(),
+                ),
+                None => v.clone(),
+            },
+            "items" => unchanged_rules(v, awkward),
+            "additionalProperties" => unchanged_rules(v, true),
+            "allOf" | "oneOf" | "anyOf" => match v.as_array() {
+                Some(subs) => {
+                    Value::Array(subs.iter().map(|x| unchanged_rules(x, awkward)).collect())
+                }
+                None => v.clone(),
+            },
+            _ => v.clone(),
+        };
+        out.insert(k.clone(), nv);
+    }
+    Value::Object(out)
+}
+
+impl CelRules {
+    pub fn compile(schema: &Value) -> CelRules {
+        CelRules {
+            full: compile_schema(schema),
+            parts: Self::split(schema),
+        }
+    }
+
+    fn split(schema: &Value) -> Option<Vec<CelPart>> {
+        let root = schema.as_object()?;
+        let splittable = root
+            .get("x-kubernetes-validations")
+            .is_none_or(|v| v.as_array().is_some_and(Vec::is_empty))
+            && ["allOf", "oneOf", "anyOf", "additionalProperties"]
+                .iter()
+                .all(|k| {
+                    root.get(*k)
+                        .is_none_or(|v| v.is_null() || *v == Value::Bool(false))
+                });
+        if !splittable {
+            return None;
+        }
+        let props = root.get("properties")?.as_object()?;
+        let mut parts = Vec::new();
+        for (name, sub) in props {
+            let odd = name.contains(['.', '[', ']']);
+            let one = |sub: Value| {
+                let mut props = Map::new();
+                props.insert(name.clone(), sub);
+                let c = compile_schema(&serde_json::json!({"type": "object", "properties": props}));
+                (rule_count(&c) > 0).then_some(c)
+            };
+            parts.push(CelPart {
+                name: name.clone(),
+                all: one(sub.clone()),
+                unchanged: one(unchanged_rules(sub, odd)),
+            });
+        }
+        parts.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(parts)
+    }
+}
+
+/// CEL validation of an update, property by property: a top-level property equal to its old
+/// value runs only the rules whose errors ratcheting could keep. The errors that survive
+/// [`ratchet`] are the same as with the whole object at once.
+fn validate_cel_update(
+    rules: &CelRules,
+    obj: &Value,
+    old: &Value,
+    root: &RootContext,
+) -> Vec<FieldError> {
+    let Some(parts) = &rules.parts else {
+        return validate_cel(&rules.full, obj, Some(old), root.clone());
+    };
+    let mut out = vec![];
+    for part in parts {
+        let v = obj.get(&part.name);
+        let o = old.get(&part.name);
+        let compiled = if v == o {
+            part.unchanged.as_ref()
+        } else {
+            part.all.as_ref()
+        };
+        let Some(compiled) = compiled else {
+            continue;
+        };
+        let wrap = |x: Option<&Value>| {
+            let mut m = Map::new();
+            if let Some(x) = x {
+                m.insert(part.name.clone(), x.clone());
+            }
+            Value::Object(m)
+        };
+        out.extend(validate_cel(
+            compiled,
+            &wrap(v),
+            Some(&wrap(o)),
+            root.clone(),
+        ));
+    }
+    out
+}
+
 /// Resolves `spec.a[0].b` / `spec.labels[key]` paths.
 pub(crate) fn value_at_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
     let mut cur = obj;
@@ -519,7 +702,7 @@ pub(crate) fn value_at_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value>
 /// from the old object are dropped, as CRDValidationRatcheting does).
 pub(crate) fn validate_custom(
     schema: &Value,
-    compiled: Option<&CompiledSchema>,
+    compiled: Option<&CelRules>,
     obj: &Value,
     old: Option<&Value>,
     root: RootContext,
@@ -543,7 +726,10 @@ pub(crate) fn validate_custom(
         return errs;
     }
     if let Some(compiled) = compiled {
-        let mut cel = validate_cel(compiled, obj, old, root);
+        let mut cel = match old {
+            Some(old) => validate_cel_update(compiled, obj, old, &root),
+            None => validate_cel(&compiled.full, obj, None, root),
+        };
         ratchet(&mut cel, obj, old);
         for e in &mut cel {
             if let Some(r) = e.reason.strip_suffix("\u{0}transition") {
@@ -587,9 +773,7 @@ pub(crate) fn validate_name(name: &str, label_only: bool) -> Option<FieldError> 
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
         )
     };
-    let ok = regex::Regex::new(re)
-        .map(|r| r.is_match(name))
-        .unwrap_or(false);
+    let ok = cached_regex(re).is_ok_and(|r| r.is_match(name));
     if name.len() > max {
         return Some(FieldError::invalid(
             "metadata.name",
@@ -600,16 +784,17 @@ pub(crate) fn validate_name(name: &str, label_only: bool) -> Option<FieldError> 
     (!ok).then(|| FieldError::invalid("metadata.name", &Value::String(name.into()), what))
 }
 
-/// Compiled regexes by pattern (schema patterns repeat on every write).
-fn cached_regex(p: &str) -> Result<regex::Regex, regex::Error> {
+/// Compiled regexes by pattern (schema patterns repeat on every write). Shared, not cloned: a
+/// clone of a `Regex` starts with an empty matching cache.
+fn cached_regex(p: &str) -> Result<std::sync::Arc<regex::Regex>, regex::Error> {
     use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<String, regex::Regex>>> = OnceLock::new();
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<regex::Regex>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(r) = cache.lock().ok().and_then(|c| c.get(p).cloned()) {
         return Ok(r);
     }
-    let r = regex::Regex::new(p)?;
+    let r = Arc::new(regex::Regex::new(p)?);
     if let Ok(mut c) = cache.lock() {
         if c.len() > 4096 {
             c.clear();
@@ -731,4 +916,120 @@ pub(crate) fn validate_object_meta(md: &Value) -> Vec<FieldError> {
         }
     }
     errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Errors left after ratcheting, as `reason field: detail`, sorted.
+    fn after_ratchet(mut errs: Vec<FieldError>, obj: &Value, old: &Value) -> Vec<String> {
+        ratchet(&mut errs, obj, Some(old));
+        let mut out: Vec<String> = errs
+            .into_iter()
+            .map(|e| {
+                let reason = e.reason.trim_end_matches("\u{0}transition").to_string();
+                format!("{reason} {}: {}", e.field, e.detail)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The update path (property by property, skipping what ratcheting drops) against the
+    /// whole object at once; returns the errors both keep.
+    fn same_errors(rules: &CelRules, old: &Value, obj: &Value) -> Vec<String> {
+        let root = RootContext::default();
+        let whole = after_ratchet(
+            validate_cel(&rules.full, obj, Some(old), root.clone()),
+            obj,
+            old,
+        );
+        let split = after_ratchet(validate_cel_update(rules, obj, old, &root), obj, old);
+        assert_eq!(whole, split, "old {old}\nnew {obj}");
+        whole
+    }
+
+    #[test]
+    fn split_update_validation_keeps_what_whole_validation_keeps() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "metadata": {"type": "object"},
+                "spec": {
+                    "type": "object",
+                    "x-kubernetes-validations": [
+                        {"rule": "self.a != 'bad'", "message": "a is bad"},
+                        {"rule": "!has(oldSelf.b) || self.b == oldSelf.b", "message": "b is immutable"},
+                        {"rule": "self.a != 'far'", "fieldPath": ".c", "message": "reported at c"},
+                    ],
+                    "properties": {
+                        "a": {"type": "string", "x-kubernetes-validations": [
+                            {"rule": "self.matches('^[a-z]+$')", "message": "a is not lowercase"}]},
+                        "b": {"type": "string"},
+                        "c": {"type": "string"},
+                        "labels": {"type": "object", "additionalProperties": {
+                            "type": "string",
+                            "x-kubernetes-validations": [{"rule": "self != 'x'", "message": "no x"}]}},
+                    },
+                },
+                "status": {
+                    "type": "object",
+                    "properties": {
+                        "n": {"type": "integer", "x-kubernetes-validations": [
+                            {"rule": "self >= 0", "message": "negative"}]},
+                    },
+                },
+            },
+        });
+        let rules = CelRules::compile(&schema);
+        assert!(rules.parts.is_some());
+        let obj = |spec: Value, n: i64| json!({"metadata": {"name": "o", "labels": {"l": "v"}}, "spec": spec, "status": {"n": n}});
+        // A status change leaves an invalid spec alone (ratcheted), in both.
+        let bad = json!({"a": "bad", "b": "1"});
+        assert_eq!(
+            same_errors(&rules, &obj(bad.clone(), 1), &obj(bad.clone(), 2)),
+            Vec::<String>::new()
+        );
+        // Changing the spec re-checks it.
+        let errs = same_errors(&rules, &obj(json!({"a": "ok"}), 1), &obj(bad.clone(), 1));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        // An error reported at a missing field is kept although the spec is unchanged.
+        let far = json!({"a": "far"});
+        let errs = same_errors(&rules, &obj(far.clone(), 1), &obj(far.clone(), 2));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        // So is one at a map key that the path syntax cannot name.
+        let dotted = json!({"a": "ok", "labels": {"k.x": "x"}});
+        let errs = same_errors(&rules, &obj(dotted.clone(), 1), &obj(dotted.clone(), 2));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        // Transition rules run on unchanged and changed values alike.
+        let errs = same_errors(
+            &rules,
+            &obj(json!({"a": "ok", "b": "1"}), 1),
+            &obj(json!({"a": "ok", "b": "2"}), 1),
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        // A status change is checked; an unchanged invalid status is ratcheted.
+        let ok = json!({"a": "ok"});
+        assert_eq!(
+            same_errors(&rules, &obj(ok.clone(), 1), &obj(ok.clone(), -1)).len(),
+            1
+        );
+        assert!(same_errors(&rules, &obj(ok.clone(), -1), &obj(ok.clone(), -1)).is_empty());
+        // Properties appearing and disappearing.
+        let bare = json!({"metadata": {"name": "o"}});
+        same_errors(&rules, &bare, &obj(bad.clone(), -1));
+        same_errors(&rules, &obj(bad.clone(), -1), &bare);
+    }
+
+    #[test]
+    fn root_rules_are_not_split() {
+        let schema = json!({
+            "type": "object",
+            "x-kubernetes-validations": [{"rule": "has(self.spec)", "message": "spec"}],
+            "properties": {"spec": {"type": "object"}},
+        });
+        assert!(CelRules::compile(&schema).parts.is_none());
+    }
 }

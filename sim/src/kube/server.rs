@@ -366,14 +366,84 @@ fn parse_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     let v: Value = if content_type.contains("yaml") {
-        serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+        // JSON is YAML, and what clients send as apply patches: read it as JSON when it is
+        // (much cheaper), as YAML otherwise.
+        match json_as_yaml(body) {
+            Some(v) => v,
+            None => serde_yaml::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+        }
     } else {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?
     };
     ensure_shape(&v)?;
     Ok(v)
+}
+
+/// `body` read as JSON, when a YAML parser would surely read it to the same value: valid JSON
+/// with no tab (YAML restricts where tabs may go) and no key twice in an object (parsers
+/// differ on those). None leaves the body to the YAML parser.
+fn json_as_yaml(body: &[u8]) -> Option<Value> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    struct Strict;
+    impl<'de> DeserializeSeed<'de> for Strict {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Strict {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_string()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element_seed(Strict)? {
+                out.push(v);
+            }
+            Ok(Value::Array(out))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(k) = map.next_key::<String>()? {
+                let v = map.next_value_seed(Strict)?;
+                if out.insert(k, v).is_some() {
+                    return Err(A::Error::custom("duplicate key"));
+                }
+            }
+            Ok(Value::Object(out))
+        }
+    }
+    if body.contains(&b'\t') {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let v = Strict.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(v)
 }
 
 fn check_type(def: &ResourceDef, obj: &Value) -> ApiResult<()> {
@@ -1329,8 +1399,42 @@ fn rebuild_registry(inner: &mut Inner) {
     inner.registry = Registry::build(&crds);
 }
 
+/// Whether two objects are equal but for the members named in `skip`, without copying them.
+fn eq_except(a: &Map<String, Value>, b: &Map<String, Value>, skip: &[&str]) -> bool {
+    let kept = |m: &Map<String, Value>| m.keys().filter(|k| !skip.contains(&k.as_str())).count();
+    kept(a) == kept(b)
+        && a.iter()
+            .filter(|(k, _)| !skip.contains(&k.as_str()))
+            .all(|(k, v)| b.get(k) == Some(v))
+}
+
 /// Object comparison that ignores managedFields timestamps.
 fn same_object(a: &Value, b: &Value) -> bool {
+    // Objects with metadata objects (every stored object): compared in place.
+    if let (Some(ao), Some(bo)) = (a.as_object(), b.as_object())
+        && let (Some(am), Some(bm)) = (
+            ao.get("metadata").and_then(Value::as_object),
+            bo.get("metadata").and_then(Value::as_object),
+        )
+    {
+        let entries_eq = match (am.get("managedFields"), bm.get("managedFields")) {
+            (Some(Value::Array(x)), Some(Value::Array(y))) => {
+                x.len() == y.len()
+                    && x.iter().zip(y).all(|(e, f)| match (e, f) {
+                        (Value::Object(e), Value::Object(f)) => eq_except(e, f, &["time"]),
+                        (e, f) => e == f,
+                    })
+            }
+            (x, y) => x == y,
+        };
+        return entries_eq
+            && eq_except(am, bm, &["managedFields"])
+            && eq_except(ao, bo, &["metadata"]);
+    }
+    same_object_copied(a, b)
+}
+
+fn same_object_copied(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
         let mut v = v.clone();
         if let Some(mf) = v["metadata"]
@@ -1386,20 +1490,23 @@ fn separate(def: &ResourceDef, scope: Scope, current: &Value, mut new: Value) ->
 /// The server's part of an update (PrepareForUpdate): status/main separation, immutable
 /// metadata, generation.
 fn prepare_update(def: &ResourceDef, scope: Scope, current: &Value, new: Value) -> Value {
-    let mut new = separate(def, scope, current, new);
-    carry_metadata(def, current, &mut new);
     if scope == Scope::Status {
         // /status keeps everything but status from the stored object, metadata included
+        // (the general path below computes the same with two more copies of the object)
         let mut keep = current.clone();
-        keep["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-        if keep["status"].is_null()
-            && let Some(o) = keep.as_object_mut()
-        {
-            o.remove("status");
+        match new.get("status") {
+            Some(st) if !st.is_null() => keep["status"] = st.clone(),
+            _ => {
+                if let Some(o) = keep.as_object_mut() {
+                    o.remove("status");
+                }
+            }
         }
         keep["metadata"]["resourceVersion"] = new["metadata"]["resourceVersion"].clone();
-        new = keep;
+        return keep;
     }
+    let mut new = separate(def, scope, current, new);
+    carry_metadata(def, current, &mut new);
     new
 }
 
@@ -1430,19 +1537,27 @@ fn carry_metadata(def: &ResourceDef, current: &Value, new: &mut Value) {
         md.remove("generateName");
     }
     if def.has_generation() {
-        let strip = |v: &Value| {
-            let mut v = v.clone();
-            if let Some(o) = v.as_object_mut() {
-                o.remove("metadata");
-                o.remove("apiVersion");
-                o.remove("kind");
-                if def.status_sub {
-                    o.remove("status");
-                }
-            }
-            v
+        let ignored: &[&str] = if def.status_sub {
+            &["metadata", "apiVersion", "kind", "status"]
+        } else {
+            &["metadata", "apiVersion", "kind"]
         };
-        if strip(current) != strip(new) {
+        let changed = match (current.as_object(), new.as_object()) {
+            (Some(c), Some(n)) => !eq_except(c, n, ignored),
+            _ => {
+                let strip = |v: &Value| {
+                    let mut v = v.clone();
+                    if let Some(o) = v.as_object_mut() {
+                        for k in ignored {
+                            o.remove(*k);
+                        }
+                    }
+                    v
+                };
+                strip(current) != strip(new)
+            }
+        };
+        if changed {
             let g = cm["generation"].as_i64().unwrap_or(1) + 1;
             new["metadata"]["generation"] = json!(g);
         }
@@ -1496,11 +1611,27 @@ async fn create(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq, body: &[u8]) -> ApiResul
     let obj = parse_body(body, &ctx.content_type)?;
     check_type(&rr.def, &obj)?;
     let manager = ctx.manager(true);
-    let (stored, unknown) =
+    let (written, unknown) =
         create_object(sim, ctx, &rr.def, rr.ns.as_deref(), obj, &manager, None).await?;
-    let mut resp = json_response(StatusCode::CREATED, &present(&rr.def, &stored));
+    let mut resp = written.response(&rr.def, StatusCode::CREATED);
     warning_headers(&mut resp, &unknown);
     Ok(resp)
+}
+
+/// An object a write produced, and its stored version when it was stored (not on dry runs).
+struct Written {
+    obj: Value,
+    stored: Option<Arc<Stored>>,
+}
+
+impl Written {
+    /// The answer showing the object: the stored JSON when it can be shown as is.
+    fn response(&self, def: &ResourceDef, code: StatusCode) -> Response {
+        match &self.stored {
+            Some(st) if st.presented_json(def).is_some() => stored_response(code, def, st),
+            _ => json_response(code, &present(def, &self.obj)),
+        }
+    }
 }
 
 /// Creates an object (also used by apply-create). `managed` pre-set managedFields (apply).
@@ -1512,7 +1643,7 @@ async fn create_object(
     obj: Value,
     manager: &str,
     apply_result: Option<Value>,
-) -> ApiResult<(Value, Vec<String>)> {
+) -> ApiResult<(Written, Vec<String>)> {
     let mut obj = ingest(def, obj);
     let body_ns = str_at(&obj, "metadata", "namespace").to_string();
     if def.namespaced {
@@ -1634,15 +1765,21 @@ async fn create_object(
         return Err(ApiError::already_exists(def, &name));
     }
     if ctx.dry_run() {
-        return Ok((obj, unknown));
+        return Ok((Written { obj, stored: None }, unknown));
     }
     let rv = inner.store.next_rv();
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-    inner.store.put(&def.store, ns, &name, &obj, rv);
+    let stored = inner.store.put(&def.store, ns, &name, &obj, rv);
     if def.builtin == Builtin::Crd {
         rebuild_registry(&mut inner);
     }
-    Ok((obj, unknown))
+    Ok((
+        Written {
+            obj,
+            stored: Some(stored),
+        },
+        unknown,
+    ))
 }
 
 /// NamespaceLifecycle: the namespace must exist and not be terminating.
@@ -1687,8 +1824,8 @@ async fn update(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq, body: &[u8]) -> ApiResul
         )));
     }
     let obj = ingest(&rr.def, obj);
-    let (v, unknown, code) = write_existing(sim, ctx, rr, Change::Put(&obj)).await?;
-    let mut resp = json_response(code, &present(&rr.def, &v));
+    let (written, unknown, code) = write_existing(sim, ctx, rr, Change::Put(&obj)).await?;
+    let mut resp = written.response(&rr.def, code);
     warning_headers(&mut resp, &unknown);
     Ok(resp)
 }
@@ -1747,8 +1884,8 @@ async fn patch_op(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq, body: &[u8]) -> ApiRes
         }
         other => return Err(ApiError::unsupported_media(other)),
     };
-    let (v, unknown, code) = write_existing(sim, ctx, rr, change).await?;
-    let mut resp = json_response(code, &present(&rr.def, &v));
+    let (written, unknown, code) = write_existing(sim, ctx, rr, change).await?;
+    let mut resp = written.response(&rr.def, code);
     warning_headers(&mut resp, &unknown);
     Ok(resp)
 }
@@ -1764,13 +1901,14 @@ async fn write_existing(
     ctx: &Ctx,
     rr: &ResReq,
     change: Change<'_>,
-) -> ApiResult<(Value, Vec<String>, StatusCode)> {
+) -> ApiResult<(Written, Vec<String>, StatusCode)> {
     let def = &rr.def;
     let scope = rr.scope();
     let ns = if def.namespaced { rr.ns_str() } else { "" };
     let name = rr.name_str();
     for _attempt in 0..16 {
-        let current = sim.lock().store.get(&def.store, ns, name);
+        let current_stored = sim.lock().store.get_stored(&def.store, ns, name).cloned();
+        let current = current_stored.as_ref().map(|s| s.value());
         let Some(current) = current else {
             if let Change::Apply { applied, force } = &change
                 && scope != Scope::Status
@@ -1805,24 +1943,25 @@ async fn write_existing(
             return Err(ApiError::not_found(def, name));
         };
         let cur_rv = str_at(&current, "metadata", "resourceVersion").to_string();
-        let presented = present(def, &current);
+        // What a patch applies to: the object as this resource shows it.
+        let presented = || present(def, &current);
         let now = now_rfc3339();
         let manager = ctx.manager(!matches!(change, Change::Apply { .. }));
         let mut is_apply = false;
         let mut new = match &change {
             Change::Put(obj) => (*obj).clone(),
             Change::Merge(p) => {
-                let mut d = presented.clone();
+                let mut d = presented();
                 patch::merge_patch(&mut d, p);
                 d
             }
             Change::Strategic(p) => {
-                let mut d = presented.clone();
+                let mut d = presented();
                 patch::strategic_merge(&mut d, p);
                 d
             }
             Change::Json(body) => {
-                let mut d = presented.clone();
+                let mut d = presented();
                 patch::json_patch(&mut d, body)?;
                 d
             }
@@ -1836,7 +1975,7 @@ async fn write_existing(
                     api_version: &def.api_version(),
                     now: &now,
                 };
-                let mut r = managed::apply(&presented, applied, &req)
+                let mut r = managed::apply(&presented(), applied, &req)
                     .map_err(|c| ApiError::apply_conflicts(def, &c, &def.api_version()))?;
                 let arv = str_at(applied, "metadata", "resourceVersion");
                 r["metadata"]["resourceVersion"] = if arv.is_empty() {
@@ -1928,7 +2067,14 @@ async fn write_existing(
         }
         if same_object(&current, &new) {
             // nothing changed: no write, no new resourceVersion, no event
-            return Ok((current, unknown, StatusCode::OK));
+            return Ok((
+                Written {
+                    obj: current,
+                    stored: current_stored,
+                },
+                unknown,
+                StatusCode::OK,
+            ));
         }
         let errs = validate_obj(def, &new, Some(&current));
         if !errs.is_empty() {
@@ -1948,20 +2094,38 @@ async fn write_existing(
             continue;
         }
         if ctx.dry_run() {
-            return Ok((new, unknown, StatusCode::OK));
+            return Ok((
+                Written {
+                    obj: new,
+                    stored: None,
+                },
+                unknown,
+                StatusCode::OK,
+            ));
         }
         let rv = inner.store.next_rv();
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
-        if is_deleting(&new) && finalizers(&new).is_empty() && !ns_finalizers_pending(def, &new) {
-            inner.store.remove(&def.store, ns, name, &new, rv);
+        let stored = if is_deleting(&new)
+            && finalizers(&new).is_empty()
+            && !ns_finalizers_pending(def, &new)
+        {
+            let last = inner.store.remove(&def.store, ns, name, &new, rv);
             after_removal(&mut inner, def, ns);
+            last
         } else {
-            inner.store.put(&def.store, ns, name, &new, rv);
-        }
+            inner.store.put(&def.store, ns, name, &new, rv)
+        };
         if def.builtin == Builtin::Crd {
             rebuild_registry(&mut inner);
         }
-        return Ok((new, unknown, StatusCode::OK));
+        return Ok((
+            Written {
+                obj: new,
+                stored: Some(stored),
+            },
+            unknown,
+            StatusCode::OK,
+        ));
     }
     Err(ApiError::new(
         409,
@@ -2245,4 +2409,26 @@ pub(crate) fn seed(
         rebuild_registry(inner);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_bodies_read_as_yaml_reads_them() {
+        for body in [
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","labels":{"x":"1"}},"data":{"k":"v \u00e9 \/ \"q\""}}"#,
+            r#"{"a":[1,-2,3.5,1e3,18446744073709551615,true,false,null,{}],"b":{"c":[]}}"#,
+            "{\n  \"spec\": {\"n\": 0.25}\n}\n",
+        ] {
+            let yaml: Value = serde_yaml::from_str(body).unwrap();
+            assert_eq!(json_as_yaml(body.as_bytes()), Some(yaml), "{body}");
+        }
+        // Repeated keys, tabs, YAML proper, trailing text: left to the YAML parser.
+        assert_eq!(json_as_yaml(br#"{"a":1,"a":2}"#), None);
+        assert_eq!(json_as_yaml(b"{\"a\":\t1}"), None);
+        assert_eq!(json_as_yaml(b"a: 1\n"), None);
+        assert_eq!(json_as_yaml(br#"{"a":1} x"#), None);
+    }
 }
