@@ -526,6 +526,40 @@ fn rule_count(c: &CompiledSchema) -> usize {
             .sum::<usize>()
 }
 
+/// Drops the subtrees of a compiled schema that hold no rule, below nodes that hold none: the
+/// validator would walk them, converting their values at every level, for nothing. (Under a
+/// node with rules everything stays: its rules see the whole value, converted by the schema.)
+fn prune_ruleless(c: &mut CompiledSchema) {
+    if !c.validations.is_empty() {
+        return;
+    }
+    c.properties.retain(|_, sub| rule_count(sub) > 0);
+    for sub in c.properties.values_mut() {
+        prune_ruleless(sub);
+    }
+    for slot in [&mut c.items, &mut c.additional_properties] {
+        if slot.as_deref().is_some_and(|x| rule_count(x) == 0) {
+            *slot = None;
+        }
+        if let Some(x) = slot.as_deref_mut() {
+            prune_ruleless(x);
+        }
+    }
+    for subs in [&mut c.all_of, &mut c.one_of, &mut c.any_of] {
+        subs.retain(|x| rule_count(x) > 0);
+        for x in subs.iter_mut() {
+            prune_ruleless(x);
+        }
+    }
+}
+
+/// [`compile_schema`], then [`prune_ruleless`].
+fn compile_pruned(schema: &Value) -> CompiledSchema {
+    let mut c = compile_schema(schema);
+    prune_ruleless(&mut c);
+    c
+}
+
 /// Rules whose errors [`ratchet`] could keep although the value they sit on is unchanged:
 /// transition rules (by the same test `validate_cel` uses), rules reporting at another path
 /// (`fieldPath`), and rules at paths `value_at_path` may not resolve (map values, property
@@ -585,7 +619,7 @@ fn unchanged_rules(schema: &Value, awkward: bool) -> Value {
 impl CelRules {
     pub fn compile(schema: &Value) -> CelRules {
         CelRules {
-            full: compile_schema(schema),
+            full: compile_pruned(schema),
             parts: Self::split(schema),
         }
     }
@@ -611,7 +645,7 @@ impl CelRules {
             let one = |sub: Value| {
                 let mut props = Map::new();
                 props.insert(name.clone(), sub);
-                let c = compile_schema(&serde_json::json!({"type": "object", "properties": props}));
+                let c = compile_pruned(&serde_json::json!({"type": "object", "properties": props}));
                 (rule_count(&c) > 0).then_some(c)
             };
             parts.push(CelPart {
@@ -923,37 +957,48 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Errors left after ratcheting, as `reason field: detail`, sorted.
-    fn after_ratchet(mut errs: Vec<FieldError>, obj: &Value, old: &Value) -> Vec<String> {
-        ratchet(&mut errs, obj, Some(old));
-        let mut out: Vec<String> = errs
+    fn text(errs: Vec<FieldError>) -> Vec<String> {
+        let mut v: Vec<String> = errs
             .into_iter()
             .map(|e| {
                 let reason = e.reason.trim_end_matches("\u{0}transition").to_string();
                 format!("{reason} {}: {}", e.field, e.detail)
             })
             .collect();
-        out.sort();
-        out
+        v.sort();
+        v
     }
 
-    /// The update path (property by property, skipping what ratcheting drops) against the
-    /// whole object at once; returns the errors both keep.
-    fn same_errors(rules: &CelRules, old: &Value, obj: &Value) -> Vec<String> {
+    /// Errors left after ratcheting, as `reason field: detail`, sorted.
+    fn after_ratchet(mut errs: Vec<FieldError>, obj: &Value, old: &Value) -> Vec<String> {
+        ratchet(&mut errs, obj, Some(old));
+        text(errs)
+    }
+
+    /// The update path (property by property, skipping what ratcheting drops, pruned) against
+    /// the whole object at once with the schema as compiled; returns the errors both keep.
+    /// Checks the create path (pruned against not) on the new object too.
+    fn same_errors(schema: &Value, old: &Value, obj: &Value) -> Vec<String> {
+        let rules = CelRules::compile(schema);
+        let unpruned = compile_schema(schema);
         let root = RootContext::default();
         let whole = after_ratchet(
-            validate_cel(&rules.full, obj, Some(old), root.clone()),
+            validate_cel(&unpruned, obj, Some(old), root.clone()),
             obj,
             old,
         );
-        let split = after_ratchet(validate_cel_update(rules, obj, old, &root), obj, old);
+        let split = after_ratchet(validate_cel_update(&rules, obj, old, &root), obj, old);
         assert_eq!(whole, split, "old {old}\nnew {obj}");
+        assert_eq!(
+            text(validate_cel(&unpruned, obj, None, root.clone())),
+            text(validate_cel(&rules.full, obj, None, root.clone())),
+            "create {obj}"
+        );
         whole
     }
 
-    #[test]
-    fn split_update_validation_keeps_what_whole_validation_keeps() {
-        let schema = json!({
+    fn schema() -> Value {
+        json!({
             "type": "object",
             "properties": {
                 "metadata": {"type": "object"},
@@ -979,48 +1024,78 @@ mod tests {
                     "properties": {
                         "n": {"type": "integer", "x-kubernetes-validations": [
                             {"rule": "self >= 0", "message": "negative"}]},
+                        "history": {"type": "array", "items": {"type": "object", "properties": {
+                            "at": {"type": "string", "format": "date-time"},
+                            "note": {"type": "string", "default": "none"}}}},
+                        "since": {"type": "object",
+                            "x-kubernetes-validations": [{
+                                "rule": "!has(self.at) || self.at > timestamp('2020-01-01T00:00:00Z')",
+                                "message": "too early"}],
+                            "properties": {"at": {"type": "string", "format": "date-time"}}},
                     },
                 },
             },
-        });
-        let rules = CelRules::compile(&schema);
-        assert!(rules.parts.is_some());
-        let obj = |spec: Value, n: i64| json!({"metadata": {"name": "o", "labels": {"l": "v"}}, "spec": spec, "status": {"n": n}});
-        // A status change leaves an invalid spec alone (ratcheted), in both.
+        })
+    }
+
+    fn obj(spec: Value, n: i64) -> Value {
+        let since = if n < 5 {
+            "2026-01-01T00:00:00Z"
+        } else {
+            "2019-01-01T00:00:00Z"
+        };
+        json!({
+            "metadata": {"name": "o", "labels": {"l": "v"}},
+            "spec": spec,
+            "status": {"n": n, "history": [{"at": "2026-01-01T00:00:00Z"}], "since": {"at": since}},
+        })
+    }
+
+    #[test]
+    fn split_update_validation_keeps_what_whole_validation_keeps() {
+        let schema = schema();
+        assert!(CelRules::compile(&schema).parts.is_some());
+        let same = |old: &Value, new: &Value| same_errors(&schema, old, new);
+        // A status change leaves an invalid spec alone (ratcheted).
         let bad = json!({"a": "bad", "b": "1"});
-        assert_eq!(
-            same_errors(&rules, &obj(bad.clone(), 1), &obj(bad.clone(), 2)),
-            Vec::<String>::new()
-        );
+        assert!(same(&obj(bad.clone(), 1), &obj(bad.clone(), 2)).is_empty());
         // Changing the spec re-checks it.
-        let errs = same_errors(&rules, &obj(json!({"a": "ok"}), 1), &obj(bad.clone(), 1));
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        // An error reported at a missing field is kept although the spec is unchanged.
-        let far = json!({"a": "far"});
-        let errs = same_errors(&rules, &obj(far.clone(), 1), &obj(far.clone(), 2));
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        // So is one at a map key that the path syntax cannot name.
-        let dotted = json!({"a": "ok", "labels": {"k.x": "x"}});
-        let errs = same_errors(&rules, &obj(dotted.clone(), 1), &obj(dotted.clone(), 2));
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        // Transition rules run on unchanged and changed values alike.
-        let errs = same_errors(
-            &rules,
-            &obj(json!({"a": "ok", "b": "1"}), 1),
-            &obj(json!({"a": "ok", "b": "2"}), 1),
-        );
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        // A status change is checked; an unchanged invalid status is ratcheted.
-        let ok = json!({"a": "ok"});
         assert_eq!(
-            same_errors(&rules, &obj(ok.clone(), 1), &obj(ok.clone(), -1)).len(),
+            same(&obj(json!({"a": "ok"}), 1), &obj(bad.clone(), 1)).len(),
             1
         );
-        assert!(same_errors(&rules, &obj(ok.clone(), -1), &obj(ok.clone(), -1)).is_empty());
+        // An error reported at a missing field is kept although the spec is unchanged.
+        let far = json!({"a": "far"});
+        assert_eq!(same(&obj(far.clone(), 1), &obj(far.clone(), 2)).len(), 1);
+        // So is one at a map key that the path syntax cannot name.
+        let dotted = json!({"a": "ok", "labels": {"k.x": "x"}});
+        assert_eq!(
+            same(&obj(dotted.clone(), 1), &obj(dotted.clone(), 2)).len(),
+            1
+        );
+        // Transition rules run on unchanged and changed values alike.
+        let (b1, b2) = (json!({"a": "ok", "b": "1"}), json!({"a": "ok", "b": "2"}));
+        assert_eq!(same(&obj(b1, 1), &obj(b2, 1)).len(), 1);
+        // A status change is checked; an unchanged invalid status is ratcheted.
+        let ok = json!({"a": "ok"});
+        assert_eq!(same(&obj(ok.clone(), 1), &obj(ok.clone(), -1)).len(), 1);
+        assert!(same(&obj(ok.clone(), -1), &obj(ok.clone(), -1)).is_empty());
+        // A date-time rule next to subtrees without rules (those are pruned).
+        assert_eq!(same(&obj(ok.clone(), 1), &obj(ok.clone(), 7)).len(), 1);
         // Properties appearing and disappearing.
         let bare = json!({"metadata": {"name": "o"}});
-        same_errors(&rules, &bare, &obj(bad.clone(), -1));
-        same_errors(&rules, &obj(bad.clone(), -1), &bare);
+        same(&bare, &obj(bad.clone(), -1));
+        same(&obj(bad.clone(), -1), &bare);
+    }
+
+    #[test]
+    fn pruning_keeps_what_rules_see() {
+        let mut c = compile_pruned(&schema());
+        let status = c.properties.remove("status").expect("status has rules");
+        // history has no rule and nothing above it has one: gone; since keeps its subtree.
+        assert!(!status.properties.contains_key("history"));
+        assert!(status.properties["since"].properties.contains_key("at"));
+        assert!(!c.properties.contains_key("metadata"));
     }
 
     #[test]
