@@ -279,7 +279,9 @@ impl Store {
         if rv < self.compacted {
             return None;
         }
-        let past = self.history.iter().filter(|e| e.rv > rv).cloned().collect();
+        // The history is in resourceVersion order.
+        let first = self.history.partition_point(|e| e.rv <= rv);
+        let past = self.history.range(first..).cloned().collect();
         Some((past, self.tx.subscribe()))
     }
 }
