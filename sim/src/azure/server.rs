@@ -609,7 +609,7 @@ pub fn record(
     status: u16,
     fault: Option<&str>,
 ) {
-    state.calls.push(CallRecord {
+    state.calls.push(&CallRecord {
         time: fmt_time(now),
         caller: caller.map(String::from),
         method: method.to_string(),
@@ -618,9 +618,6 @@ pub fn record(
         status,
         fault: fault.map(String::from),
     });
-    if state.calls.len() > 100_000 {
-        state.calls.drain(0..10_000);
-    }
 }
 
 // ---------- the ARM handler ----------

@@ -516,6 +516,48 @@ pub struct CallRecord {
     pub time: String,
 }
 
+/// The last 100,000 calls (the oldest 10,000 go when there are more), as JSON.
+#[derive(Debug, Default)]
+pub struct CallLog {
+    records: std::collections::VecDeque<Box<[u8]>>,
+}
+
+impl CallLog {
+    pub const MAX: usize = 100_000;
+    pub const DROP: usize = 10_000;
+
+    pub fn push(&mut self, r: &CallRecord) {
+        self.records
+            .push_back(serde_json::to_vec(r).unwrap_or_default().into_boxed_slice());
+        if self.records.len() > Self::MAX {
+            self.records.drain(..Self::DROP);
+        }
+    }
+    pub fn clear(&mut self) {
+        self.records.clear();
+    }
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+    /// The JSON array of the records, oldest first (what serialising the records would give).
+    pub fn to_json(&self) -> Vec<u8> {
+        let size: usize = self.records.iter().map(|r| r.len() + 1).sum();
+        let mut out = Vec::with_capacity(size + 2);
+        out.push(b'[');
+        for (i, r) in self.records.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(r);
+        }
+        out.push(b']');
+        out
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Fault {
@@ -580,7 +622,8 @@ pub struct State {
     elig_index: HashMap<TargetKey, Vec<usize>>,
     /// Lowercased eligibility schedule name -> first index in `eligibilities`.
     elig_names: HashMap<String, usize>,
-    pub calls: Vec<CallRecord>,
+    /// The call log, each record serialised once when made (the log is read often, whole).
+    pub calls: CallLog,
     pub faults: Vec<Fault>,
     pub buckets: HashMap<(String, String, OpClass), BucketState>,
     pub throttle: ThrottleSettings,
@@ -737,7 +780,7 @@ impl State {
             eligibilities,
             elig_index,
             elig_names,
-            calls: Vec::new(),
+            calls: CallLog::default(),
             faults: Vec::new(),
             buckets: HashMap::new(),
         };
@@ -1017,4 +1060,42 @@ impl State {
 
 pub fn normalize(scope: &str) -> String {
     normalize_scope(scope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(i: usize) -> CallRecord {
+        CallRecord {
+            caller: i.is_multiple_of(2).then(|| "c\"aller".to_string()),
+            fault: i.is_multiple_of(3).then(|| "reset".to_string()),
+            method: "GET".into(),
+            operation: "Op".into(),
+            path: format!("/p/{i}?a=b"),
+            status: 200,
+            time: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn call_log_reads_as_the_records_serialised_and_wraps_by_ten_thousand() {
+        let mut log = CallLog::default();
+        let mut all = Vec::new();
+        for i in 0..5 {
+            log.push(&call(i));
+            all.push(call(i));
+        }
+        assert_eq!(log.to_json(), serde_json::to_vec(&all).unwrap());
+        // Through serde_json::Value (sorted keys), as the log used to be served.
+        let via_value = serde_json::to_vec(&serde_json::to_value(&all).unwrap()).unwrap();
+        assert_eq!(log.to_json(), via_value);
+        for i in 5..=CallLog::MAX {
+            log.push(&call(i));
+        }
+        assert_eq!(log.len(), CallLog::MAX + 1 - CallLog::DROP);
+        let v: Vec<Value> = serde_json::from_slice(&log.to_json()).unwrap();
+        assert_eq!(v[0]["path"], json!(format!("/p/{}?a=b", CallLog::DROP)));
+        assert_eq!(CallLog::default().to_json(), b"[]");
+    }
 }
