@@ -43,15 +43,28 @@ impl<K: Eq + Hash + Clone, V: Clone> ReadCache<K, V> {
             Err(p) => p.into_inner(),
         };
         if slots.map.len() >= slots.sweep_at {
-            let ttl = self.ttl;
-            // A slot in use (locked) or still fresh stays; an expired or empty one goes.
-            slots.map.retain(|_, slot| match slot.try_lock() {
-                Ok(v) => v.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl),
-                Err(_) => true,
-            });
-            slots.sweep_at = (slots.map.len() * 2).max(MIN_SWEEP);
+            Self::sweep_locked(&mut slots, self.ttl);
         }
         slots.map.entry(key.clone()).or_default().clone()
+    }
+
+    fn sweep_locked(slots: &mut Slots<K, V>, ttl: Duration) {
+        // A slot in use (locked) or still fresh stays; an expired or empty one goes.
+        slots.map.retain(|_, slot| match slot.try_lock() {
+            Ok(v) => v.as_ref().is_some_and(|(at, _)| at.elapsed() < ttl),
+            Err(_) => true,
+        });
+        slots.sweep_at = (slots.map.len() * 2).max(MIN_SWEEP);
+    }
+
+    /// Drops expired entries now (called periodically, so an idle cache does not keep what
+    /// the last burst read).
+    pub fn sweep(&self) {
+        let mut slots = match self.slots.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        Self::sweep_locked(&mut slots, self.ttl);
     }
 
     /// The cached value, or the result of `load` (stored on success).
@@ -116,6 +129,13 @@ mod tests {
         // About two seconds' worth of keys (200) live; sweeps keep at most ~2x the live set or
         // the minimum.
         assert!(c.len() <= 2 * MIN_SWEEP, "{} entries kept", c.len());
+        // An explicit sweep after the TTL empties it.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        c.sweep();
+        assert!(c.is_empty(), "{} entries kept", c.len());
+        c.get_or_load(&9_999, || async { Ok::<_, ()>(19_998) })
+            .await
+            .ok();
         // A fresh entry is served from the cache.
         let again = c.get_or_load(&9_999, || async { Err::<u32, ()>(()) }).await;
         assert_eq!(again, Ok(19_998));

@@ -174,27 +174,6 @@ pub async fn run(
         );
     let controller = Controller::for_stream(grant_events, grants.clone());
     let map_store = grants.clone();
-    {
-        let store = grants.clone();
-        let metrics = cfg.metrics.clone();
-        tokio::spawn(async move {
-            // Grants by phase: a full recount now and then (labels are phases, never names).
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
-                for g in store.state() {
-                    if let Ok(g) = &g.0 {
-                        let phase = g.status.as_ref().map_or(Phase::Pending, |s| s.phase);
-                        *counts
-                            .entry(crate::telemetry::phase_label(phase))
-                            .or_default() += 1;
-                    }
-                }
-                metrics.set_grants_by_phase(&counts.into_iter().collect::<Vec<_>>());
-            }
-        });
-    }
     let stop = Arc::new(tokio::sync::Notify::new());
     let shutting_down = Arc::new(AtomicBool::new(false));
     let trigger = {
@@ -221,6 +200,38 @@ pub async fn run(
         pim_instances: cache::ReadCache::new(Duration::from_secs(2)),
         pim_policies: cache::ReadCache::new(Duration::from_secs(60)),
     });
+    {
+        let store = ctx.grants.clone();
+        let metrics = cfg.metrics.clone();
+        let caches = Arc::downgrade(&ctx);
+        tokio::spawn(async move {
+            // Grants by phase: a full recount now and then (labels are phases, never names).
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+                for g in store.state() {
+                    if let Ok(g) = &g.0 {
+                        let phase = g.status.as_ref().map_or(Phase::Pending, |s| s.phase);
+                        *counts
+                            .entry(crate::telemetry::phase_label(phase))
+                            .or_default() += 1;
+                    }
+                }
+                metrics.set_grants_by_phase(&counts.into_iter().collect::<Vec<_>>());
+                // Azure read caches: drop what expired, so memory follows the working set.
+                match caches.upgrade() {
+                    Some(ctx) => {
+                        ctx.jit_policies.sweep();
+                        ctx.pim_instances.sweep();
+                        ctx.pim_policies.sweep();
+                    }
+                    None => return,
+                }
+            }
+        });
+    }
+
     let running = controller
         .watches(
             policies_api,

@@ -9,7 +9,7 @@ use chrono::Duration;
 use serde_json::{Value, json};
 
 use super::arm::ArmError;
-use super::server::{Shared, json_response};
+use super::server::{Shared, json_bytes_response, json_response};
 use super::state::Fault;
 use super::world::ThrottleSettings;
 use super::{jit, pim};
@@ -23,8 +23,10 @@ fn body_json(b: &[u8]) -> Result<Value, ArmError> {
 }
 
 pub async fn get_calls(AxState(s): AxState<Arc<Shared>>) -> Response {
-    let st = s.lock();
-    json_response(200, Some(&json!(st.calls)))
+    // The log holds up to 100,000 calls, read under the state lock: its records are kept
+    // serialised.
+    let body = s.lock().calls.to_json();
+    json_bytes_response(200, body)
 }
 
 pub async fn clear_calls(AxState(s): AxState<Arc<Shared>>) -> Response {
@@ -36,6 +38,7 @@ pub async fn get_state(AxState(s): AxState<Arc<Shared>>) -> Response {
     let now = super::clock::now();
     let mut st = s.lock();
     st.expire(now);
+    st.expire_all_jit(now);
     json_response(200, Some(&st.dump(now)))
 }
 

@@ -71,35 +71,46 @@ fn matches(pol: &JitPolicy, p: &JitPath) -> bool {
             .is_none_or(|n| pol.name.eq_ignore_ascii_case(n))
 }
 
-pub fn list(state: &State, p: &JitPath) -> Result<Vec<Value>, ArmError> {
+/// Index of the first policy matching `p`: by the index when `p` names one policy, else by a
+/// scan.
+fn find(state: &State, p: &JitPath) -> Option<usize> {
+    match (&p.resource_group, &p.location, &p.name) {
+        (Some(rg), Some(loc), Some(name)) => state.jit_policy_index(&p.subscription, rg, loc, name),
+        _ => state.jit_policies.iter().position(|pol| matches(pol, p)),
+    }
+}
+
+pub fn list(state: &mut State, p: &JitPath, now: DateTime<Utc>) -> Result<Vec<Value>, ArmError> {
     check_sub_rg(state, p)?;
     Ok(state
         .jit_policies
-        .iter()
+        .iter_mut()
         .filter(|pol| matches(pol, p))
-        .map(JitPolicy::to_json)
+        .map(|pol| {
+            pol.expire(now);
+            pol.to_json()
+        })
         .collect())
 }
 
-pub fn get(state: &State, p: &JitPath) -> Result<Value, ArmError> {
+pub fn get(state: &mut State, p: &JitPath, now: DateTime<Utc>) -> Result<Value, ArmError> {
     check_sub_rg(state, p)?;
-    state
-        .jit_policies
-        .iter()
-        .find(|pol| matches(pol, p))
-        .map(JitPolicy::to_json)
-        .ok_or_else(|| not_found(p))
+    let pol = find(state, p)
+        .and_then(|i| state.jit_policies.get_mut(i))
+        .ok_or_else(|| not_found(p))?;
+    pol.expire(now);
+    Ok(pol.to_json())
 }
 
 pub fn delete(state: &mut State, p: &JitPath) -> Result<u16, ArmError> {
     check_sub_rg(state, p)?;
     let before = state.jit_policies.len();
     state.jit_policies.retain(|pol| !matches(pol, p));
-    Ok(if state.jit_policies.len() < before {
-        200
-    } else {
-        204
-    })
+    if state.jit_policies.len() == before {
+        return Ok(204);
+    }
+    state.reindex_jit();
+    Ok(200)
 }
 
 /// Validates and canonicalises a policy's `virtualMachines` (camelCase out, any case in).
@@ -276,15 +287,19 @@ pub fn put(
     let body_requests = get_ci(props, "requests").and_then(Value::as_array).cloned();
     let name = p.name.clone().unwrap_or_default();
     let location = p.location.clone().unwrap_or_default();
-    let existing = state.jit_policies.iter_mut().find(|pol| matches(pol, p));
-    let pol = match existing {
-        Some(pol) => {
+    let existing = find(state, p);
+    let idx = match existing {
+        Some(i) => {
+            let Some(pol) = state.jit_policies.get_mut(i) else {
+                return Err(ArmError::new(500, "InternalServerError", "policy store"));
+            };
             pol.virtual_machines = vms;
             pol.kind = kind;
             if let Some(r) = body_requests {
                 pol.requests = r;
+                pol.requests_changed();
             }
-            pol
+            i
         }
         None => {
             state.jit_policies.push(JitPolicy {
@@ -295,12 +310,14 @@ pub fn put(
                 kind,
                 virtual_machines: vms,
                 requests: body_requests.unwrap_or_default(),
+                next_end: Some(DateTime::<Utc>::MIN_UTC),
             });
-            let Some(last) = state.jit_policies.last_mut() else {
-                return Err(ArmError::new(500, "InternalServerError", "policy store"));
-            };
-            last
+            state.reindex_jit();
+            state.jit_policies.len() - 1
         }
+    };
+    let Some(pol) = state.jit_policies.get_mut(idx) else {
+        return Err(ArmError::new(500, "InternalServerError", "policy store"));
     };
     pol.expire(now);
     Ok(pol.to_json())
@@ -349,7 +366,7 @@ pub fn initiate(
     check_sub_rg(state, p)?;
     let initiate_status = state.world.settings.jit_initiate_status.clone();
     let retention = state.world.settings.jit_request_retention.max(1);
-    let Some(pol) = state.jit_policies.iter_mut().find(|pol| matches(pol, p)) else {
+    let Some(pol) = find(state, p).and_then(|i| state.jit_policies.get_mut(i)) else {
         return Err(not_found(p));
     };
     pol.expire(now);
@@ -364,6 +381,8 @@ pub fn initiate(
     let justification = get_str_ci(body, "justification", "")?;
     let mut out_vms = Vec::new();
     let mut opened: Vec<(String, u64)> = Vec::new();
+    // The earliest end among the ports this request opens.
+    let mut first_end: Option<DateTime<Utc>> = None;
     for (i, vm) in vms.iter().enumerate() {
         let ctx = format!("virtualMachines[{i}].");
         let id = get_str_ci(vm, "id", &ctx)?.ok_or_else(|| {
@@ -501,6 +520,9 @@ pub fn initiate(
             };
             if end > now {
                 opened.push((normalize_scope(&id), number));
+                // As stored (whole 100 ns ticks), which is what expiry compares.
+                let stored = parse_time(&fmt_time(end)).unwrap_or(end);
+                first_end = Some(first_end.map_or(stored, |f: DateTime<Utc>| f.min(stored)));
             }
             out_ports.push(json!({
                 "number": number,
@@ -566,6 +588,9 @@ pub fn initiate(
         request["justification"] = json!(j);
     }
     pol.requests.push(request.clone());
+    if let Some(end) = first_end {
+        pol.next_end = Some(pol.next_end.map_or(end, |n| n.min(end)));
+    }
     if pol.requests.len() > retention {
         let drop = pol.requests.len() - retention;
         pol.requests.drain(0..drop);

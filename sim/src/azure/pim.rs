@@ -428,12 +428,17 @@ fn active_for<'a>(
     principal: &str,
     now: DateTime<Utc>,
 ) -> Option<&'a Assignment> {
-    state.assignments.iter().find(|a| {
-        scope_eq(&a.scope, scope)
-            && a.role_guid.eq_ignore_ascii_case(role)
-            && a.principal_id.eq_ignore_ascii_case(principal)
-            && a.active(now)
-    })
+    state
+        .assignments
+        .for_target(scope, role, principal)
+        .into_iter()
+        .filter_map(|seq| state.assignments.get(seq))
+        .find(|a| {
+            scope_eq(&a.scope, scope)
+                && a.role_guid.eq_ignore_ascii_case(role)
+                && a.principal_id.eq_ignore_ascii_case(principal)
+                && a.active(now)
+        })
 }
 
 /// Creates (or, with `dry_run`, validates) a schedule request. Returns the request JSON.
@@ -452,12 +457,7 @@ pub fn create(
             format!("The role assignment schedule request name '{name}' is not a valid GUID."),
         ));
     }
-    if !dry_run
-        && state
-            .requests
-            .iter()
-            .any(|r| r.name.eq_ignore_ascii_case(name))
-    {
+    if !dry_run && !state.requests.named(name).is_empty() {
         return Err(exists_error(state, name));
     }
     check_scope(state, scope, false)?;
@@ -570,24 +570,34 @@ pub fn create(
             if !failed.is_empty() {
                 return Err(policy_failed(&failed));
             }
-            let pending = state.requests.iter().any(|r| {
-                scope_eq(&r.scope, scope)
-                    && r.role_guid.eq_ignore_ascii_case(&input.role_guid)
-                    && r.principal_id.eq_ignore_ascii_case(&input.principal_id)
-                    && (r.status == "PendingApproval" || r.status == "PendingAdminDecision")
-            });
+            let pending = state
+                .requests
+                .for_target(scope, &input.role_guid, &input.principal_id)
+                .iter()
+                .map(|&i| &state.requests[i])
+                .any(|r| {
+                    scope_eq(&r.scope, scope)
+                        && r.role_guid.eq_ignore_ascii_case(&input.role_guid)
+                        && r.principal_id.eq_ignore_ascii_case(&input.principal_id)
+                        && (r.status == "PendingApproval" || r.status == "PendingAdminDecision")
+                });
             if pending {
                 return Err(ArmError::bad_request(
                     "PendingRoleAssignmentRequest",
                     "There is already an existing pending Role assignment request.",
                 ));
             }
-            let existing = state.assignments.iter().any(|a| {
-                scope_eq(&a.scope, scope)
-                    && a.role_guid.eq_ignore_ascii_case(&input.role_guid)
-                    && a.principal_id.eq_ignore_ascii_case(&input.principal_id)
-                    && a.end.is_none_or(|e| e > now)
-            });
+            let existing = state
+                .assignments
+                .for_target(scope, &input.role_guid, &input.principal_id)
+                .into_iter()
+                .filter_map(|seq| state.assignments.get(seq))
+                .any(|a| {
+                    scope_eq(&a.scope, scope)
+                        && a.role_guid.eq_ignore_ascii_case(&input.role_guid)
+                        && a.principal_id.eq_ignore_ascii_case(&input.principal_id)
+                        && a.end.is_none_or(|e| e > now)
+                });
             if existing {
                 return Err(ArmError::bad_request(
                     "RoleAssignmentExists",
@@ -616,13 +626,18 @@ pub fn create(
         }
         "SelfDeactivate" | "AdminRemove" => {
             // A principal deactivates its own activations; admins remove any assignment.
-            let found = state.assignments.iter().find(|a| {
-                scope_eq(&a.scope, scope)
-                    && a.role_guid.eq_ignore_ascii_case(&input.role_guid)
-                    && a.principal_id.eq_ignore_ascii_case(&input.principal_id)
-                    && a.active(now)
-                    && (rt == "AdminRemove" || a.assignment_type == "Activated")
-            });
+            let found = state
+                .assignments
+                .for_target(scope, &input.role_guid, &input.principal_id)
+                .into_iter()
+                .filter_map(|seq| state.assignments.get(seq))
+                .find(|a| {
+                    scope_eq(&a.scope, scope)
+                        && a.role_guid.eq_ignore_ascii_case(&input.role_guid)
+                        && a.principal_id.eq_ignore_ascii_case(&input.principal_id)
+                        && a.active(now)
+                        && (rt == "AdminRemove" || a.assignment_type == "Activated")
+                });
             let Some(a) = found else {
                 return Err(ArmError::bad_request(
                     "RoleAssignmentDoesNotExist",
@@ -645,17 +660,35 @@ pub fn create(
             if dry_run {
                 return Ok(state.request_json(&req));
             }
-            state.assignments.retain(|x| x.schedule_name != sched);
+            for seq in state.assignments.by_schedule_name(&sched) {
+                if state
+                    .assignments
+                    .get(seq)
+                    .is_some_and(|x| x.schedule_name == sched)
+                {
+                    state.assignments.remove(seq);
+                }
+            }
             req.status = "Revoked".into();
         }
         "AdminExtend" | "AdminUpdate" | "SelfExtend" => {
             let target = input.target_schedule.as_deref().map(last_segment);
-            let Some(idx) = state.assignments.iter().position(|a| {
-                a.active(now)
-                    && a.principal_id.eq_ignore_ascii_case(&input.principal_id)
-                    && a.role_guid.eq_ignore_ascii_case(&input.role_guid)
-                    && (scope_eq(&a.scope, scope)
-                        || target.is_some_and(|t| a.schedule_name.eq_ignore_ascii_case(t)))
+            let mut candidates =
+                state
+                    .assignments
+                    .for_target(scope, &input.role_guid, &input.principal_id);
+            if let Some(t) = target {
+                candidates.extend(state.assignments.by_schedule_name(t));
+            }
+            candidates.sort_unstable();
+            let Some(idx) = candidates.into_iter().find(|&seq| {
+                state.assignments.get(seq).is_some_and(|a| {
+                    a.active(now)
+                        && a.principal_id.eq_ignore_ascii_case(&input.principal_id)
+                        && a.role_guid.eq_ignore_ascii_case(&input.role_guid)
+                        && (scope_eq(&a.scope, scope)
+                            || target.is_some_and(|t| a.schedule_name.eq_ignore_ascii_case(t)))
+                })
             }) else {
                 return Err(ArmError::bad_request(
                     "RoleAssignmentDoesNotExist",
@@ -678,8 +711,15 @@ pub fn create(
             if !failed.is_empty() {
                 return Err(policy_failed(&failed));
             }
-            req.target_schedule_id = Some(state.assignments[idx].schedule_id());
-            req.target_instance_id = Some(state.assignments[idx].instance_id());
+            let Some(a) = state.assignments.get(idx) else {
+                return Err(ArmError::new(
+                    500,
+                    "InternalServerError",
+                    "assignment store",
+                ));
+            };
+            req.target_schedule_id = Some(a.schedule_id());
+            req.target_instance_id = Some(a.instance_id());
             if dry_run {
                 return Ok(state.request_json(&req));
             }
@@ -690,10 +730,12 @@ pub fn create(
                     uuid::Uuid::new_v4()
                 ));
             } else {
-                let a = &mut state.assignments[idx];
-                a.end = req.planned_end;
-                a.updated_on = now;
-                a.request_id = Some(arm_child(scope, "RoleAssignmentScheduleRequests", name));
+                let request_id = arm_child(scope, "RoleAssignmentScheduleRequests", name);
+                state.assignments.modify(idx, |a| {
+                    a.end = req.planned_end;
+                    a.updated_on = now;
+                    a.request_id = Some(request_id);
+                });
             }
         }
         _ => {
@@ -732,8 +774,9 @@ fn find_eligibility(
 ) -> Option<String> {
     let linked = input.linked.as_deref().map(last_segment);
     state
-        .eligibilities
-        .iter()
+        .eligibilities_above(&input.principal_id, &input.role_guid, scope)
+        .into_iter()
+        .filter_map(|i| state.eligibilities.get(i))
         .filter(|e| {
             e.active(now)
                 && e.principal_id.eq_ignore_ascii_case(&input.principal_id)
@@ -759,9 +802,7 @@ fn provision(state: &mut State, req: &mut PimRequest, assignment_type: &str, now
     req.planned_end = end;
     let linked_inst = req.linked_eligibility_id.as_deref().and_then(|l| {
         state
-            .eligibilities
-            .iter()
-            .find(|e| e.name.eq_ignore_ascii_case(last_segment(l)))
+            .eligibility_named(last_segment(l))
             .map(|e| e.instance_name.clone())
     });
     let a = Assignment {
@@ -804,26 +845,27 @@ fn request_not_found(name: &str, scope: &str) -> ArmError {
     )
 }
 
+/// Index of the request named `name` (case-insensitive) at exactly `scope`.
+fn request_at(state: &State, scope: &str, name: &str) -> Option<usize> {
+    state.requests.named(name).iter().copied().find(|&i| {
+        let r = &state.requests[i];
+        r.name.eq_ignore_ascii_case(name) && scope_eq(&r.scope, scope)
+    })
+}
+
 pub fn get_request(state: &mut State, scope: &str, name: &str) -> Result<Value, ArmError> {
-    let Some(idx) = state
-        .requests
-        .iter()
-        .position(|r| r.name.eq_ignore_ascii_case(name) && scope_eq(&r.scope, scope))
-    else {
+    let Some(idx) = request_at(state, scope, name) else {
         return Err(request_not_found(name, scope));
     };
     let out = state.request_json(&state.requests[idx]);
-    let r = &mut state.requests[idx];
-    r.accepted_reads_left = r.accepted_reads_left.saturating_sub(1);
+    if let Some(r) = state.requests.get_mut(idx) {
+        r.accepted_reads_left = r.accepted_reads_left.saturating_sub(1);
+    }
     Ok(out)
 }
 
 pub fn cancel(state: &mut State, scope: &str, name: &str) -> Result<(), ArmError> {
-    let Some(idx) = state
-        .requests
-        .iter()
-        .position(|r| r.name.eq_ignore_ascii_case(name) && scope_eq(&r.scope, scope))
-    else {
+    let Some(idx) = request_at(state, scope, name) else {
         return Err(request_not_found(name, scope));
     };
     let status = state.requests[idx].status.clone();
@@ -839,12 +881,14 @@ pub fn cancel(state: &mut State, scope: &str, name: &str) -> Result<(), ArmError
         let target = state.requests[idx].target_schedule_id.clone();
         if let Some(t) = target {
             let t = last_segment(&t).to_string();
-            state
-                .assignments
-                .retain(|a| !a.schedule_name.eq_ignore_ascii_case(&t));
+            for seq in state.assignments.by_schedule_name(&t) {
+                state.assignments.remove(seq);
+            }
         }
     }
-    state.requests[idx].status = "Canceled".into();
+    if let Some(r) = state.requests.get_mut(idx) {
+        r.status = "Canceled".into();
+    }
     Ok(())
 }
 
@@ -854,13 +898,16 @@ pub fn approve(state: &mut State, name: &str, now: DateTime<Utc>) -> Result<Valu
     let mut req = state.requests[idx].clone();
     if req.request_type == "SelfExtend" {
         let target = req.target_schedule_id.clone().unwrap_or_default();
-        if let Some(a) = state
+        if let Some(&seq) = state
             .assignments
-            .iter_mut()
-            .find(|a| a.schedule_name.eq_ignore_ascii_case(last_segment(&target)))
+            .by_schedule_name(last_segment(&target))
+            .first()
         {
-            a.end = req.planned_end;
-            a.updated_on = now;
+            let end = req.planned_end;
+            state.assignments.modify(seq, |a| {
+                a.end = end;
+                a.updated_on = now;
+            });
             req.status = "Provisioned".into();
         } else {
             req.status = "Failed".into();
@@ -875,22 +922,20 @@ pub fn approve(state: &mut State, name: &str, now: DateTime<Utc>) -> Result<Valu
         }
     }
     let out = state.request_json(&req);
-    state.requests[idx] = req;
+    state.requests.set(idx, req);
     Ok(out)
 }
 
 pub fn deny(state: &mut State, name: &str) -> Result<Value, ArmError> {
     let idx = pending_idx(state, name)?;
-    state.requests[idx].status = "Denied".into();
+    if let Some(r) = state.requests.get_mut(idx) {
+        r.status = "Denied".into();
+    }
     Ok(state.request_json(&state.requests[idx]))
 }
 
 fn pending_idx(state: &State, name: &str) -> Result<usize, ArmError> {
-    let Some(idx) = state
-        .requests
-        .iter()
-        .position(|r| r.name.eq_ignore_ascii_case(name))
-    else {
+    let Some(idx) = state.requests.named(name).first().copied() else {
         return Err(ArmError::new(
             404,
             "NotFound",
@@ -918,14 +963,20 @@ pub fn revoke(
 ) -> usize {
     let scope = normalize_scope(scope);
     let role = last_segment(role).to_string();
-    let before = state.assignments.len();
-    state.assignments.retain(|a| {
-        !(scope_eq(&a.scope, &scope)
-            && a.role_guid.eq_ignore_ascii_case(&role)
-            && a.principal_id.eq_ignore_ascii_case(principal)
-            && a.active(now))
-    });
-    before - state.assignments.len()
+    let mut n = 0;
+    for seq in state.assignments.for_target(&scope, &role, principal) {
+        let hit = state.assignments.get(seq).is_some_and(|a| {
+            scope_eq(&a.scope, &scope)
+                && a.role_guid.eq_ignore_ascii_case(&role)
+                && a.principal_id.eq_ignore_ascii_case(principal)
+                && a.active(now)
+        });
+        if hit {
+            state.assignments.remove(seq);
+            n += 1;
+        }
+    }
+    n
 }
 
 // ---------- $filter ----------
@@ -1129,9 +1180,25 @@ pub fn list_assignments(
             "roleassignmentscheduleid",
         ],
     )?;
-    Ok(state
-        .assignments
-        .iter()
+    // A filter on one principal (what the operator sends) reads only that principal's
+    // assignments around the scope; anything else reads them all.
+    let principal = conds.iter().find_map(|c| match c {
+        Cond::Eq(f, v) if f == "principalid" => Some(v.as_str()),
+        Cond::AssignedTo(p) => Some(p.as_str()),
+        Cond::AsTarget => Some(caller.oid.as_str()),
+        _ => None,
+    });
+    let candidates: Box<dyn Iterator<Item = &Assignment>> = match principal {
+        Some(p) => Box::new(
+            state
+                .assignments
+                .for_principal_around(p, scope, !conds.contains(&Cond::AtScope))
+                .into_iter()
+                .filter_map(|seq| state.assignments.get(seq)),
+        ),
+        None => Box::new(state.assignments.iter()),
+    };
+    Ok(candidates
         .filter(|a| !instances || a.active(now))
         .filter(|a| {
             keep(
@@ -1167,9 +1234,14 @@ pub fn get_assignment(
     instance: bool,
     now: DateTime<Utc>,
 ) -> Result<Value, ArmError> {
-    state
-        .assignments
-        .iter()
+    let candidates = if instance {
+        state.assignments.by_instance_name(name)
+    } else {
+        state.assignments.by_schedule_name(name)
+    };
+    candidates
+        .into_iter()
+        .filter_map(|seq| state.assignments.get(seq))
         .filter(|a| !instance || a.active(now))
         .find(|a| {
             let n = if instance {

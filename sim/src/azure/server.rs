@@ -86,6 +86,15 @@ pub fn json_response(status: u16, body: Option<&Value>) -> Response {
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
+/// A JSON answer already serialised.
+pub fn json_bytes_response(status: u16, body: Vec<u8>) -> Response {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(Body::from(body))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
 pub fn reset_response() -> Response {
     let mut r = Response::new(Body::empty());
     r.extensions_mut().insert(ResetConnection);
@@ -600,7 +609,7 @@ pub fn record(
     status: u16,
     fault: Option<&str>,
 ) {
-    state.calls.push(CallRecord {
+    state.calls.push(&CallRecord {
         time: fmt_time(now),
         caller: caller.map(String::from),
         method: method.to_string(),
@@ -609,9 +618,6 @@ pub fn record(
         status,
         fault: fault.map(String::from),
     });
-    if state.calls.len() > 100_000 {
-        state.calls.drain(0..10_000);
-    }
 }
 
 // ---------- the ARM handler ----------
@@ -941,7 +947,7 @@ fn handle(
     let filter = query.get("$filter");
     if let Some(jp) = &route.jit {
         return Ok(match route.op {
-            "JitNetworkAccessPolicies_Get" => Answer::Json(200, jit::get(st, jp)?),
+            "JitNetworkAccessPolicies_Get" => Answer::Json(200, jit::get(st, jp, now)?),
             "JitNetworkAccessPolicies_CreateOrUpdate" => {
                 Answer::Json(200, jit::put(st, jp, &parse_json(body)?, now)?)
             }
@@ -957,7 +963,7 @@ fn handle(
                     client_ip,
                 )?,
             ),
-            _ => Answer::List(jit::list(st, jp)?),
+            _ => Answer::List(jit::list(st, jp, now)?),
         });
     }
     let read_scope_ok = |st: &State| pim::check_scope(st, scope, true);

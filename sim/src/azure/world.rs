@@ -1,7 +1,8 @@
 //! The world file: tenants, principals, credentials, subscriptions, VMs, JIT policies, roles,
 //! eligibilities, role management policies and settings. Format documented in sim/README.md.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -34,6 +35,18 @@ pub struct World {
     pub role_management_policies: Vec<PolicySeed>,
     #[serde(default)]
     pub settings: Settings,
+    /// Lookup tables built by [`World::build_index`] (azure-sim builds them when it starts).
+    #[serde(skip)]
+    index: Option<Arc<WorldIndex>>,
+}
+
+/// Lowercased keys -> position of the first entry with that key.
+#[derive(Debug, Default)]
+struct WorldIndex {
+    principals: HashMap<String, usize>,
+    subscriptions: HashMap<String, usize>,
+    /// By normalised, lowercased id.
+    virtual_machines: HashMap<String, usize>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -478,10 +491,40 @@ impl World {
         Ok(())
     }
 
+    /// Builds the lookup tables of `principal`, `subscription` and `vm`. Lookups stay correct
+    /// if the world changes afterwards (a miss or a stale hit falls back to a scan), only slower.
+    pub fn build_index(&mut self) {
+        let mut ix = WorldIndex::default();
+        for (i, p) in self.principals.iter().enumerate() {
+            ix.principals
+                .entry(p.object_id.to_ascii_lowercase())
+                .or_insert(i);
+        }
+        for (i, s) in self.subscriptions.iter().enumerate() {
+            ix.subscriptions
+                .entry(s.id.to_ascii_lowercase())
+                .or_insert(i);
+        }
+        for (i, v) in self.virtual_machines.iter().enumerate() {
+            ix.virtual_machines
+                .entry(normalize_scope(&v.id).to_ascii_lowercase())
+                .or_insert(i);
+        }
+        self.index = Some(Arc::new(ix));
+    }
+
     pub fn principal(&self, object_id: &str) -> Option<&Principal> {
-        self.principals
-            .iter()
-            .find(|p| p.object_id.eq_ignore_ascii_case(object_id))
+        let hit = self
+            .index
+            .as_ref()
+            .and_then(|ix| ix.principals.get(&object_id.to_ascii_lowercase()))
+            .and_then(|&i| self.principals.get(i))
+            .filter(|p| p.object_id.eq_ignore_ascii_case(object_id));
+        hit.or_else(|| {
+            self.principals
+                .iter()
+                .find(|p| p.object_id.eq_ignore_ascii_case(object_id))
+        })
     }
 
     pub fn principal_by_app(&self, app_id: &str) -> Option<&Principal> {
@@ -505,9 +548,17 @@ impl World {
     }
 
     pub fn subscription(&self, id: &str) -> Option<&Subscription> {
-        self.subscriptions
-            .iter()
-            .find(|s| s.id.eq_ignore_ascii_case(id))
+        let hit = self
+            .index
+            .as_ref()
+            .and_then(|ix| ix.subscriptions.get(&id.to_ascii_lowercase()))
+            .and_then(|&i| self.subscriptions.get(i))
+            .filter(|s| s.id.eq_ignore_ascii_case(id));
+        hit.or_else(|| {
+            self.subscriptions
+                .iter()
+                .find(|s| s.id.eq_ignore_ascii_case(id))
+        })
     }
 
     pub fn role(&self, guid: &str) -> Option<&RoleDefinition> {
@@ -518,9 +569,17 @@ impl World {
 
     pub fn vm(&self, id: &str) -> Option<&VirtualMachine> {
         let n = normalize_scope(id);
-        self.virtual_machines
-            .iter()
-            .find(|v| normalize_scope(&v.id).eq_ignore_ascii_case(&n))
+        let hit = self
+            .index
+            .as_ref()
+            .and_then(|ix| ix.virtual_machines.get(&n.to_ascii_lowercase()))
+            .and_then(|&i| self.virtual_machines.get(i))
+            .filter(|v| normalize_scope(&v.id).eq_ignore_ascii_case(&n));
+        hit.or_else(|| {
+            self.virtual_machines
+                .iter()
+                .find(|v| normalize_scope(&v.id).eq_ignore_ascii_case(&n))
+        })
     }
 
     /// Whether `principal` is admin at `scope` (an adminScope at or above it).

@@ -164,6 +164,7 @@ fn hooks(
     };
     let mut out = vec![];
     for (_, cfg) in configs {
+        let cfg = cfg.value();
         for w in cfg["webhooks"].as_array().into_iter().flatten() {
             let rules_ok = w["rules"]
                 .as_array()

@@ -247,7 +247,6 @@ pub(crate) fn token_request(
         .lock()
         .store
         .get(&StoreKey::new("", "serviceaccounts"), ns, name)
-        .cloned()
         .ok_or_else(|| ApiError::not_found_gr("", "serviceaccounts", name))?;
     let audiences: Vec<String> = match req["spec"]["audiences"].as_array() {
         Some(a) if !a.is_empty() => a

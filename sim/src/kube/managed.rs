@@ -7,6 +7,7 @@
 //! field by field.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 
 use serde_json::{Map, Value, json};
 
@@ -94,13 +95,16 @@ fn fields_to_v1(set: &FieldSet) -> Value {
             let Some(next) = entry.as_object_mut() else {
                 break;
             };
-            // a path that is owned itself and also has owned children gets "."
-            let has_children = set
-                .range(p.clone()..)
-                .nth(1)
-                .is_some_and(|q| q.len() > p.len() && q.starts_with(p));
-            if last && (has_children || !next.is_empty()) {
-                next.insert(".".into(), json!({}));
+            // a path that is owned itself and also has owned children gets "." (its children
+            // follow it directly in the set's order)
+            if last {
+                let has_children = set
+                    .range::<FPath, _>((Bound::Excluded(p), Bound::Unbounded))
+                    .next()
+                    .is_some_and(|q| q.len() > p.len() && q.starts_with(p));
+                if has_children || !next.is_empty() {
+                    next.insert(".".into(), json!({}));
+                }
             }
             cur = next;
         }
@@ -452,6 +456,16 @@ fn overlaps(a: &[Pe], b: &[Pe]) -> bool {
     a.starts_with(b) || b.starts_with(a)
 }
 
+/// Whether some path of `set` overlaps `p` (is `p`, above it or below it), by lookups: the
+/// paths above `p` are its prefixes, the paths below follow `p` in the set's order.
+fn overlaps_any(set: &FieldSet, p: &[Pe]) -> bool {
+    (0..=p.len()).any(|k| set.contains(&p[..k]))
+        || set
+            .range::<[Pe], _>((Bound::Excluded(p), Bound::Unbounded))
+            .next()
+            .is_some_and(|q| q.starts_with(p))
+}
+
 /// Records an Update (PUT, or a non-apply patch) by `manager` from `old` to `new` in new's
 /// managedFields. Returns whether anything changed.
 pub(crate) fn record_update(
@@ -494,7 +508,7 @@ pub(crate) fn record_update(
             // entries of the other scope own disjoint fields
         }
         e.fields
-            .retain(|p| !changed.iter().any(|c| overlaps(c, p)) && !removed.contains(p));
+            .retain(|p| !overlaps_any(&changed, p) && !removed.contains(p));
     }
     let sub = scope.subresource();
     match entries
@@ -614,15 +628,13 @@ pub(crate) fn apply(
     merge_into(&mut result, &to_merge, &mut vec![], req.schema);
 
     for e in entries.iter_mut().filter(|e| !is_me(e)) {
+        // A field this apply sets to another value than it has changes hands.
         e.fields.retain(|q| {
             !taken.contains(q)
                 && (is_element(q)
-                    || !new_set.iter().any(|p| {
-                        overlaps(p, q)
-                            && value_at(&live_scoped, q).is_some()
-                            && value_at(&live_scoped, p) != value_at(&applied_scoped, p)
-                            && p == q
-                    }))
+                    || !(new_set.contains(q)
+                        && value_at(&live_scoped, q).is_some()
+                        && value_at(&live_scoped, q) != value_at(&applied_scoped, q)))
         });
     }
     match entries.iter_mut().find(|e| is_me(e)) {

@@ -58,7 +58,7 @@ pub(crate) struct ResourceDef {
     /// selectableFields json paths (custom resources only), e.g. `.spec.color`.
     pub selectable_fields: Vec<String>,
     /// The schema's CEL rules, compiled once.
-    pub compiled: Option<Arc<kube::core::cel::CompiledSchema>>,
+    pub compiled: Option<Arc<super::schema::CelRules>>,
 }
 
 impl ResourceDef {
@@ -321,7 +321,7 @@ pub(crate) fn defs_from_crd(crd: &Value) -> Vec<ResourceDef> {
                 .is_object()
                 .then(|| v["schema"]["openAPIV3Schema"].clone()),
             compiled: v["schema"]["openAPIV3Schema"].is_object().then(|| {
-                Arc::new(kube::core::cel::compile_schema(
+                Arc::new(super::schema::CelRules::compile(
                     &v["schema"]["openAPIV3Schema"],
                 ))
             }),

@@ -1,7 +1,9 @@
 //! Structural-schema handling of custom resources: pruning, defaulting, OpenAPI v3 value
 //! validation and `x-kubernetes-validations` CEL rules (through kube's `cel` feature).
 
-use kube::core::cel::{CompiledSchema, ErrorKind, RootContext, Validator, apply_defaults};
+use kube::core::cel::{
+    CompiledSchema, ErrorKind, RootContext, Validator, apply_defaults, compile_schema,
+};
 use serde_json::{Map, Value};
 
 use super::error::{FieldError, display_value};
@@ -483,6 +485,221 @@ pub(crate) fn validate_cel(
     }
 }
 
+/// A CRD version's `x-kubernetes-validations`, compiled once: for the whole object and, when the
+/// root has no rules of its own, also per top-level property, so that an update evaluates the
+/// rules of a property it leaves unchanged only where their outcome can matter.
+pub(crate) struct CelRules {
+    pub full: CompiledSchema,
+    /// By property name, sorted; None when the schema cannot be split (rules, composition or
+    /// additionalProperties at the root).
+    parts: Option<Vec<CelPart>>,
+}
+
+impl std::fmt::Debug for CelRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CelRules")
+            .field("parts", &self.parts.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+struct CelPart {
+    name: String,
+    /// The root with only this property; None when no rule lies under it.
+    all: Option<CompiledSchema>,
+    /// Same, with only the rules whose errors ratcheting may keep when the property is
+    /// unchanged (see [`keep_when_unchanged`]); None when there are none.
+    unchanged: Option<CompiledSchema>,
+}
+
+/// Number of rules (compiled or not) in a compiled schema tree.
+fn rule_count(c: &CompiledSchema) -> usize {
+    c.validations.len()
+        + c.properties.values().map(rule_count).sum::<usize>()
+        + c.items.as_deref().map_or(0, rule_count)
+        + c.additional_properties.as_deref().map_or(0, rule_count)
+        + c.all_of
+            .iter()
+            .chain(&c.one_of)
+            .chain(&c.any_of)
+            .map(rule_count)
+            .sum::<usize>()
+}
+
+/// Drops the subtrees of a compiled schema that hold no rule, below nodes that hold none: the
+/// validator would walk them, converting their values at every level, for nothing. (Under a
+/// node with rules everything stays: its rules see the whole value, converted by the schema.)
+fn prune_ruleless(c: &mut CompiledSchema) {
+    if !c.validations.is_empty() {
+        return;
+    }
+    c.properties.retain(|_, sub| rule_count(sub) > 0);
+    for sub in c.properties.values_mut() {
+        prune_ruleless(sub);
+    }
+    for slot in [&mut c.items, &mut c.additional_properties] {
+        if slot.as_deref().is_some_and(|x| rule_count(x) == 0) {
+            *slot = None;
+        }
+        if let Some(x) = slot.as_deref_mut() {
+            prune_ruleless(x);
+        }
+    }
+    for subs in [&mut c.all_of, &mut c.one_of, &mut c.any_of] {
+        subs.retain(|x| rule_count(x) > 0);
+        for x in subs.iter_mut() {
+            prune_ruleless(x);
+        }
+    }
+}
+
+/// [`compile_schema`], then [`prune_ruleless`].
+fn compile_pruned(schema: &Value) -> CompiledSchema {
+    let mut c = compile_schema(schema);
+    prune_ruleless(&mut c);
+    c
+}
+
+/// Rules whose errors [`ratchet`] could keep although the value they sit on is unchanged:
+/// transition rules (by the same test `validate_cel` uses), rules reporting at another path
+/// (`fieldPath`), and rules at paths `value_at_path` may not resolve (map values, property
+/// names with `.`, `[` or `]`). Every other rule on an unchanged value only yields errors that
+/// ratcheting drops, so it need not run.
+fn keep_when_unchanged(rule: &Value, awkward_path: bool) -> bool {
+    awkward_path
+        || rule["rule"].as_str().is_none_or(|r| r.contains("oldSelf"))
+        || rule.get("fieldPath").is_some_and(|f| !f.is_null())
+}
+
+/// `schema` with only the rules [`keep_when_unchanged`] keeps.
+fn unchanged_rules(schema: &Value, awkward: bool) -> Value {
+    let Some(obj) = schema.as_object() else {
+        return schema.clone();
+    };
+    let mut out = Map::new();
+    for (k, v) in obj {
+        let nv = match k.as_str() {
+            "x-kubernetes-validations" => match v.as_array() {
+                Some(rules) => Value::Array(
+                    rules
+                        .iter()
+                        .filter(|r| keep_when_unchanged(r, awkward))
+                        .cloned()
+                        .collect(),
+                ),
+                None => v.clone(),
+            },
+            "properties" => match v.as_object() {
+                Some(props) => Value::Object(
+                    props
+                        .iter()
+                        .map(|(name, sub)| {
+                            let odd = awkward || name.contains(['.', '[', ']']);
+                            (name.clone(), unchanged_rules(sub, odd))
+                        })
+                        .collect(),
+                ),
+                None => v.clone(),
+            },
+            "items" => unchanged_rules(v, awkward),
+            "additionalProperties" => unchanged_rules(v, true),
+            "allOf" | "oneOf" | "anyOf" => match v.as_array() {
+                Some(subs) => {
+                    Value::Array(subs.iter().map(|x| unchanged_rules(x, awkward)).collect())
+                }
+                None => v.clone(),
+            },
+            _ => v.clone(),
+        };
+        out.insert(k.clone(), nv);
+    }
+    Value::Object(out)
+}
+
+impl CelRules {
+    pub fn compile(schema: &Value) -> CelRules {
+        CelRules {
+            full: compile_pruned(schema),
+            parts: Self::split(schema),
+        }
+    }
+
+    fn split(schema: &Value) -> Option<Vec<CelPart>> {
+        let root = schema.as_object()?;
+        let splittable = root
+            .get("x-kubernetes-validations")
+            .is_none_or(|v| v.as_array().is_some_and(Vec::is_empty))
+            && ["allOf", "oneOf", "anyOf", "additionalProperties"]
+                .iter()
+                .all(|k| {
+                    root.get(*k)
+                        .is_none_or(|v| v.is_null() || *v == Value::Bool(false))
+                });
+        if !splittable {
+            return None;
+        }
+        let props = root.get("properties")?.as_object()?;
+        let mut parts = Vec::new();
+        for (name, sub) in props {
+            let odd = name.contains(['.', '[', ']']);
+            let one = |sub: Value| {
+                let mut props = Map::new();
+                props.insert(name.clone(), sub);
+                let c = compile_pruned(&serde_json::json!({"type": "object", "properties": props}));
+                (rule_count(&c) > 0).then_some(c)
+            };
+            parts.push(CelPart {
+                name: name.clone(),
+                all: one(sub.clone()),
+                unchanged: one(unchanged_rules(sub, odd)),
+            });
+        }
+        parts.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(parts)
+    }
+}
+
+/// CEL validation of an update, property by property: a top-level property equal to its old
+/// value runs only the rules whose errors ratcheting could keep. The errors that survive
+/// [`ratchet`] are the same as with the whole object at once.
+fn validate_cel_update(
+    rules: &CelRules,
+    obj: &Value,
+    old: &Value,
+    root: &RootContext,
+) -> Vec<FieldError> {
+    let Some(parts) = &rules.parts else {
+        return validate_cel(&rules.full, obj, Some(old), root.clone());
+    };
+    let mut out = vec![];
+    for part in parts {
+        let v = obj.get(&part.name);
+        let o = old.get(&part.name);
+        let compiled = if v == o {
+            part.unchanged.as_ref()
+        } else {
+            part.all.as_ref()
+        };
+        let Some(compiled) = compiled else {
+            continue;
+        };
+        let wrap = |x: Option<&Value>| {
+            let mut m = Map::new();
+            if let Some(x) = x {
+                m.insert(part.name.clone(), x.clone());
+            }
+            Value::Object(m)
+        };
+        out.extend(validate_cel(
+            compiled,
+            &wrap(v),
+            Some(&wrap(o)),
+            root.clone(),
+        ));
+    }
+    out
+}
+
 /// Resolves `spec.a[0].b` / `spec.labels[key]` paths.
 pub(crate) fn value_at_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
     let mut cur = obj;
@@ -519,7 +736,7 @@ pub(crate) fn value_at_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value>
 /// from the old object are dropped, as CRDValidationRatcheting does).
 pub(crate) fn validate_custom(
     schema: &Value,
-    compiled: Option<&CompiledSchema>,
+    compiled: Option<&CelRules>,
     obj: &Value,
     old: Option<&Value>,
     root: RootContext,
@@ -543,7 +760,10 @@ pub(crate) fn validate_custom(
         return errs;
     }
     if let Some(compiled) = compiled {
-        let mut cel = validate_cel(compiled, obj, old, root);
+        let mut cel = match old {
+            Some(old) => validate_cel_update(compiled, obj, old, &root),
+            None => validate_cel(&compiled.full, obj, None, root),
+        };
         ratchet(&mut cel, obj, old);
         for e in &mut cel {
             if let Some(r) = e.reason.strip_suffix("\u{0}transition") {
@@ -587,9 +807,7 @@ pub(crate) fn validate_name(name: &str, label_only: bool) -> Option<FieldError> 
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
         )
     };
-    let ok = regex::Regex::new(re)
-        .map(|r| r.is_match(name))
-        .unwrap_or(false);
+    let ok = cached_regex(re).is_ok_and(|r| r.is_match(name));
     if name.len() > max {
         return Some(FieldError::invalid(
             "metadata.name",
@@ -600,16 +818,17 @@ pub(crate) fn validate_name(name: &str, label_only: bool) -> Option<FieldError> 
     (!ok).then(|| FieldError::invalid("metadata.name", &Value::String(name.into()), what))
 }
 
-/// Compiled regexes by pattern (schema patterns repeat on every write).
-fn cached_regex(p: &str) -> Result<regex::Regex, regex::Error> {
+/// Compiled regexes by pattern (schema patterns repeat on every write). Shared, not cloned: a
+/// clone of a `Regex` starts with an empty matching cache.
+fn cached_regex(p: &str) -> Result<std::sync::Arc<regex::Regex>, regex::Error> {
     use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<String, regex::Regex>>> = OnceLock::new();
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<regex::Regex>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(r) = cache.lock().ok().and_then(|c| c.get(p).cloned()) {
         return Ok(r);
     }
-    let r = regex::Regex::new(p)?;
+    let r = Arc::new(regex::Regex::new(p)?);
     if let Ok(mut c) = cache.lock() {
         if c.len() > 4096 {
             c.clear();
@@ -731,4 +950,161 @@ pub(crate) fn validate_object_meta(md: &Value) -> Vec<FieldError> {
         }
     }
     errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn text(errs: Vec<FieldError>) -> Vec<String> {
+        let mut v: Vec<String> = errs
+            .into_iter()
+            .map(|e| {
+                let reason = e.reason.trim_end_matches("\u{0}transition").to_string();
+                format!("{reason} {}: {}", e.field, e.detail)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Errors left after ratcheting, as `reason field: detail`, sorted.
+    fn after_ratchet(mut errs: Vec<FieldError>, obj: &Value, old: &Value) -> Vec<String> {
+        ratchet(&mut errs, obj, Some(old));
+        text(errs)
+    }
+
+    /// The update path (property by property, skipping what ratcheting drops, pruned) against
+    /// the whole object at once with the schema as compiled; returns the errors both keep.
+    /// Checks the create path (pruned against not) on the new object too.
+    fn same_errors(schema: &Value, old: &Value, obj: &Value) -> Vec<String> {
+        let rules = CelRules::compile(schema);
+        let unpruned = compile_schema(schema);
+        let root = RootContext::default();
+        let whole = after_ratchet(
+            validate_cel(&unpruned, obj, Some(old), root.clone()),
+            obj,
+            old,
+        );
+        let split = after_ratchet(validate_cel_update(&rules, obj, old, &root), obj, old);
+        assert_eq!(whole, split, "old {old}\nnew {obj}");
+        assert_eq!(
+            text(validate_cel(&unpruned, obj, None, root.clone())),
+            text(validate_cel(&rules.full, obj, None, root.clone())),
+            "create {obj}"
+        );
+        whole
+    }
+
+    fn schema() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "metadata": {"type": "object"},
+                "spec": {
+                    "type": "object",
+                    "x-kubernetes-validations": [
+                        {"rule": "self.a != 'bad'", "message": "a is bad"},
+                        {"rule": "!has(oldSelf.b) || self.b == oldSelf.b", "message": "b is immutable"},
+                        {"rule": "self.a != 'far'", "fieldPath": ".c", "message": "reported at c"},
+                    ],
+                    "properties": {
+                        "a": {"type": "string", "x-kubernetes-validations": [
+                            {"rule": "self.matches('^[a-z]+$')", "message": "a is not lowercase"}]},
+                        "b": {"type": "string"},
+                        "c": {"type": "string"},
+                        "labels": {"type": "object", "additionalProperties": {
+                            "type": "string",
+                            "x-kubernetes-validations": [{"rule": "self != 'x'", "message": "no x"}]}},
+                    },
+                },
+                "status": {
+                    "type": "object",
+                    "properties": {
+                        "n": {"type": "integer", "x-kubernetes-validations": [
+                            {"rule": "self >= 0", "message": "negative"}]},
+                        "history": {"type": "array", "items": {"type": "object", "properties": {
+                            "at": {"type": "string", "format": "date-time"},
+                            "note": {"type": "string", "default": "none"}}}},
+                        "since": {"type": "object",
+                            "x-kubernetes-validations": [{
+                                "rule": "!has(self.at) || self.at > timestamp('2020-01-01T00:00:00Z')",
+                                "message": "too early"}],
+                            "properties": {"at": {"type": "string", "format": "date-time"}}},
+                    },
+                },
+            },
+        })
+    }
+
+    fn obj(spec: Value, n: i64) -> Value {
+        let since = if n < 5 {
+            "2026-01-01T00:00:00Z"
+        } else {
+            "2019-01-01T00:00:00Z"
+        };
+        json!({
+            "metadata": {"name": "o", "labels": {"l": "v"}},
+            "spec": spec,
+            "status": {"n": n, "history": [{"at": "2026-01-01T00:00:00Z"}], "since": {"at": since}},
+        })
+    }
+
+    #[test]
+    fn split_update_validation_keeps_what_whole_validation_keeps() {
+        let schema = schema();
+        assert!(CelRules::compile(&schema).parts.is_some());
+        let same = |old: &Value, new: &Value| same_errors(&schema, old, new);
+        // A status change leaves an invalid spec alone (ratcheted).
+        let bad = json!({"a": "bad", "b": "1"});
+        assert!(same(&obj(bad.clone(), 1), &obj(bad.clone(), 2)).is_empty());
+        // Changing the spec re-checks it.
+        assert_eq!(
+            same(&obj(json!({"a": "ok"}), 1), &obj(bad.clone(), 1)).len(),
+            1
+        );
+        // An error reported at a missing field is kept although the spec is unchanged.
+        let far = json!({"a": "far"});
+        assert_eq!(same(&obj(far.clone(), 1), &obj(far.clone(), 2)).len(), 1);
+        // So is one at a map key that the path syntax cannot name.
+        let dotted = json!({"a": "ok", "labels": {"k.x": "x"}});
+        assert_eq!(
+            same(&obj(dotted.clone(), 1), &obj(dotted.clone(), 2)).len(),
+            1
+        );
+        // Transition rules run on unchanged and changed values alike.
+        let (b1, b2) = (json!({"a": "ok", "b": "1"}), json!({"a": "ok", "b": "2"}));
+        assert_eq!(same(&obj(b1, 1), &obj(b2, 1)).len(), 1);
+        // A status change is checked; an unchanged invalid status is ratcheted.
+        let ok = json!({"a": "ok"});
+        assert_eq!(same(&obj(ok.clone(), 1), &obj(ok.clone(), -1)).len(), 1);
+        assert!(same(&obj(ok.clone(), -1), &obj(ok.clone(), -1)).is_empty());
+        // A date-time rule next to subtrees without rules (those are pruned).
+        assert_eq!(same(&obj(ok.clone(), 1), &obj(ok.clone(), 7)).len(), 1);
+        // Properties appearing and disappearing.
+        let bare = json!({"metadata": {"name": "o"}});
+        same(&bare, &obj(bad.clone(), -1));
+        same(&obj(bad.clone(), -1), &bare);
+    }
+
+    #[test]
+    fn pruning_keeps_what_rules_see() {
+        let mut c = compile_pruned(&schema());
+        let status = c.properties.remove("status").expect("status has rules");
+        // history has no rule and nothing above it has one: gone; since keeps its subtree.
+        assert!(!status.properties.contains_key("history"));
+        assert!(status.properties["since"].properties.contains_key("at"));
+        assert!(!c.properties.contains_key("metadata"));
+    }
+
+    #[test]
+    fn root_rules_are_not_split() {
+        let schema = json!({
+            "type": "object",
+            "x-kubernetes-validations": [{"rule": "has(self.spec)", "message": "spec"}],
+            "properties": {"spec": {"type": "object"}},
+        });
+        assert!(CelRules::compile(&schema).parts.is_none());
+    }
 }

@@ -20,7 +20,7 @@ use super::managed::{self, ApplyRequest, Scope};
 use super::patch;
 use super::registry::{Builtin, Registry, ResourceDef, StoreKey};
 use super::schema;
-use super::store::{self, EventType, Store, StoreEvent};
+use super::store::{self, EventType, Store, StoreEvent, Stored};
 use super::{discovery, table};
 
 pub(crate) struct Inner {
@@ -52,6 +52,20 @@ pub(crate) fn now_rfc3339() -> String {
 
 pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, [("content-type", "application/json")], v.to_string()).into_response()
+}
+
+/// A JSON answer already serialised.
+pub(crate) fn json_bytes_response(code: StatusCode, b: Bytes) -> Response {
+    (code, [("content-type", "application/json")], b).into_response()
+}
+
+/// Answers with a stored object as `def` shows it: its stored JSON as is when that is what
+/// `def` shows, else the presented object serialised.
+fn stored_response(code: StatusCode, def: &ResourceDef, obj: &Stored) -> Response {
+    match obj.presented_json(def) {
+        Some(b) => json_bytes_response(code, b.clone()),
+        None => json_response(code, &present(def, &obj.value())),
+    }
 }
 
 /// Per-request facts.
@@ -352,14 +366,84 @@ fn parse_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     let v: Value = if content_type.contains("yaml") {
-        serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+        // JSON is YAML, and what clients send as apply patches: read it as JSON when it is
+        // (much cheaper), as YAML otherwise.
+        match json_as_yaml(body) {
+            Some(v) => v,
+            None => serde_yaml::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+        }
     } else {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))?
     };
     ensure_shape(&v)?;
     Ok(v)
+}
+
+/// `body` read as JSON, when a YAML parser would surely read it to the same value: valid JSON
+/// with no tab (YAML restricts where tabs may go) and no key twice in an object (parsers
+/// differ on those). None leaves the body to the YAML parser.
+fn json_as_yaml(body: &[u8]) -> Option<Value> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    struct Strict;
+    impl<'de> DeserializeSeed<'de> for Strict {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Strict {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_string()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element_seed(Strict)? {
+                out.push(v);
+            }
+            Ok(Value::Array(out))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(k) = map.next_key::<String>()? {
+                let v = map.next_value_seed(Strict)?;
+                if out.insert(k, v).is_some() {
+                    return Err(A::Error::custom("duplicate key"));
+                }
+            }
+            Ok(Value::Object(out))
+        }
+    }
+    if body.contains(&b'\t') {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let v = Strict.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(v)
 }
 
 fn check_type(def: &ResourceDef, obj: &Value) -> ApiResult<()> {
@@ -448,17 +532,24 @@ fn is_table(ctx: &Ctx) -> bool {
 // ---------------------------------------------------------------- read
 
 fn get(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
-    let inner = sim.lock();
-    let obj = inner
-        .store
-        .get(&rr.def.store, rr.ns_str(), rr.name_str())
-        .ok_or_else(|| ApiError::not_found(&rr.def, rr.name_str()))?;
-    let obj = present(&rr.def, obj);
+    let (stored, rv) = {
+        let inner = sim.lock();
+        let stored = inner
+            .store
+            .get_stored(&rr.def.store, rr.ns_str(), rr.name_str())
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&rr.def, rr.name_str()))?;
+        (stored, inner.store.current_rv())
+    };
+    let plain = !wants_metadata_only(ctx) && !is_table(ctx);
+    if plain {
+        return Ok(stored_response(StatusCode::OK, &rr.def, &stored));
+    }
+    let obj = present(&rr.def, &stored.value());
     if wants_metadata_only(ctx) {
         return Ok(json_response(StatusCode::OK, &partial_metadata(&obj)));
     }
     if is_table(ctx) {
-        let rv = inner.store.current_rv();
         return Ok(json_response(
             StatusCode::OK,
             &table::table(&rr.def, &[obj], rv, None, ctx.q("includeObject")),
@@ -597,29 +688,33 @@ fn list(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
     // Selectors see the object as the requested version shows it; only events.k8s.io
     // differs from the stored form.
     let needs_present = rr.def.builtin == Builtin::EventV1;
-    let mut items = vec![];
+    let mut stored: Vec<Arc<Stored>> = vec![];
     let mut last: Option<(String, String)> = None;
     let mut remaining = 0usize;
     for (key, obj) in inner
         .store
         .iter_from(&rr.def.store, ns, start_after.as_ref())
     {
-        let matches = if needs_present {
-            sel.matches(&present(&rr.def, obj))
-        } else {
-            sel.matches(obj)
+        // Without selectors every object matches: no need to parse it here.
+        let matches = sel.is_empty() || {
+            let v = obj.value();
+            if needs_present {
+                sel.matches(&present(&rr.def, &v))
+            } else {
+                sel.matches(&v)
+            }
         };
         if !matches {
             continue;
         }
-        if items.len() >= limit {
+        if stored.len() >= limit {
             remaining += 1;
             if !sel.is_empty() {
                 break;
             }
             continue;
         }
-        items.push(present(&rr.def, obj));
+        stored.push(obj.clone());
         last = Some(key.clone());
     }
     drop(inner);
@@ -638,6 +733,13 @@ fn list(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
             metadata["remainingItemCount"] = json!(remaining);
         }
     }
+    if !is_table(ctx) && !wants_metadata_only(ctx) {
+        return Ok(list_response(&rr.def, &metadata, &stored));
+    }
+    let items: Vec<Value> = stored
+        .iter()
+        .map(|o| present(&rr.def, &o.value()))
+        .collect();
     if is_table(ctx) {
         return Ok(json_response(
             StatusCode::OK,
@@ -669,12 +771,48 @@ fn list(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
     ))
 }
 
+/// `{"apiVersion","items","kind","metadata"}` (the key order of a serialised
+/// `serde_json::Value`) with each item's stored JSON copied in when it needs no conversion.
+fn list_response(def: &ResourceDef, metadata: &Value, items: &[Arc<Stored>]) -> Response {
+    let size: usize = items.iter().map(|o| o.json_len() + 1).sum();
+    let mut out: Vec<u8> = Vec::with_capacity(size + 256);
+    out.extend_from_slice(b"{\"apiVersion\":");
+    out.extend_from_slice(Value::String(def.api_version()).to_string().as_bytes());
+    out.extend_from_slice(b",\"items\":[");
+    for (i, o) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match o.presented_json(def) {
+            Some(b) => out.extend_from_slice(b),
+            None => out.extend_from_slice(present(def, &o.value()).to_string().as_bytes()),
+        }
+    }
+    out.extend_from_slice(b"],\"kind\":");
+    out.extend_from_slice(Value::String(def.list_kind()).to_string().as_bytes());
+    out.extend_from_slice(b",\"metadata\":");
+    out.extend_from_slice(metadata.to_string().as_bytes());
+    out.push(b'}');
+    json_bytes_response(StatusCode::OK, Bytes::from(out))
+}
+
 // ---------------------------------------------------------------- watch
 
 fn watch_line(etype: &str, obj: &Value) -> Bytes {
     let mut s = json!({"type": etype, "object": obj}).to_string();
     s.push('\n');
     Bytes::from(s)
+}
+
+/// [`watch_line`] for an object already serialised: the same bytes, without a `Value`.
+fn watch_line_json(etype: &str, obj: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(obj.len() + 40);
+    out.extend_from_slice(b"{\"object\":");
+    out.extend_from_slice(obj);
+    out.extend_from_slice(b",\"type\":");
+    out.extend_from_slice(Value::String(etype.to_string()).to_string().as_bytes());
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
 }
 
 fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
@@ -737,13 +875,13 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
                 }
             }
         };
-        let initial: Vec<Value> = if initial_events {
+        let initial: Vec<Arc<Stored>> = if initial_events {
             inner
                 .store
                 .list(&rr.def.store, ns.as_deref())
                 .into_iter()
-                .map(|(_, o)| present(&rr.def, &o))
-                .filter(|p| sel.matches(p))
+                .map(|(_, o)| o)
+                .filter(|o| sel.is_empty() || sel.matches(&present(&rr.def, &o.value())))
                 .collect()
         } else {
             vec![]
@@ -785,12 +923,13 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut first = true;
         let mut render = |obj: &Value| render_mode.render(&def, obj, &mut first);
+        let full = matches!(render_mode, Render::Full);
         for obj in initial {
-            if tx
-                .send(Ok(watch_line("ADDED", &render(&obj))))
-                .await
-                .is_err()
-            {
+            let line = match obj.presented_json(&def).filter(|_| full) {
+                Some(b) => watch_line_json("ADDED", b),
+                None => watch_line("ADDED", &render(&present(&def, &obj.value()))),
+            };
+            if tx.send(Ok(line)).await.is_err() {
                 return;
             }
         }
@@ -810,6 +949,24 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
             return;
         }
         let mut last_rv = start_rv;
+        // An event whose object the watch shows as stored, to a watch without selectors: its
+        // line is made from the stored JSON without parsing it.
+        let fast = |ev: &StoreEvent| -> Option<Option<Bytes>> {
+            if ev.key != def.store {
+                return Some(None);
+            }
+            if let Some(ns) = &ns
+                && &ev.namespace != ns
+            {
+                return Some(None);
+            }
+            if !full || !sel.is_empty() {
+                return None;
+            }
+            ev.object
+                .presented_json(&def)
+                .map(|b| Some(watch_line_json(ev.etype.as_str(), b)))
+        };
         let deliver = |ev: &StoreEvent| -> Option<(String, Value)> {
             if ev.key != def.store {
                 return None;
@@ -819,9 +976,15 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
             {
                 return None;
             }
-            let now_obj = present(&def, &ev.object);
+            let now_obj = present(&def, &ev.object.value());
             let m_new = sel.matches(&now_obj);
-            let m_old = ev.old.as_ref().map(|o| sel.matches(&present(&def, o)));
+            let m_old = if sel.is_empty() {
+                ev.old.as_ref().map(|_| true)
+            } else {
+                ev.old
+                    .as_ref()
+                    .map(|o| sel.matches(&present(&def, &o.value())))
+            };
             let t = match (ev.etype, m_old, m_new) {
                 (EventType::Added, _, true) => EventType::Added,
                 (EventType::Modified, Some(true) | None, true) => EventType::Modified,
@@ -835,8 +998,12 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
         };
         for ev in past {
             last_rv = last_rv.max(ev.rv);
-            if let Some((t, o)) = deliver(&ev)
-                && tx.send(Ok(watch_line(&t, &render(&o)))).await.is_err()
+            let line = match fast(&ev) {
+                Some(line) => line,
+                None => deliver(&ev).map(|(t, o)| watch_line(&t, &render(&o))),
+            };
+            if let Some(line) = line
+                && tx.send(Ok(line)).await.is_err()
             {
                 return;
             }
@@ -857,8 +1024,12 @@ fn watch(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq) -> ApiResult<Response> {
                         Ok(ev) => {
                             if ev.rv <= last_rv { continue; }
                             last_rv = ev.rv;
-                            if let Some((t, o)) = deliver(&ev)
-                                && tx.send(Ok(watch_line(&t, &render(&o)))).await.is_err()
+                            let line = match fast(&ev) {
+                                Some(line) => line,
+                                None => deliver(&ev).map(|(t, o)| watch_line(&t, &render(&o))),
+                            };
+                            if let Some(line) = line
+                                && tx.send(Ok(line)).await.is_err()
                             {
                                 return;
                             }
@@ -1222,14 +1393,48 @@ fn rebuild_registry(inner: &mut Inner) {
             None,
         )
         .into_iter()
-        .map(|(_, v)| v)
+        .map(|(_, v)| v.value())
         .filter(|v| !is_deleting(v))
         .collect();
     inner.registry = Registry::build(&crds);
 }
 
+/// Whether two objects are equal but for the members named in `skip`, without copying them.
+fn eq_except(a: &Map<String, Value>, b: &Map<String, Value>, skip: &[&str]) -> bool {
+    let kept = |m: &Map<String, Value>| m.keys().filter(|k| !skip.contains(&k.as_str())).count();
+    kept(a) == kept(b)
+        && a.iter()
+            .filter(|(k, _)| !skip.contains(&k.as_str()))
+            .all(|(k, v)| b.get(k) == Some(v))
+}
+
 /// Object comparison that ignores managedFields timestamps.
 fn same_object(a: &Value, b: &Value) -> bool {
+    // Objects with metadata objects (every stored object): compared in place.
+    if let (Some(ao), Some(bo)) = (a.as_object(), b.as_object())
+        && let (Some(am), Some(bm)) = (
+            ao.get("metadata").and_then(Value::as_object),
+            bo.get("metadata").and_then(Value::as_object),
+        )
+    {
+        let entries_eq = match (am.get("managedFields"), bm.get("managedFields")) {
+            (Some(Value::Array(x)), Some(Value::Array(y))) => {
+                x.len() == y.len()
+                    && x.iter().zip(y).all(|(e, f)| match (e, f) {
+                        (Value::Object(e), Value::Object(f)) => eq_except(e, f, &["time"]),
+                        (e, f) => e == f,
+                    })
+            }
+            (x, y) => x == y,
+        };
+        return entries_eq
+            && eq_except(am, bm, &["managedFields"])
+            && eq_except(ao, bo, &["metadata"]);
+    }
+    same_object_copied(a, b)
+}
+
+fn same_object_copied(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
         let mut v = v.clone();
         if let Some(mf) = v["metadata"]
@@ -1285,20 +1490,23 @@ fn separate(def: &ResourceDef, scope: Scope, current: &Value, mut new: Value) ->
 /// The server's part of an update (PrepareForUpdate): status/main separation, immutable
 /// metadata, generation.
 fn prepare_update(def: &ResourceDef, scope: Scope, current: &Value, new: Value) -> Value {
-    let mut new = separate(def, scope, current, new);
-    carry_metadata(def, current, &mut new);
     if scope == Scope::Status {
         // /status keeps everything but status from the stored object, metadata included
+        // (the general path below computes the same with two more copies of the object)
         let mut keep = current.clone();
-        keep["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-        if keep["status"].is_null()
-            && let Some(o) = keep.as_object_mut()
-        {
-            o.remove("status");
+        match new.get("status") {
+            Some(st) if !st.is_null() => keep["status"] = st.clone(),
+            _ => {
+                if let Some(o) = keep.as_object_mut() {
+                    o.remove("status");
+                }
+            }
         }
         keep["metadata"]["resourceVersion"] = new["metadata"]["resourceVersion"].clone();
-        new = keep;
+        return keep;
     }
+    let mut new = separate(def, scope, current, new);
+    carry_metadata(def, current, &mut new);
     new
 }
 
@@ -1329,19 +1537,27 @@ fn carry_metadata(def: &ResourceDef, current: &Value, new: &mut Value) {
         md.remove("generateName");
     }
     if def.has_generation() {
-        let strip = |v: &Value| {
-            let mut v = v.clone();
-            if let Some(o) = v.as_object_mut() {
-                o.remove("metadata");
-                o.remove("apiVersion");
-                o.remove("kind");
-                if def.status_sub {
-                    o.remove("status");
-                }
-            }
-            v
+        let ignored: &[&str] = if def.status_sub {
+            &["metadata", "apiVersion", "kind", "status"]
+        } else {
+            &["metadata", "apiVersion", "kind"]
         };
-        if strip(current) != strip(new) {
+        let changed = match (current.as_object(), new.as_object()) {
+            (Some(c), Some(n)) => !eq_except(c, n, ignored),
+            _ => {
+                let strip = |v: &Value| {
+                    let mut v = v.clone();
+                    if let Some(o) = v.as_object_mut() {
+                        for k in ignored {
+                            o.remove(*k);
+                        }
+                    }
+                    v
+                };
+                strip(current) != strip(new)
+            }
+        };
+        if changed {
             let g = cm["generation"].as_i64().unwrap_or(1) + 1;
             new["metadata"]["generation"] = json!(g);
         }
@@ -1395,11 +1611,27 @@ async fn create(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq, body: &[u8]) -> ApiResul
     let obj = parse_body(body, &ctx.content_type)?;
     check_type(&rr.def, &obj)?;
     let manager = ctx.manager(true);
-    let (stored, unknown) =
+    let (written, unknown) =
         create_object(sim, ctx, &rr.def, rr.ns.as_deref(), obj, &manager, None).await?;
-    let mut resp = json_response(StatusCode::CREATED, &present(&rr.def, &stored));
+    let mut resp = written.response(&rr.def, StatusCode::CREATED);
     warning_headers(&mut resp, &unknown);
     Ok(resp)
+}
+
+/// An object a write produced, and its stored version when it was stored (not on dry runs).
+struct Written {
+    obj: Value,
+    stored: Option<Arc<Stored>>,
+}
+
+impl Written {
+    /// The answer showing the object: the stored JSON when it can be shown as is.
+    fn response(&self, def: &ResourceDef, code: StatusCode) -> Response {
+        match &self.stored {
+            Some(st) if st.presented_json(def).is_some() => stored_response(code, def, st),
+            _ => json_response(code, &present(def, &self.obj)),
+        }
+    }
 }
 
 /// Creates an object (also used by apply-create). `managed` pre-set managedFields (apply).
@@ -1411,7 +1643,7 @@ async fn create_object(
     obj: Value,
     manager: &str,
     apply_result: Option<Value>,
-) -> ApiResult<(Value, Vec<String>)> {
+) -> ApiResult<(Written, Vec<String>)> {
     let mut obj = ingest(def, obj);
     let body_ns = str_at(&obj, "metadata", "namespace").to_string();
     if def.namespaced {
@@ -1529,19 +1761,25 @@ async fn create_object(
     } else {
         ""
     };
-    if inner.store.get(&def.store, ns, &name).is_some() {
+    if inner.store.contains(&def.store, ns, &name) {
         return Err(ApiError::already_exists(def, &name));
     }
     if ctx.dry_run() {
-        return Ok((obj, unknown));
+        return Ok((Written { obj, stored: None }, unknown));
     }
     let rv = inner.store.next_rv();
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-    inner.store.put(&def.store, ns, &name, obj.clone(), rv);
+    let stored = inner.store.put(&def.store, ns, &name, &obj, rv);
     if def.builtin == Builtin::Crd {
         rebuild_registry(&mut inner);
     }
-    Ok((obj, unknown))
+    Ok((
+        Written {
+            obj,
+            stored: Some(stored),
+        },
+        unknown,
+    ))
 }
 
 /// NamespaceLifecycle: the namespace must exist and not be terminating.
@@ -1557,7 +1795,7 @@ fn check_namespace(
     let ns = url_ns.unwrap_or_default();
     match inner.store.get(&StoreKey::new("", "namespaces"), "", ns) {
         None => Err(ApiError::not_found_gr("", "namespaces", ns)),
-        Some(n) if is_deleting(n) => Err(ApiError::forbidden(format!(
+        Some(n) if is_deleting(&n) => Err(ApiError::forbidden(format!(
             "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
             def.gr()
         ))),
@@ -1586,8 +1824,8 @@ async fn update(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq, body: &[u8]) -> ApiResul
         )));
     }
     let obj = ingest(&rr.def, obj);
-    let (v, unknown, code) = write_existing(sim, ctx, rr, Change::Put(&obj)).await?;
-    let mut resp = json_response(code, &present(&rr.def, &v));
+    let (written, unknown, code) = write_existing(sim, ctx, rr, Change::Put(&obj)).await?;
+    let mut resp = written.response(&rr.def, code);
     warning_headers(&mut resp, &unknown);
     Ok(resp)
 }
@@ -1646,8 +1884,8 @@ async fn patch_op(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq, body: &[u8]) -> ApiRes
         }
         other => return Err(ApiError::unsupported_media(other)),
     };
-    let (v, unknown, code) = write_existing(sim, ctx, rr, change).await?;
-    let mut resp = json_response(code, &present(&rr.def, &v));
+    let (written, unknown, code) = write_existing(sim, ctx, rr, change).await?;
+    let mut resp = written.response(&rr.def, code);
     warning_headers(&mut resp, &unknown);
     Ok(resp)
 }
@@ -1663,13 +1901,14 @@ async fn write_existing(
     ctx: &Ctx,
     rr: &ResReq,
     change: Change<'_>,
-) -> ApiResult<(Value, Vec<String>, StatusCode)> {
+) -> ApiResult<(Written, Vec<String>, StatusCode)> {
     let def = &rr.def;
     let scope = rr.scope();
     let ns = if def.namespaced { rr.ns_str() } else { "" };
     let name = rr.name_str();
     for _attempt in 0..16 {
-        let current = sim.lock().store.get(&def.store, ns, name).cloned();
+        let current_stored = sim.lock().store.get_stored(&def.store, ns, name).cloned();
+        let current = current_stored.as_ref().map(|s| s.value());
         let Some(current) = current else {
             if let Change::Apply { applied, force } = &change
                 && scope != Scope::Status
@@ -1704,24 +1943,25 @@ async fn write_existing(
             return Err(ApiError::not_found(def, name));
         };
         let cur_rv = str_at(&current, "metadata", "resourceVersion").to_string();
-        let presented = present(def, &current);
+        // What a patch applies to: the object as this resource shows it.
+        let presented = || present(def, &current);
         let now = now_rfc3339();
         let manager = ctx.manager(!matches!(change, Change::Apply { .. }));
         let mut is_apply = false;
         let mut new = match &change {
             Change::Put(obj) => (*obj).clone(),
             Change::Merge(p) => {
-                let mut d = presented.clone();
+                let mut d = presented();
                 patch::merge_patch(&mut d, p);
                 d
             }
             Change::Strategic(p) => {
-                let mut d = presented.clone();
+                let mut d = presented();
                 patch::strategic_merge(&mut d, p);
                 d
             }
             Change::Json(body) => {
-                let mut d = presented.clone();
+                let mut d = presented();
                 patch::json_patch(&mut d, body)?;
                 d
             }
@@ -1735,7 +1975,7 @@ async fn write_existing(
                     api_version: &def.api_version(),
                     now: &now,
                 };
-                let mut r = managed::apply(&presented, applied, &req)
+                let mut r = managed::apply(&presented(), applied, &req)
                     .map_err(|c| ApiError::apply_conflicts(def, &c, &def.api_version()))?;
                 let arv = str_at(applied, "metadata", "resourceVersion");
                 r["metadata"]["resourceVersion"] = if arv.is_empty() {
@@ -1827,7 +2067,14 @@ async fn write_existing(
         }
         if same_object(&current, &new) {
             // nothing changed: no write, no new resourceVersion, no event
-            return Ok((current, unknown, StatusCode::OK));
+            return Ok((
+                Written {
+                    obj: current,
+                    stored: current_stored,
+                },
+                unknown,
+                StatusCode::OK,
+            ));
         }
         let errs = validate_obj(def, &new, Some(&current));
         if !errs.is_empty() {
@@ -1838,8 +2085,8 @@ async fn write_existing(
         let mut inner = sim.lock();
         let still = inner
             .store
-            .get(&def.store, ns, name)
-            .map(|o| str_at(o, "metadata", "resourceVersion").to_string());
+            .get_stored(&def.store, ns, name)
+            .map(|o| o.resource_version().to_string());
         if still.as_deref() != Some(cur_rv.as_str()) {
             if matches!(change, Change::Put(_)) && still.is_some() {
                 return Err(ApiError::modified(def, name));
@@ -1847,20 +2094,38 @@ async fn write_existing(
             continue;
         }
         if ctx.dry_run() {
-            return Ok((new, unknown, StatusCode::OK));
+            return Ok((
+                Written {
+                    obj: new,
+                    stored: None,
+                },
+                unknown,
+                StatusCode::OK,
+            ));
         }
         let rv = inner.store.next_rv();
         new["metadata"]["resourceVersion"] = json!(rv.to_string());
-        if is_deleting(&new) && finalizers(&new).is_empty() && !ns_finalizers_pending(def, &new) {
-            inner.store.remove(&def.store, ns, name, new.clone(), rv);
+        let stored = if is_deleting(&new)
+            && finalizers(&new).is_empty()
+            && !ns_finalizers_pending(def, &new)
+        {
+            let last = inner.store.remove(&def.store, ns, name, &new, rv);
             after_removal(&mut inner, def, ns);
+            last
         } else {
-            inner.store.put(&def.store, ns, name, new.clone(), rv);
-        }
+            inner.store.put(&def.store, ns, name, &new, rv)
+        };
         if def.builtin == Builtin::Crd {
             rebuild_registry(&mut inner);
         }
-        return Ok((new, unknown, StatusCode::OK));
+        return Ok((
+            Written {
+                obj: new,
+                stored: Some(stored),
+            },
+            unknown,
+            StatusCode::OK,
+        ));
     }
     Err(ApiError::new(
         409,
@@ -1891,7 +2156,6 @@ async fn delete(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq, body: &[u8]) -> ApiResul
         .lock()
         .store
         .get(&def.store, ns, name)
-        .cloned()
         .ok_or_else(|| ApiError::not_found(def, name))?;
     let attrs = AdmissionAttrs::new(
         def,
@@ -1907,7 +2171,6 @@ async fn delete(sim: &Arc<Sim>, ctx: &Ctx, rr: &ResReq, body: &[u8]) -> ApiResul
     let current = inner
         .store
         .get(&def.store, ns, name)
-        .cloned()
         .ok_or_else(|| ApiError::not_found(def, name))?;
     let pre = &opts["preconditions"];
     if let Some(uid) = pre["uid"].as_str()
@@ -1973,17 +2236,13 @@ fn delete_locked(
         }
         let rv = inner.store.next_rv();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        inner.store.put(&def.store, ns, name, obj.clone(), rv);
+        inner.store.put(&def.store, ns, name, &obj, rv);
         match def.builtin {
             Builtin::Namespace => cascade_namespace(inner, name),
             Builtin::Crd => cascade_crd(inner, &obj),
             _ => {}
         }
-        return inner
-            .store
-            .get(&def.store, ns, name)
-            .cloned()
-            .unwrap_or(obj);
+        return inner.store.get(&def.store, ns, name).unwrap_or(obj);
     }
     if dry {
         return current;
@@ -1991,7 +2250,7 @@ fn delete_locked(
     let rv = inner.store.next_rv();
     let mut last = current;
     last["metadata"]["resourceVersion"] = json!(rv.to_string());
-    inner.store.remove(&def.store, ns, name, last.clone(), rv);
+    inner.store.remove(&def.store, ns, name, &last, rv);
     after_removal(inner, def, ns);
     if def.builtin == Builtin::Crd {
         rebuild_registry(inner);
@@ -2019,7 +2278,7 @@ fn cascade_namespace(inner: &mut Inner, ns: &str) {
             continue;
         }
         for ((ons, oname), obj) in inner.store.list(&key, Some(ns)) {
-            delete_locked(inner, &def, &ons, &oname, obj, false);
+            delete_locked(inner, &def, &ons, &oname, obj.value(), false);
         }
     }
     finish_namespace(inner, ns);
@@ -2027,7 +2286,7 @@ fn cascade_namespace(inner: &mut Inner, ns: &str) {
 
 fn finish_namespace(inner: &mut Inner, ns: &str) {
     let key = StoreKey::new("", "namespaces");
-    let Some(n) = inner.store.get(&key, "", ns).cloned() else {
+    let Some(n) = inner.store.get(&key, "", ns) else {
         return;
     };
     if is_deleting(&n) && inner.store.count_in_namespace(ns) == 0 {
@@ -2035,7 +2294,7 @@ fn finish_namespace(inner: &mut Inner, ns: &str) {
         let mut last = n;
         last["metadata"]["resourceVersion"] = json!(rv.to_string());
         last["spec"]["finalizers"] = json!([]);
-        inner.store.remove(&key, "", ns, last, rv);
+        inner.store.remove(&key, "", ns, &last, rv);
     }
 }
 
@@ -2043,7 +2302,7 @@ fn cascade_crd(inner: &mut Inner, crd: &Value) {
     let key = crd_store_key(crd);
     if let Some(def) = inner.registry.by_store(&key) {
         for ((ons, oname), obj) in inner.store.list(&key, None) {
-            delete_locked(inner, &def, &ons, &oname, obj, false);
+            delete_locked(inner, &def, &ons, &oname, obj.value(), false);
         }
     }
     finish_crd(inner, &key);
@@ -2052,14 +2311,14 @@ fn cascade_crd(inner: &mut Inner, crd: &Value) {
 fn finish_crd(inner: &mut Inner, key: &StoreKey) {
     let crd_key = StoreKey::new("apiextensions.k8s.io", "customresourcedefinitions");
     let name = format!("{}.{}", key.resource, key.group);
-    let Some(crd) = inner.store.get(&crd_key, "", &name).cloned() else {
+    let Some(crd) = inner.store.get(&crd_key, "", &name) else {
         return;
     };
     if is_deleting(&crd) && inner.store.list(key, None).is_empty() {
         let rv = inner.store.next_rv();
         let mut last = crd;
         last["metadata"]["resourceVersion"] = json!(rv.to_string());
-        inner.store.remove(&crd_key, "", &name, last, rv);
+        inner.store.remove(&crd_key, "", &name, &last, rv);
         rebuild_registry(inner);
     }
 }
@@ -2090,6 +2349,7 @@ async fn delete_collection(
     };
     let mut items = vec![];
     for ((ons, oname), obj) in inner.store.list(&def.store, ns) {
+        let obj = obj.value();
         if !sel.matches(&present(def, &obj)) {
             continue;
         }
@@ -2139,14 +2399,36 @@ pub(crate) fn seed(
         Builtin::Namespace => obj["status"] = json!({"phase": "Active"}),
         _ => {}
     }
-    if inner.store.get(&def.store, "", &name).is_some() {
+    if inner.store.contains(&def.store, "", &name) {
         anyhow::bail!("{} {name} is defined twice", def.kind);
     }
     let rv = inner.store.next_rv();
     obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-    inner.store.put(&def.store, "", &name, obj, rv);
+    inner.store.put(&def.store, "", &name, &obj, rv);
     if def.builtin == Builtin::Crd {
         rebuild_registry(inner);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_bodies_read_as_yaml_reads_them() {
+        for body in [
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","labels":{"x":"1"}},"data":{"k":"v \u00e9 \/ \"q\""}}"#,
+            r#"{"a":[1,-2,3.5,1e3,18446744073709551615,true,false,null,{}],"b":{"c":[]}}"#,
+            "{\n  \"spec\": {\"n\": 0.25}\n}\n",
+        ] {
+            let yaml: Value = serde_yaml::from_str(body).unwrap();
+            assert_eq!(json_as_yaml(body.as_bytes()), Some(yaml), "{body}");
+        }
+        // Repeated keys, tabs, YAML proper, trailing text: left to the YAML parser.
+        assert_eq!(json_as_yaml(br#"{"a":1,"a":2}"#), None);
+        assert_eq!(json_as_yaml(b"{\"a\":\t1}"), None);
+        assert_eq!(json_as_yaml(b"a: 1\n"), None);
+        assert_eq!(json_as_yaml(br#"{"a":1} x"#), None);
+    }
 }

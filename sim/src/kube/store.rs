@@ -3,10 +3,11 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use super::registry::StoreKey;
+use super::registry::{Builtin, ResourceDef, StoreKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EventType {
@@ -25,14 +26,68 @@ impl EventType {
     }
 }
 
+/// One stored version of an object: its JSON, serialised once and shared (by reference count)
+/// between the store, the watch history and every answer that shows it unchanged.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    json: Bytes,
+    /// `apiVersion` and `kind` as stored (when strings): when they are the ones a request's
+    /// resource shows, the stored JSON is exactly what that request answers.
+    api_version: Option<Box<str>>,
+    kind: Option<Box<str>>,
+    /// `metadata.resourceVersion` as stored.
+    resource_version: Box<str>,
+}
+
+impl Stored {
+    pub fn new(v: &Value) -> Arc<Stored> {
+        let json = serde_json::to_vec(v).unwrap_or_default();
+        let s = |x: &Value| x.as_str().map(Box::<str>::from);
+        Arc::new(Stored {
+            json: Bytes::from(json),
+            api_version: s(&v["apiVersion"]),
+            kind: s(&v["kind"]),
+            resource_version: s(&v["metadata"]["resourceVersion"]).unwrap_or_default(),
+        })
+    }
+    /// The stored object (parsed from its JSON).
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.json).unwrap_or(Value::Null)
+    }
+    pub fn json_len(&self) -> usize {
+        self.json.len()
+    }
+    pub fn resource_version(&self) -> &str {
+        &self.resource_version
+    }
+    /// The JSON of the object as `def` shows it, when that is the stored JSON itself (the
+    /// stored `apiVersion` and `kind` are `def`'s and no conversion applies), without parsing.
+    pub fn presented_json(&self, def: &ResourceDef) -> Option<&Bytes> {
+        let av_ok = self.api_version.as_deref().is_some_and(|av| {
+            if def.group.is_empty() {
+                av == def.version
+            } else {
+                av.strip_prefix(def.group.as_str())
+                    .and_then(|r| r.strip_prefix('/'))
+                    == Some(def.version.as_str())
+            }
+        });
+        (def.builtin != Builtin::EventV1
+            && av_ok
+            && self.kind.as_deref() == Some(def.kind.as_str()))
+        .then_some(&self.json)
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct StoreEvent {
     pub rv: u64,
     pub key: StoreKey,
     pub namespace: String,
     pub etype: EventType,
-    pub object: Value,
-    pub old: Option<Value>,
+    pub object: Arc<Stored>,
+    /// The version this event replaced (shared with the store's or history's copy).
+    pub old: Option<Arc<Stored>>,
 }
 
 pub(crate) type ObjKey = (String, String);
@@ -42,7 +97,7 @@ pub(crate) type Subscription = (Vec<Arc<StoreEvent>>, broadcast::Receiver<Arc<St
 
 pub(crate) struct Store {
     rv: u64,
-    objects: HashMap<StoreKey, BTreeMap<ObjKey, Value>>,
+    objects: HashMap<StoreKey, BTreeMap<ObjKey, Arc<Stored>>>,
     history: VecDeque<Arc<StoreEvent>>,
     history_cap: usize,
     /// Watches from a resourceVersion older than this get 410 Gone.
@@ -76,14 +131,23 @@ impl Store {
         self.rv
     }
 
-    pub fn get(&self, key: &StoreKey, ns: &str, name: &str) -> Option<&Value> {
+    pub fn get_stored(&self, key: &StoreKey, ns: &str, name: &str) -> Option<&Arc<Stored>> {
         self.objects
             .get(key)
             .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
     }
 
+    /// The stored object, parsed.
+    pub fn get(&self, key: &StoreKey, ns: &str, name: &str) -> Option<Value> {
+        self.get_stored(key, ns, name).map(|s| s.value())
+    }
+
+    pub fn contains(&self, key: &StoreKey, ns: &str, name: &str) -> bool {
+        self.get_stored(key, ns, name).is_some()
+    }
+
     /// Objects of a resource (in one namespace if given), in key order.
-    pub fn list(&self, key: &StoreKey, ns: Option<&str>) -> Vec<(ObjKey, Value)> {
+    pub fn list(&self, key: &StoreKey, ns: Option<&str>) -> Vec<(ObjKey, Arc<Stored>)> {
         let Some(m) = self.objects.get(key) else {
             return vec![];
         };
@@ -103,7 +167,7 @@ impl Store {
         key: &StoreKey,
         ns: Option<&'a str>,
         after: Option<&ObjKey>,
-    ) -> Box<dyn Iterator<Item = (&'a ObjKey, &'a Value)> + 'a> {
+    ) -> Box<dyn Iterator<Item = (&'a ObjKey, &'a Arc<Stored>)> + 'a> {
         use std::ops::Bound;
         let Some(m) = self.objects.get(key) else {
             return Box::new(std::iter::empty());
@@ -136,7 +200,15 @@ impl Store {
     }
 
     /// Stores `obj` (its metadata.resourceVersion must already be `rv`) and records the event.
-    pub fn put(&mut self, key: &StoreKey, ns: &str, name: &str, obj: Value, rv: u64) {
+    pub fn put(
+        &mut self,
+        key: &StoreKey,
+        ns: &str,
+        name: &str,
+        obj: &Value,
+        rv: u64,
+    ) -> Arc<Stored> {
+        let obj = Stored::new(obj);
         let old = self
             .objects
             .entry(key.clone())
@@ -152,13 +224,22 @@ impl Store {
             key: key.clone(),
             namespace: ns.to_string(),
             etype,
-            object: obj,
+            object: obj.clone(),
             old,
         });
+        obj
     }
 
     /// Removes an object; `last` is its final state (with the deletion's resourceVersion).
-    pub fn remove(&mut self, key: &StoreKey, ns: &str, name: &str, last: Value, rv: u64) {
+    pub fn remove(
+        &mut self,
+        key: &StoreKey,
+        ns: &str,
+        name: &str,
+        last: &Value,
+        rv: u64,
+    ) -> Arc<Stored> {
+        let last = Stored::new(last);
         let old = self
             .objects
             .get_mut(key)
@@ -168,9 +249,10 @@ impl Store {
             key: key.clone(),
             namespace: ns.to_string(),
             etype: EventType::Deleted,
-            object: last,
+            object: last.clone(),
             old,
         });
+        last
     }
 
     fn record(&mut self, ev: StoreEvent) {
@@ -197,7 +279,9 @@ impl Store {
         if rv < self.compacted {
             return None;
         }
-        let past = self.history.iter().filter(|e| e.rv > rv).cloned().collect();
+        // The history is in resourceVersion order.
+        let first = self.history.partition_point(|e| e.rv <= rv);
+        let past = self.history.range(first..).cloned().collect();
         Some((past, self.tx.subscribe()))
     }
 }
@@ -382,7 +466,7 @@ mod tests {
         let key = StoreKey::new("g", "r");
         for i in 1..=4u64 {
             let rv = s.next_rv();
-            s.put(&key, "ns", &format!("o{i}"), json!({"metadata": {}}), rv);
+            s.put(&key, "ns", &format!("o{i}"), &json!({"metadata": {}}), rv);
         }
         // events 3 and 4 are kept: watching from 2 works, from 1 is too old
         assert_eq!(s.subscribe_from(2).map(|(p, _)| p.len()), Some(2));
