@@ -8,12 +8,15 @@
 //! --pim-rgs N --operator-log LEVEL --only expire|renew|delete|delete-early|suspend]`.
 //!
 //! `--extra-operators 1 --window-secs 30 --kills 0`: two operators at once with leader election
-//! off (a split brain). Known issue, measured here rather than asserted in the suite: PIM holds
-//! mostly (the deterministic request name turns the second writer's PUT into a 409 that is
-//! adopted) but a renewal can be extended twice, and JIT has no request id, so both writers can
-//! initiate the same attempt (a resend of an intent whose write is still in flight at the
-//! other replica), and a late write of one can reopen a port after the other removed the
-//! finalizer. Leader election, on by default in the chart and kustomize base, prevents it.
+//! off (a split brain), new lives starting for 30 s; the same audit must hold (0 double grants:
+//! one JIT initiation per marker, one PIM grant request per attempt, no more grant requests than
+//! renewals counted). Every Azure write follows an intent write guarded by the resourceVersion
+//! the plan was made from (finalizer and status writes are guarded too), and an intent whose
+//! write may still be in flight at the other replica is adopted once Azure shows it, sent again
+//! only where Azure dedups it (PIM request names), and otherwise waited out (see
+//! `lifecycle::PlannerConfig::write_deadline`). tests/crash.rs runs a 20 s version
+//! (`two_operators_without_leader_election`); figures in BENCHMARKS.md. Leader election, on by
+//! default in the chart and kustomize base, keeps it to one writer anyway.
 //!
 //! `ACCESSGRANT_OPERATOR_BIN` pins the operator binary (a shared target directory may hold
 //! another worktree's build at the default path). The seed is printed; the same seed replays
@@ -90,6 +93,7 @@ fn main() {
         println!("  {life:<28} {n}");
     }
     println!("renewals:                          {}", r.renewals);
+    println!("JIT markers (requests by attempt): {}", r.jit_markers);
     println!("Azure writes (2xx):                {}", r.azure_writes);
     println!(
         "double grants:                     {}",
@@ -101,6 +105,10 @@ fn main() {
     );
     println!("lives that went wrong:             {}", r.findings.len());
     println!("PIM replays adopted (409):         {}", r.pim_replays);
+    println!("Azure calls answered 429:          {}", r.throttled);
+    for (grant, life, secs) in &r.slowest {
+        println!("  slow life: {grant} {life} {secs:.0} s");
+    }
     if !(r.audit.double_grants.is_empty() && r.audit.orphans.is_empty() && r.findings.is_empty()) {
         println!("double grants: {:#?}", r.audit.double_grants);
         println!("orphans: {:#?}", r.audit.orphans);

@@ -916,3 +916,294 @@ fn a_client_side_token_wait_does_not_grow_the_backoff() {
     w.reconcile();
     assert_eq!(w.last.wake_at, Some(w.now + Duration::seconds(4)));
 }
+
+// ----- two replicas (leader election off): an intent whose write may still be in flight -----
+//
+// Replica A records an intent and calls Azure; replica B plans from the object with A's intent
+// before A's write shows in Azure. B must neither send a second JIT initiation nor plan anew
+// from an Azure view the in-flight write may change a moment later; it adopts the write as soon
+// as Azure shows it, sends a PIM write again only exactly (same request name), and otherwise
+// waits until the write can no longer land (`write_deadline + write_settle` after the intent).
+
+/// Runs one reconcile of `w` that stops after `side_effects` side effects (finalizer, intent,
+/// Azure write, ...): replica A, whose Azure write is still on its way.
+fn record_intent_only(w: &mut World, side_effects: usize) -> Intent {
+    let r = accessgrant_operator::azure_model::reconcile(
+        &mut w.grant,
+        &mut w.model,
+        &w.policies,
+        &std::collections::BTreeMap::new(),
+        false,
+        w.now,
+        &w.config,
+        Some(side_effects),
+    );
+    assert!(r.crashed && r.violations.is_empty(), "{:?}", r.violations);
+    w.last = r;
+    w.grant.status.intent.clone().expect("intent recorded")
+}
+
+/// One plan by replica B at `now`, from the stored object and what B read from Azure.
+fn replica_plan(
+    w: &World,
+    observed: &accessgrant_operator::lifecycle::Observed,
+    now: chrono::DateTime<chrono::Utc>,
+) -> accessgrant_operator::lifecycle::Plan {
+    let valid = accessgrant_operator::validate::validate(&w.grant.spec);
+    let ctx = accessgrant_operator::guard::GrantContext {
+        namespace: w.grant.meta.namespace.clone(),
+        namespace_labels: std::collections::BTreeMap::new(),
+        created: w.grant.created,
+        requester: None,
+    };
+    let verdict = valid
+        .as_ref()
+        .ok()
+        .map(|v| accessgrant_operator::guard::guard(v, &w.policies, &ctx));
+    accessgrant_operator::lifecycle::plan(&accessgrant_operator::lifecycle::PlanInput {
+        meta: &w.grant.meta,
+        spec: valid.as_ref(),
+        suspend: w.grant.spec.suspend.unwrap_or(false),
+        status: &w.grant.status,
+        verdict: verdict.as_ref(),
+        observed,
+        covered_by_other: false,
+        now,
+        config: &w.config,
+    })
+}
+
+fn jit_listing(w: &World) -> accessgrant_operator::lifecycle::Observed {
+    use accessgrant_operator::lifecycle::{Observed, Read};
+    let pol = w
+        .model
+        .jit_policies
+        .values()
+        .next()
+        .cloned()
+        .expect("a JIT policy");
+    Observed {
+        jit_policy: Read::Found(pol),
+        ..Default::default()
+    }
+}
+
+fn in_flight_until(w: &World, intent: &Intent) -> chrono::DateTime<chrono::Utc> {
+    intent.recorded_at + w.config.write_deadline + w.config.write_settle
+}
+
+#[test]
+fn jit_intent_in_flight_at_another_replica_is_not_sent_again() {
+    let mut w = World::new(jit_spec());
+    let intent = record_intent_only(&mut w, 2);
+    assert_eq!(intent.operation, Operation::JitInitiate);
+    // B, a few seconds later: Azure does not list the marker yet.
+    for later in [1, 10, 39] {
+        let now = w.now + Duration::seconds(later);
+        let p = replica_plan(&w, &jit_listing(&w), now);
+        assert!(p.needs.is_empty(), "{:?}", p.needs);
+        assert!(
+            p.steps.is_empty(),
+            "no intent write and no Azure call while A's write may land: {:?}",
+            p.steps
+        );
+        assert_eq!(p.status.intent, Some(intent.clone()), "A's intent is kept");
+        assert_eq!(p.status.phase, Phase::Requesting);
+        assert_eq!(p.wake_at, Some(in_flight_until(&w, &intent)));
+    }
+    // Once it can no longer land and Azure still does not list it: sent again, same marker.
+    let p = replica_plan(&w, &jit_listing(&w), in_flight_until(&w, &intent));
+    assert!(matches!(p.steps.first(), Some(Step::RecordIntent(_))));
+    let again = p.status.intent.clone().expect("intent recorded again");
+    assert_eq!(
+        (again.operation, again.attempt, again.request_id.clone()),
+        (intent.operation, intent.attempt, intent.request_id.clone())
+    );
+    assert_eq!(
+        again.recorded_at,
+        in_flight_until(&w, &intent),
+        "the new send is in flight from now"
+    );
+    assert!(matches!(
+        p.azure_write(),
+        Some(accessgrant_operator::lifecycle::AzureWrite::JitInitiate { justification, .. })
+            if justification.contains(&intent.request_id)
+    ));
+}
+
+#[test]
+fn jit_intent_in_flight_is_adopted_as_soon_as_azure_lists_it() {
+    let mut w = World::new(jit_spec());
+    let intent = record_intent_only(&mut w, 2);
+    // A's write lands now.
+    let write = w
+        .last
+        .plans
+        .iter()
+        .find_map(|p| p.azure_write().cloned())
+        .expect("A's planned write");
+    w.model.write(&write, w.now).expect("A's write lands");
+    let p = replica_plan(&w, &jit_listing(&w), w.now + Duration::seconds(2));
+    assert!(
+        p.azure_write().is_none(),
+        "adopted, not sent: {:?}",
+        p.steps
+    );
+    assert_eq!(p.status.phase, Phase::Active);
+    assert!(p.status.intent.is_none());
+    assert_eq!(
+        p.status.jit.as_ref().and_then(|j| j.marker.clone()),
+        Some(intent.request_id)
+    );
+}
+
+#[test]
+fn deleted_grant_with_a_jit_intent_in_flight_keeps_its_finalizer_until_it_cannot_land() {
+    let mut w = World::new(jit_spec());
+    let intent = record_intent_only(&mut w, 2);
+    w.delete();
+    let p = replica_plan(&w, &jit_listing(&w), w.now + Duration::seconds(3));
+    assert!(
+        p.steps.is_empty(),
+        "neither a close nor letting go of the finalizer while the initiation may land: {:?}",
+        p.steps
+    );
+    assert_eq!(p.status.intent, Some(intent.clone()));
+    assert_eq!(p.wake_at, Some(in_flight_until(&w, &intent)));
+    // It never landed: nothing to take away, the finalizer goes.
+    let p = replica_plan(&w, &jit_listing(&w), in_flight_until(&w, &intent));
+    assert!(p.azure_write().is_none());
+    assert!(matches!(p.steps.last(), Some(Step::RemoveFinalizer)));
+}
+
+fn assign_renewal_intent_in_flight() -> (World, Intent) {
+    let mut spec = pim_spec(PimMode::Assign);
+    spec.renewal = Some(RenewalSpec {
+        until: t0() + Duration::hours(3),
+        before: Some(IsoDuration::new("PT5M")),
+    });
+    let mut w = World::new(spec);
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Active);
+    let end = w.grant.status.end_time.expect("end");
+    w.now = end - Duration::minutes(5);
+    let intent = record_intent_only(&mut w, 1);
+    assert_eq!(
+        (intent.operation, intent.attempt),
+        (Operation::AdminExtend, 2)
+    );
+    (w, intent)
+}
+
+#[test]
+fn pim_renewal_in_flight_at_another_replica_is_sent_again_exactly() {
+    use accessgrant_operator::lifecycle::{AzureWrite, Observed, PimInstanceView, Read};
+    let (w, intent) = assign_renewal_intent_in_flight();
+    let now = w.now + Duration::seconds(2);
+    // B's GET by name misses A's PUT (in flight); by the time B would read the assignment, A's
+    // extend has landed and shows the later end. B must not plan anew from that view (it would
+    // find no renewal due and write a status that forgets the extend); it sends the same
+    // request again, which Azure answers with a 409 that is adopted.
+    let extended = PimInstanceView {
+        id: "inst".into(),
+        schedule_id: w
+            .grant
+            .status
+            .pim
+            .as_ref()
+            .and_then(|p| p.target_schedule_id.clone()),
+        start: w.grant.status.start_time,
+        end: Some(now + Duration::hours(1)),
+        assignment_type: "Assigned".into(),
+    };
+    let mut observed = Observed {
+        pim_request: Read::Missing,
+        pim_instance: Read::Found(extended),
+        ..Default::default()
+    };
+    let mut p = replica_plan(&w, &observed, now);
+    if !p.needs.is_empty() {
+        assert!(
+            !p.needs
+                .contains(&accessgrant_operator::lifecycle::Need::PimInstance),
+            "decided without the assignment: {:?}",
+            p.needs
+        );
+        observed.pim_policy = Read::Missing;
+        p = replica_plan(&w, &observed, now);
+    }
+    let again = p
+        .status
+        .intent
+        .clone()
+        .expect("the renewal is still recorded");
+    assert_eq!(
+        (again.operation, again.attempt, again.request_id.clone()),
+        (intent.operation, intent.attempt, intent.request_id.clone())
+    );
+    assert!(
+        matches!(p.azure_write(), Some(AzureWrite::Pim { name, .. }) if *name == intent.request_id),
+        "the same request name: {:?}",
+        p.steps
+    );
+    assert_eq!(p.status.renewals, w.grant.status.renewals);
+}
+
+#[test]
+fn pim_grant_in_flight_for_a_deleted_grant_is_waited_out() {
+    use accessgrant_operator::lifecycle::{Observed, Read};
+    let mut w = World::new(pim_spec(PimMode::Assign));
+    let intent = record_intent_only(&mut w, 2);
+    assert_eq!(intent.operation, Operation::AdminAssign);
+    w.delete();
+    let observed = Observed {
+        pim_request: Read::Missing,
+        pim_instance: Read::Missing,
+        ..Default::default()
+    };
+    let p = replica_plan(&w, &observed, w.now + Duration::seconds(1));
+    assert!(
+        p.steps.is_empty(),
+        "not let go while the assignment may still be made: {:?}",
+        p.steps
+    );
+    assert_eq!(p.status.intent, Some(intent.clone()));
+    assert_eq!(p.wake_at, Some(in_flight_until(&w, &intent)));
+}
+
+#[test]
+fn a_failed_send_is_sent_again_at_its_retry_time_without_the_in_flight_wait() {
+    let mut w = World::new(jit_spec());
+    w.model.faults.push_back(AzureError::Throttled {
+        code: "TooManyRequests".into(),
+        retry_after_secs: 5,
+    });
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Requesting);
+    let retry = w.grant.status.retry.clone().expect("retry recorded");
+    assert_eq!(retry.not_before, t0() + Duration::seconds(5));
+    // The write came back (429): at its retry time it is sent again, not waited out.
+    w.now = retry.not_before;
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Active);
+    assert_eq!(w.writes(), ["JitInitiate"]);
+    assert_eq!(w.model.log.len(), 2, "one refused send, one applied");
+}
+
+#[test]
+fn a_jit_write_without_an_answer_is_looked_for_once_it_cannot_land() {
+    let mut w = World::new(jit_spec());
+    w.model.faults.push_back(AzureError::Transient {
+        status: None,
+        code: "Timeout".into(),
+        message: "no answer".into(),
+    });
+    w.reconcile();
+    let retry = w.grant.status.retry.clone().expect("retry recorded");
+    assert!(
+        retry.not_before >= t0() + w.config.write_settle,
+        "not looked for (nor sent again) before Azure may have applied it: {}",
+        retry.not_before
+    );
+    assert_eq!(w.last.wake_at, Some(retry.not_before));
+}

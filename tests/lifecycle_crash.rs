@@ -36,7 +36,9 @@ fn jit_writes(w: &World) -> usize {
 }
 
 /// Delete, crash after the close intent is recorded (before the close request is sent): the
-/// restarted pass still closes early instead of waiting for the hour-long window to end.
+/// restarted pass still closes early instead of waiting for the hour-long window to end. It
+/// first waits until the lost close could no longer land (another replica may be sending it:
+/// a JIT write has no id, so sending it twice closes twice), then sends it with the same marker.
 #[test]
 fn jit_close_intent_lost_to_a_crash_still_closes_early() {
     let mut w = World::new(jit_spec());
@@ -55,7 +57,24 @@ fn jit_close_intent_lost_to_a_crash_still_closes_early() {
     assert_eq!(jit_writes(&w), 1, "the close was not sent");
 
     w.reconcile();
+    assert_eq!(
+        jit_writes(&w),
+        1,
+        "not sent again while it may be in flight"
+    );
+    assert!(!w.grant.gone, "the finalizer stays meanwhile");
+    let settled = intent.recorded_at + w.config.write_deadline + w.config.write_settle;
+    assert_eq!(
+        w.last.wake_at,
+        Some(settled),
+        "comes back once it cannot land"
+    );
+    w.wake(Duration::minutes(5));
     assert_eq!(jit_writes(&w), 2, "the close is sent after the restart");
+    assert_eq!(
+        w.grant.status.attempt, intent.attempt,
+        "the same attempt (marker) as the lost close"
+    );
     // The close window (1 minute) passes; the ports close and the finalizer goes.
     w.now += Duration::minutes(2);
     w.model.tick(w.now);
@@ -65,7 +84,8 @@ fn jit_close_intent_lost_to_a_crash_still_closes_early() {
 }
 
 /// A renewal whose intent was recorded but never sent: the grant keeps the access it holds and
-/// renews again, instead of taking its missing request for an out-of-band revocation.
+/// renews again (once the lost write could no longer land), instead of taking its missing
+/// request for an out-of-band revocation.
 #[test]
 fn jit_renewal_intent_lost_to_a_crash_renews_again() {
     let mut w = World::new(jit_spec());
@@ -91,6 +111,12 @@ fn jit_renewal_intent_lost_to_a_crash_renews_again() {
     assert_eq!(jit_writes(&w), 1, "the renewal was not sent");
 
     w.reconcile();
+    assert_eq!(
+        jit_writes(&w),
+        1,
+        "not sent again while it may be in flight"
+    );
+    w.wake(Duration::minutes(5));
     assert_eq!(w.phase(), Phase::Active, "{:?}", w.grant.status.message);
     assert_eq!(w.reason(), "Renewed");
     assert_eq!(w.grant.status.renewals, 1);

@@ -483,19 +483,37 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
             continue;
         }
         let mut wrote = false;
+        // Every write below is guarded by the resourceVersion the plan was made from (or that
+        // our own write of this pass left): a grant changed meanwhile (by another replica in a
+        // split brain, by the user, or by our own earlier write this cache has not seen yet)
+        // makes it a 409, and then nothing more of the plan is done, above all no Azure call;
+        // the grant is read again and planned anew.
+        let mut conflict = false;
         for step in &p.steps {
             match step {
                 Step::AddFinalizer => {
-                    grant = add_finalizer(&api, &grant).await?;
+                    match add_finalizer(&api, &grant).await {
+                        Ok(g) => grant = g,
+                        Err(e) if is_conflict(&e) => {
+                            conflict = true;
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                     crate::crashpoint::hit("after-finalizer");
                 }
                 Step::RecordIntent(st) => {
-                    // Guarded by the resourceVersion we planned from: if anyone (another
-                    // replica in a split brain, or our own write this cache has not seen yet)
-                    // changed the grant since, the apiserver refuses (409) and nothing is sent
-                    // to Azure; the next pass plans from the newer object.
+                    // The claim on the Azure write that follows: only the replica whose intent
+                    // write lands on the version it planned from may send it.
                     let rv = grant.metadata.resource_version.clone();
-                    let written = write_status(&api, &grant, st, rv.as_deref()).await?;
+                    let written = match write_status(&api, &grant, st, rv.as_deref()).await {
+                        Ok(w) => w,
+                        Err(e) if is_conflict(&e) => {
+                            conflict = true;
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     grant.metadata.resource_version = written;
                     audit(&grant, &status, st);
                     observe_transition(ctx, &grant, &status, st);
@@ -510,10 +528,33 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                     }
                     let intent = status.intent.clone();
                     // Taking access away goes before granting when ARM's budget is short.
-                    let outcome = if intent.as_ref().is_some_and(|i| i.operation.is_removal()) {
-                        crate::azure::client::as_removal(ctx.arm.execute(&ns, w)).await
-                    } else {
-                        ctx.arm.execute(&ns, w).await
+                    let call = async {
+                        if intent.as_ref().is_some_and(|i| i.operation.is_removal()) {
+                            crate::azure::client::as_removal(ctx.arm.execute(&ns, w)).await
+                        } else {
+                            ctx.arm.execute(&ns, w).await
+                        }
+                    };
+                    // Abandoned `write_deadline` after its intent was recorded: the planner
+                    // takes an intent older than that (plus `write_settle`) as no longer in
+                    // flight, and may then send it again.
+                    let deadline = intent
+                        .as_ref()
+                        .map_or(crate::clock::now(), |i| i.recorded_at)
+                        + ctx.cfg.planner.write_deadline;
+                    let left = (deadline - crate::clock::now())
+                        .to_std()
+                        .unwrap_or(Duration::ZERO);
+                    let outcome = match tokio::time::timeout(left, call).await {
+                        Ok(o) => o,
+                        Err(_) => Err(AzureError::Transient {
+                            status: None,
+                            code: "WriteDeadline".into(),
+                            message: format!(
+                                "no answer within {}s of recording the intent; Azure may still apply it",
+                                ctx.cfg.planner.write_deadline.num_seconds()
+                            ),
+                        }),
                     };
                     invalidate_after_write(ctx, w);
                     crate::crashpoint::hit("after-azure-write");
@@ -537,16 +578,51 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
                     audit(&grant, &status, &p.status);
                     observe_transition(ctx, &grant, &status, &p.status);
                     crate::crashpoint::hit("before-remove-finalizer");
-                    remove_finalizer(&api, &grant).await?;
-                    return Ok(Action::await_change());
+                    match remove_finalizer(&api, &grant).await {
+                        Ok(()) => return Ok(Action::await_change()),
+                        Err(e) if is_conflict(&e) => {
+                            conflict = true;
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
+            }
+        }
+        if conflict {
+            match reread(&api, &grant).await? {
+                Some(g) => {
+                    status = g.status.clone().unwrap_or_default();
+                    grant = g;
+                    observed = Observed::default();
+                    continue;
+                }
+                None => return Ok(Action::requeue(Duration::from_secs(1))),
             }
         }
         if wrote {
             continue;
         }
         if p.status != status {
-            write_status(&api, &grant, &p.status, None).await?;
+            let rv = grant.metadata.resource_version.clone();
+            match write_status(&api, &grant, &p.status, rv.as_deref()).await {
+                Ok(_) => {}
+                Err(e) if is_conflict(&e) => match reread(&api, &grant).await? {
+                    Some(g) => {
+                        // Plan again from the newer object; the outcome of this pass's
+                        // Azure write still applies if that object records the same intent.
+                        status = g.status.clone().unwrap_or_default();
+                        grant = g;
+                        observed = Observed {
+                            last_write: observed.last_write.take(),
+                            ..Default::default()
+                        };
+                        continue;
+                    }
+                    None => return Ok(Action::requeue(Duration::from_secs(1))),
+                },
+                Err(e) => return Err(e.into()),
+            }
             crate::crashpoint::hit("after-status");
         }
         events.extend(p.events.iter().cloned());
@@ -748,40 +824,62 @@ fn invalidate_after_write(ctx: &Context, w: &crate::lifecycle::AzureWrite) {
     }
 }
 
+/// A 409: the object changed since the version a write was guarded by.
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+/// The grant as the apiserver has it now, after a 409. None when it is gone, or when its spec or
+/// deletion changed (judged anew by the next reconcile, which that change triggers).
+async fn reread(
+    api: &Api<AccessGrant>,
+    g: &AccessGrant,
+) -> Result<Option<AccessGrant>, kube::Error> {
+    tracing::debug!("the grant changed since it was planned from; reading it again");
+    Ok(api.get_opt(&g.name_any()).await?.filter(|fresh| {
+        fresh.metadata.generation == g.metadata.generation
+            && fresh.metadata.deletion_timestamp.is_some()
+                == g.metadata.deletion_timestamp.is_some()
+    }))
+}
+
+/// Adds our finalizer, guarded by the resourceVersion the plan was made from: the object it
+/// returns differs from that one only by the finalizer, so the intent write that follows (guarded
+/// by the returned version) still proves nothing else changed.
 async fn add_finalizer(
     api: &Api<AccessGrant>,
     g: &AccessGrant,
 ) -> Result<AccessGrant, kube::Error> {
-    let patch = match &g.metadata.finalizers {
-        Some(f) => json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": f},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}
-        ]),
-        None => json!([{"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}]),
-    };
-    let p: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+    let mut finalizers = g.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patch = json!({"metadata": {
+        "resourceVersion": g.metadata.resource_version,
+        "finalizers": finalizers,
+    }});
     api.patch(
         &g.name_any(),
         &PatchParams::default(),
-        &Patch::Json::<()>(p),
+        &Patch::Merge(&patch),
     )
     .await
 }
 
+/// Removes our finalizer, guarded by the resourceVersion the plan was made from: a replica whose
+/// view is stale (e.g. one that has not seen an intent recorded by another) must not let go.
 async fn remove_finalizer(api: &Api<AccessGrant>, g: &AccessGrant) -> Result<(), kube::Error> {
-    let Some(i) = g.finalizers().iter().position(|f| f == FINALIZER) else {
+    if !g.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(());
-    };
-    let patch = json!([
-        {"op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER},
-        {"op": "remove", "path": format!("/metadata/finalizers/{i}")}
-    ]);
-    let p: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+    }
+    let rest: Vec<&String> = g.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let patch = json!({"metadata": {
+        "resourceVersion": g.metadata.resource_version,
+        "finalizers": rest,
+    }});
     match api
         .patch(
             &g.name_any(),
             &PatchParams::default(),
-            &Patch::Json::<()>(p),
+            &Patch::Merge(&patch),
         )
         .await
     {

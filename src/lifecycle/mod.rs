@@ -36,6 +36,11 @@ pub struct PlannerConfig {
     pub confirm_poll: Duration,
     /// How often an active grant is checked for out-of-band changes (drift).
     pub drift_check: Duration,
+    /// How long after its intent is recorded an Azure write may still be sent or awaited: the
+    /// controller abandons a write it has not finished by then (the ARM request timeout).
+    pub write_deadline: Duration,
+    /// How long after the operator stopped waiting for a write Azure may still apply it.
+    pub write_settle: Duration,
 }
 
 impl Default for PlannerConfig {
@@ -48,6 +53,8 @@ impl Default for PlannerConfig {
             visibility_grace: Duration::seconds(30),
             confirm_poll: Duration::seconds(2),
             drift_check: Duration::minutes(5),
+            write_deadline: Duration::seconds(30),
+            write_settle: Duration::seconds(10),
         }
     }
 }
@@ -328,6 +335,11 @@ impl<'a> Ctx<'a> {
     }
 
     fn retry_later(&mut self, e: &AzureError) {
+        self.retry_later_min(e, Duration::zero());
+    }
+
+    /// As `retry_later`, never sooner than `floor` from now.
+    fn retry_later_min(&mut self, e: &AzureError, floor: Duration) {
         let failures = self.st.retry.as_ref().map_or(0, |r| r.failures) + 1;
         let exp = self.cfg().backoff_base * 2i32.saturating_pow(failures.saturating_sub(1).min(16));
         // Our own client-side budget said "not yet" (nothing reached Azure): come back when the
@@ -345,7 +357,7 @@ impl<'a> Ctx<'a> {
             } => Duration::seconds(i64::try_from(*retry_after_secs).unwrap_or(3600).min(3600)),
             _ => Duration::zero(),
         };
-        let not_before = self.now() + backoff.max(retry_after);
+        let not_before = self.now() + backoff.max(retry_after).max(floor);
         self.st.retry = Some(RetryState {
             failures,
             not_before,
@@ -681,7 +693,15 @@ impl<'a> Ctx<'a> {
             AzureError::Throttled { .. }
             | AzureError::Transient { .. }
             | AzureError::Auth { .. } => {
-                self.retry_later(e);
+                // A write without an answer may still be applied by Azure: look for it (and
+                // only then decide, or send it again) once it cannot.
+                let unanswered = matches!(e, AzureError::Transient { status: None, .. });
+                let floor = if unanswered {
+                    self.cfg().write_settle
+                } else {
+                    Duration::zero()
+                };
+                self.retry_later_min(e, floor);
             }
             AzureError::RoleAssignmentExists { .. } if !removal => {
                 match &self.input.observed.pim_instance {
@@ -874,13 +894,61 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// The recorded write did not reach Azure. Re-send it (same id) if still wanted; otherwise
-    /// drop it. Returns true when planning may continue.
+    /// Until when the write named by `intent` may still reach Azure, sent by whichever replica
+    /// recorded it (another one in a split brain, or this one before a restart); None once it
+    /// cannot any more.
+    ///
+    /// Every send records its intent anew (`recorded_at`) right before the call, and the
+    /// controller abandons a write `write_deadline` after that; Azure may apply what it received
+    /// until `write_settle` later. A retry recorded after the intent (its `not_before` is later
+    /// than `recorded_at`, and the next send is recorded no earlier than `not_before`) means the
+    /// write came back and its outcome is known; a write that came back without an answer has
+    /// its retry held back by `write_settle` (see `apply_error`).
+    fn in_flight_until(&self, intent: &Intent) -> Option<DateTime<Utc>> {
+        if self
+            .st
+            .retry
+            .as_ref()
+            .is_some_and(|r| r.not_before > intent.recorded_at)
+        {
+            return None;
+        }
+        let until = intent.recorded_at + self.cfg().write_deadline + self.cfg().write_settle;
+        (until > self.now()).then_some(until)
+    }
+
+    /// The recorded write is not in Azure. While it may still be on its way (`in_flight_until`)
+    /// it is neither dropped nor planned anew, because a new plan would read an Azure that the
+    /// write may change a moment later: a PIM grant write is sent again exactly (same operation
+    /// and attempt, so the same request name: Azure answers the second PUT with a 409 that is
+    /// adopted), anything else is waited out (a JIT write has no id, so a second send would open
+    /// the ports twice; a grant no longer wanted must not let go while its grant may still
+    /// land). PIM removals are planned anew at once: same names, and their conclusion (access
+    /// gone) is read from Azure's instances. Once the write cannot land any more: re-send it
+    /// (same id) if still wanted, otherwise drop it. Returns true when planning may continue.
     fn resend(&mut self, intent: &Intent) -> bool {
         let wanted = self.unwanted().is_none();
+        let keyed = !matches!(
+            intent.operation,
+            Operation::JitInitiate | Operation::JitClose
+        );
+        if let Some(until) = self.in_flight_until(intent)
+            && !(keyed && intent.operation.is_removal())
+        {
+            if keyed && wanted {
+                self.send_again(intent);
+            } else {
+                self.wake_at(until);
+            }
+            return false;
+        }
         if intent.operation.is_removal() {
-            // Removal intents are re-planned from scratch by take_away (same ids).
+            // Removal intents are re-planned from scratch by take_away (same ids: the JIT
+            // close takes the attempt after the one held, as the lost one did).
             self.st.intent = None;
+            if intent.operation == Operation::JitClose {
+                self.st.attempt = intent.attempt.saturating_sub(1);
+            }
             return true;
         }
         if !wanted {
@@ -908,6 +976,22 @@ impl<'a> Ctx<'a> {
             }
         }
         true
+    }
+
+    /// Sends the write of a PIM grant intent that may still be in flight again, exactly: the
+    /// same operation and attempt, so the same request name. Planning stops after it.
+    fn send_again(&mut self, intent: &Intent) {
+        let Ok(g) = self.input.spec else { return };
+        let g = g.clone();
+        let renewing = intent.operation == Operation::AdminExtend
+            || (self.st.phase == Phase::Renewing && intent.attempt > 1);
+        self.st.intent = None;
+        self.st.attempt = if renewing {
+            intent.attempt - 1
+        } else {
+            intent.attempt
+        };
+        self.request(&g, renewing);
     }
 
     // ----- taking access away -----

@@ -203,6 +203,14 @@ pub struct SoakReport {
     pub audit: Audit,
     /// Lives that went wrong (wrong end phase, access left after revoke or delete).
     pub findings: Vec<String>,
+    /// The slowest lives: (grant, life, seconds from create to gone), slowest first.
+    pub slowest: Vec<(String, String, f64)>,
+    /// Status transitions each operator process wrote (its audit lines), in start order.
+    pub transitions_by_operator: Vec<usize>,
+    /// Azure calls answered 429 (both operators share one principal, so one ARM budget).
+    pub throttled: usize,
+    /// Distinct JIT markers Azure lists for the run's grants (initiations and closes).
+    pub jit_markers: usize,
 }
 
 /// One grant's record: who it was and what it held when its life ended.
@@ -211,6 +219,11 @@ struct Lived {
     tracked: Tracked,
     renewals: u32,
     reached_active: bool,
+    /// What kind of life it was, and how long it took from create to gone.
+    life: String,
+    secs: f64,
+    /// Every stored version of the grant (to explain a double grant).
+    versions: Vec<String>,
 }
 
 struct Shared {
@@ -313,20 +326,22 @@ async fn one_life(
                 if let Ok(kube::runtime::watcher::Event::Apply(g)) = ev {
                     let st = g.status.clone().unwrap_or_default();
                     versions.lock().expect("lock").push(format!(
-                        "rv {} {:?}/{} attempt {} intent {:?} marker {:?} retry {:?} renewals {}",
+                        "rv {} {:?}/{} attempt {} intent {:?} marker {:?} retry {:?} renewals {} end {:?}",
                         g.metadata.resource_version.unwrap_or_default(),
                         st.phase,
                         st.reason.unwrap_or_default(),
                         st.attempt,
-                        st.intent.map(|i| (i.operation, i.attempt)),
+                        st.intent.map(|i| (i.operation, i.attempt, i.recorded_at)),
                         st.jit.and_then(|j| j.marker),
                         st.retry.map(|r| r.not_before),
-                        st.renewals
+                        st.renewals,
+                        st.end_time
                     ));
                 }
             }
         })
     };
+    let born = Instant::now();
     let mut renewals = 0;
     let mut reached_active = false;
     match life {
@@ -391,10 +406,14 @@ async fn one_life(
         ));
     }
     trace.abort();
+    let versions = versions.lock().expect("lock").clone();
     shared.lived.lock().expect("lock").push(Lived {
         tracked,
         renewals,
         reached_active,
+        life: format!("{}/{life:?}", kind(slot)),
+        secs: born.elapsed().as_secs_f64(),
+        versions,
     });
     *shared
         .lives
@@ -532,11 +551,21 @@ pub async fn run(cfg: SoakConfig) -> SoakReport {
         };
         if made > 1 + l.renewals as usize {
             a.double_grants.push(format!(
-                "{kind} {key}: {made} grant requests for {} renewals: {:?} {:?}",
+                "{kind} {key}: {made} grant requests for {} renewals: {:?} {:?}; stored versions: {:#?}",
                 l.renewals,
                 a.jit.get(&key),
-                a.pim.get(&key)
+                a.pim.get(&key),
+                l.versions
             ));
+        }
+        if let Some(reqs) = a.jit.get(&key) {
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(twice) = reqs.iter().find(|r| !seen.insert(r.marker.clone())) {
+                println!(
+                    "soak: {key}: marker {} initiated more than once; requests {reqs:?}; stored versions: {:#?}",
+                    twice.marker, l.versions
+                );
+            }
         }
         assert!(
             !l.reached_active || made >= 1,
@@ -561,7 +590,39 @@ pub async fn run(cfg: SoakConfig) -> SoakReport {
         .iter()
         .filter(|c| c["operation"] == "RoleAssignmentScheduleRequests_Create" && c["status"] == 409)
         .count();
+    let throttled = calls.iter().filter(|c| c["status"] == 429).count();
+    let mut outs: Vec<std::path::PathBuf> = std::fs::read_dir(env.dir.path())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "out"))
+                .collect()
+        })
+        .unwrap_or_default();
+    outs.sort();
+    let transitions_by_operator = outs
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .matches("\"audit\":\"AccessGrantTransition\"")
+                .count()
+        })
+        .collect();
     let lives = shared.lives.lock().expect("lock").clone();
+    let mut slowest: Vec<(String, String, f64)> = lived
+        .iter()
+        .map(|l| (l.tracked.key(), l.life.clone(), l.secs))
+        .collect();
+    slowest.sort_by(|a, b| b.2.total_cmp(&a.2));
+    slowest.truncate(5);
+    let jit_markers = a
+        .jit
+        .values()
+        .flatten()
+        .map(|r| r.marker.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     SoakReport {
         seed: cfg.seed,
         kills: killed.load(Ordering::SeqCst),
@@ -574,6 +635,10 @@ pub async fn run(cfg: SoakConfig) -> SoakReport {
         secs: started.elapsed().as_secs_f64(),
         audit: a,
         findings: shared.findings.lock().expect("lock").clone(),
+        slowest,
+        transitions_by_operator,
+        throttled,
+        jit_markers,
     }
 }
 
