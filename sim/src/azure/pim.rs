@@ -471,7 +471,12 @@ pub fn create(
             ),
         ));
     }
-    let Some(principal) = state.world.principal(&input.principal_id).cloned() else {
+    // Only the id and type (a principal can carry many admin scopes: no copy of it).
+    let Some((principal_oid, principal_kind)) = state
+        .world
+        .principal(&input.principal_id)
+        .map(|p| (p.object_id.clone(), p.kind.as_str()))
+    else {
         return Err(ArmError::bad_request(
             "SubjectNotFound",
             format!(
@@ -504,8 +509,8 @@ pub fn create(
     let mut req = PimRequest {
         name: name.to_string(),
         scope: scope.to_string(),
-        principal_id: principal.object_id.clone(),
-        principal_type: principal.kind.as_str().to_string(),
+        principal_id: principal_oid,
+        principal_type: principal_kind.to_string(),
         role_guid: input.role_guid.clone(),
         role_definition_id: role_definition_id(scope, &input.role_guid),
         request_type: rt.to_string(),
