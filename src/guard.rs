@@ -94,16 +94,25 @@ impl Decision {
 }
 
 /// Validates a spec and evaluates it against the policies.
-pub fn decide(spec: &AccessGrantSpec, policies: &[AccessPolicy], ctx: &GrantContext) -> Decision {
+pub fn decide<P: std::borrow::Borrow<AccessPolicy>>(
+    spec: &AccessGrantSpec,
+    policies: &[P],
+    ctx: &GrantContext,
+) -> Decision {
     let valid = crate::validate::validate(spec);
     let verdict = valid.as_ref().ok().map(|v| guard(v, policies, ctx));
     Decision { valid, verdict }
 }
 
 /// Evaluates a valid grant against every policy.
-pub fn guard(grant: &ValidGrant, policies: &[AccessPolicy], ctx: &GrantContext) -> Verdict {
+pub fn guard<P: std::borrow::Borrow<AccessPolicy>>(
+    grant: &ValidGrant,
+    policies: &[P],
+    ctx: &GrantContext,
+) -> Verdict {
     let mut candidates: Vec<&AccessPolicy> = policies
         .iter()
+        .map(|p| p.borrow())
         .filter(|p| selector_matches(&p.spec.namespace_selector, &ctx.namespace_labels))
         .collect();
     candidates.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
