@@ -167,9 +167,4 @@ impl Coverage {
         }
         candidates.is_some_and(|c| !c.is_empty())
     }
-
-    /// Grants indexed as holding access (for tests and metrics).
-    pub fn holders(&self) -> usize {
-        lock(&self.live).by_uid.len()
-    }
 }

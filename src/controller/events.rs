@@ -49,7 +49,6 @@ struct Key {
 
 struct Entry {
     name: String,
-    namespace: String,
     count: i32,
     seq: u64,
 }
@@ -65,15 +64,11 @@ pub struct SeriesCache {
 
 /// What to send for one publish.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Send {
+pub enum Publish {
     /// A new Event object.
     Create { name: String },
-    /// The Event `name` in `namespace` seen again: its series count is now `count`.
-    Repeat {
-        name: String,
-        namespace: String,
-        count: i32,
-    },
+    /// The Event `name` (in the object's namespace) seen again: its series count is now `count`.
+    Repeat { name: String, count: i32 },
 }
 
 impl SeriesCache {
@@ -121,11 +116,10 @@ impl SeriesCache {
     pub fn touch(
         &mut self,
         uid: &str,
-        namespace: &str,
         ev: &EventSpec,
         fresh_name: impl FnOnce() -> String,
         now: Instant,
-    ) -> Send {
+    ) -> Publish {
         self.evict(now);
         self.seq += 1;
         let seq = self.seq;
@@ -139,9 +133,8 @@ impl SeriesCache {
             Some(e) => {
                 e.count += 1;
                 e.seq = seq;
-                Send::Repeat {
+                Publish::Repeat {
                     name: e.name.clone(),
-                    namespace: e.namespace.clone(),
                     count: e.count,
                 }
             }
@@ -151,12 +144,11 @@ impl SeriesCache {
                     key.clone(),
                     Entry {
                         name: name.clone(),
-                        namespace: namespace.to_string(),
                         count: 1,
                         seq,
                     },
                 );
-                Send::Create { name }
+                Publish::Create { name }
             }
         };
         self.order.push_back((now, seq, key));
@@ -220,7 +212,6 @@ impl Publisher {
             };
             cache.touch(
                 &uid,
-                &namespace,
                 ev,
                 || format!("{base}.{:x}", now.timestamp_nanos_opt().unwrap_or_default()),
                 Instant::now(),
@@ -229,7 +220,7 @@ impl Publisher {
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
         let micro = MicroTime(jiff_now(now));
         let result = match &send {
-            Send::Create { name } => {
+            Publish::Create { name } => {
                 let event = K8sEvent {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
@@ -248,11 +239,7 @@ impl Publisher {
                 };
                 api.create(&PostParams::default(), &event).await.map(|_| ())
             }
-            Send::Repeat {
-                name,
-                namespace: _,
-                count,
-            } => {
+            Publish::Repeat { name, count } => {
                 let series = EventSeries {
                     count: *count,
                     last_observed_time: micro,
@@ -305,24 +292,23 @@ mod tests {
             format!("e{n}")
         };
         assert_eq!(
-            c.touch("u", "ns", &ev("A"), &mut name, t),
-            Send::Create { name: "e1".into() }
+            c.touch("u", &ev("A"), &mut name, t),
+            Publish::Create { name: "e1".into() }
         );
         assert_eq!(
-            c.touch("u", "ns", &ev("A"), &mut name, t),
-            Send::Repeat {
+            c.touch("u", &ev("A"), &mut name, t),
+            Publish::Repeat {
                 name: "e1".into(),
-                namespace: "ns".into(),
                 count: 2
             }
         );
         assert_eq!(
-            c.touch("u", "ns", &ev("B"), &mut name, t),
-            Send::Create { name: "e2".into() }
+            c.touch("u", &ev("B"), &mut name, t),
+            Publish::Create { name: "e2".into() }
         );
         assert_eq!(
-            c.touch("v", "ns", &ev("A"), &mut name, t),
-            Send::Create { name: "e3".into() }
+            c.touch("v", &ev("A"), &mut name, t),
+            Publish::Create { name: "e3".into() }
         );
     }
 
@@ -331,29 +317,28 @@ mod tests {
         let mut c = SeriesCache::new(100, Duration::from_secs(60));
         let t = Instant::now();
         for i in 0..10_000 {
-            c.touch(&format!("u{i}"), "ns", &ev("A"), || "x".into(), t);
+            c.touch(&format!("u{i}"), &ev("A"), || "x".into(), t);
             assert!(c.len() <= 100);
             assert!(c.order.len() <= 201);
         }
         // Repeats of one key do not grow it either, and stay one series.
-        c.touch("same", "ns", &ev("A"), || "first".into(), t);
+        c.touch("same", &ev("A"), || "first".into(), t);
         for i in 0..10_000 {
-            let send = c.touch("same", "ns", &ev("A"), || "x".into(), t);
+            let send = c.touch("same", &ev("A"), || "x".into(), t);
             assert_eq!(
                 send,
-                Send::Repeat {
+                Publish::Repeat {
                     name: "first".into(),
-                    namespace: "ns".into(),
                     count: i + 2
                 }
             );
             assert!(c.order.len() <= 201);
         }
         let later = t + Duration::from_secs(61);
-        let send = c.touch("same", "ns", &ev("A"), || "fresh".into(), later);
+        let send = c.touch("same", &ev("A"), || "fresh".into(), later);
         assert_eq!(
             send,
-            Send::Create {
+            Publish::Create {
                 name: "fresh".into()
             }
         );
