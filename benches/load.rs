@@ -790,6 +790,16 @@ struct Bench {
     tck: f64,
 }
 
+impl Drop for Bench {
+    fn drop(&mut self) {
+        // Never leave the operator running behind a bench that failed or was interrupted.
+        if let Some(mut c) = self.operator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Bench {
     fn spawn_operator(&mut self) -> Result<(), BoxError> {
         let ca = self.dir.join("azure-ca.pem");
