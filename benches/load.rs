@@ -59,6 +59,7 @@ struct Args {
     expiry_spread: u64,
     revoke_sample: Option<usize>,
     revoke_at: u64,
+    revoke_rate: Option<f64>,
     concurrency: Option<u16>,
     create_concurrency: usize,
     operator: PathBuf,
@@ -91,6 +92,7 @@ const HELP: &str = "load benchmark (see benches/load.rs)
   --revoke-sample M          grants deleted to measure revoke lag (load: min(1000, N/10);
                              burst: 100)
   --revoke-at SECS           burst: delete the sample this long after the first create (30)
+  --revoke-rate R            load: send the deletes at R per second instead of all at once
   --concurrency C            operator --concurrency (default: the operator's own, 16)
   --create-concurrency K     concurrent creates/deletes by the bench (default 64)
   --operator PATH            operator binary (default: the one cargo built for this bench)
@@ -110,6 +112,7 @@ fn parse_args() -> Result<Args, String> {
         expiry_spread: 60,
         revoke_sample: None,
         revoke_at: 30,
+        revoke_rate: None,
         concurrency: None,
         create_concurrency: 64,
         operator: PathBuf::from(env!("CARGO_BIN_EXE_accessgrant-operator")),
@@ -149,6 +152,7 @@ fn parse_args() -> Result<Args, String> {
             "--expiry-spread" => a.expiry_spread = num(&flag, value()?)?,
             "--revoke-sample" => a.revoke_sample = Some(num(&flag, value()?)?),
             "--revoke-at" => a.revoke_at = num(&flag, value()?)?,
+            "--revoke-rate" => a.revoke_rate = Some(num(&flag, value()?)?),
             "--concurrency" => a.concurrency = Some(num(&flag, value()?)?),
             "--create-concurrency" => a.create_concurrency = num(&flag, value()?)?,
             "--operator" => a.operator = PathBuf::from(value()?),
@@ -794,6 +798,16 @@ struct Bench {
     tck: f64,
 }
 
+impl Drop for Bench {
+    fn drop(&mut self) {
+        // Never leave the operator running behind a bench that failed or was interrupted.
+        if let Some(mut c) = self.operator.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Bench {
     fn spawn_operator(&mut self) -> Result<(), BoxError> {
         let ca = self.dir.join("azure-ca.pem");
@@ -923,13 +937,24 @@ impl Bench {
         Ok(())
     }
 
-    /// Deletes grants concurrently; records the send time of each (revocation is due then).
-    async fn delete(&self, keys: &[String], tracks: &Tracks) -> Result<(), BoxError> {
-        futures::stream::iter(keys.to_vec())
-            .map(|k| {
+    /// Deletes grants concurrently, or paced at `rate` per second; records the send time of
+    /// each (revocation is due then).
+    async fn delete(
+        &self,
+        keys: &[String],
+        rate: Option<f64>,
+        tracks: &Tracks,
+    ) -> Result<(), BoxError> {
+        let start = tokio::time::Instant::now();
+        futures::stream::iter(keys.iter().cloned().enumerate())
+            .map(|(i, k)| {
                 let client = self.client.clone();
                 let tracks = tracks.clone();
                 async move {
+                    if let Some(r) = rate.filter(|r| *r > 0.0) {
+                        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / r))
+                            .await;
+                    }
                     let (ns, name) = k.split_once('/').unwrap_or(("", ""));
                     let api: Api<AccessGrant> = Api::namespaced(client, ns);
                     lock(&tracks).entry(k.clone()).or_default().delete_sent = Some(clock::now());
@@ -1515,14 +1540,17 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
         .map(|&i| key(&namespace(b.layout.slot(i).sub), &format!("g{i}")))
         .collect();
     println!(
-        "\n== revoke: deleting {} Active grants (PIM floor PT1S in azure-sim and the operator; JIT early close PT1M)",
-        revoke_keys.len()
+        "\n== revoke: deleting {} Active grants, {} (PIM floor PT1S in azure-sim and the operator; JIT early close PT1M)",
+        revoke_keys.len(),
+        b.args
+            .revoke_rate
+            .map_or("all at once".to_string(), |r| format!("{r}/s"))
     );
     let cpu_r0 = thread_cpu(b.tck);
     let op_r0 = proc_stats(b.operator_pid(), b.tck);
     let t_r0 = clock::now();
     let w = Instant::now();
-    b.delete(&revoke_keys, &tracks).await?;
+    b.delete(&revoke_keys, b.args.revoke_rate, &tracks).await?;
     println!(
         "  deletes sent in {:.1}s ({:.0}/s)",
         w.elapsed().as_secs_f64(),
@@ -1736,7 +1764,7 @@ async fn burst(b: &mut Bench) -> Result<(), BoxError> {
         revoke_keys.len()
     );
     let t_del = clock::now();
-    b.delete(&revoke_keys, &tracks).await?;
+    b.delete(&revoke_keys, None, &tracks).await?;
     let mut last_sync = Instant::now();
     let mut done = false;
     let mut last_print = Instant::now();
