@@ -1685,7 +1685,8 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
             && (l.starts_with("accessgrant_reconciles_total")
                 || l.starts_with("accessgrant_reconcile_failures_total")
                 || l.starts_with("accessgrant_reconcile_duration_seconds_sum")
-                || l.starts_with("accessgrant_reconcile_duration_seconds_count"))
+                || l.starts_with("accessgrant_reconcile_duration_seconds_count")
+                || l.starts_with("accessgrant_arm_throttle_wait"))
     }) {
         println!("  metric {line}");
     }

@@ -131,6 +131,38 @@ impl ArmClient {
             .map(ScheduleItem::instance_view))
     }
 
+    /// Every schedule instance at, above or below subscription `sub` (one paged list, no
+    /// filter): the start-up batch read (see `controller::warm`).
+    pub async fn pim_instances_in_subscription(
+        &self,
+        sub: &str,
+    ) -> Result<Vec<ScheduleItem>, AzureError> {
+        self.list_all(
+            "RoleAssignmentScheduleInstances_ListForScope",
+            &pim_path(&format!("/subscriptions/{sub}"), "roleAssignmentScheduleInstances"),
+            &[],
+            PIM_API_VERSION,
+            &Caller::Operator,
+        )
+        .await
+    }
+
+    /// Every JIT network access policy of subscription `sub` (one paged list): the start-up
+    /// batch read (see `controller::warm`).
+    pub async fn jit_policies_in_subscription(
+        &self,
+        sub: &str,
+    ) -> Result<Vec<JitNetworkAccessPolicy>, AzureError> {
+        self.list_all(
+            "JitNetworkAccessPolicies_List",
+            &format!("/subscriptions/{sub}/providers/Microsoft.Security/jitNetworkAccessPolicies"),
+            &[],
+            JIT_API_VERSION,
+            &Caller::Operator,
+        )
+        .await
+    }
+
     /// Every instance visible at `scope` for `principal` (for batched reads).
     pub async fn pim_instances_for(
         &self,

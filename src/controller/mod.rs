@@ -6,6 +6,7 @@ pub mod cache;
 pub mod coverage;
 pub mod events;
 pub mod identity;
+pub mod warm;
 
 use crate::api::{AccessGrant, AccessGrantStatus, AccessPolicy, Phase};
 use crate::azure::client::ArmClient;
@@ -64,6 +65,8 @@ pub struct Context {
         cache::ReadCache<(String, String, String, String), Option<crate::lifecycle::JitPolicyView>>,
     pim_instances: cache::ReadCache<(String, String), Vec<crate::azure::models::ScheduleItem>>,
     pim_policies: cache::ReadCache<(String, String), Option<crate::lifecycle::PimPolicyView>>,
+    /// Start-up reads, batched per subscription (see `warm`).
+    warm: warm::Warm,
 }
 
 /// Reconcile errors (kube API failures; Azure failures are part of the plan).
@@ -199,7 +202,36 @@ pub async fn run(
         jit_policies: cache::ReadCache::new(Duration::from_secs(2)),
         pim_instances: cache::ReadCache::new(Duration::from_secs(2)),
         pim_policies: cache::ReadCache::new(Duration::from_secs(60)),
+        warm: warm::Warm::new(),
     });
+    {
+        // Start-up reads: once the initial list is in, one list per subscription answers the
+        // passes that only confirm an Active grant's access (see `warm`).
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if ctx.grants.wait_until_ready().await.is_err() {
+                ctx.warm.finish();
+                return;
+            }
+            let (jit_subs, pim_subs) = warm_subscriptions(&ctx.grants.state());
+            if jit_subs.is_empty() && pim_subs.is_empty() {
+                ctx.warm.finish();
+                return;
+            }
+            let started = tokio::time::Instant::now();
+            let primed = ctx.warm.prime(&ctx.arm, jit_subs, pim_subs).await;
+            ctx.warm.finish();
+            tracing::info!(
+                jit_subscriptions = primed.jit_subscriptions,
+                pim_subscriptions = primed.pim_subscriptions,
+                jit_policies = primed.jit_policies,
+                pim_instances = primed.pim_instances,
+                failed = primed.failed,
+                millis = started.elapsed().as_millis() as u64,
+                "start-up reads batched per subscription"
+            );
+        });
+    }
     {
         let store = ctx.grants.clone();
         let metrics = cfg.metrics.clone();
@@ -449,6 +481,9 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
     let mut observed = Observed::default();
     let mut status = grant.status.clone().unwrap_or_default();
     let mut events: Vec<crate::lifecycle::PlannedEvent> = Vec::new();
+    // Set when a read was answered from the start-up snapshot: the next drift check then counts
+    // from when the snapshot was taken.
+    let mut from_snapshot: Option<tokio::time::Instant> = None;
     for _ in 0..12 {
         let meta = GrantMeta {
             uid: grant.uid().unwrap_or_default(),
@@ -477,9 +512,12 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
         let p = plan(&input);
         if !p.needs.is_empty() {
             for n in &p.needs {
-                read(ctx, &grant, &status, valid.as_ref().ok(), n, &mut observed)
+                if read(ctx, &grant, &status, valid.as_ref().ok(), n, &mut observed)
                     .await
-                    .map_err(ReconcileError::AzureRead)?;
+                    .map_err(ReconcileError::AzureRead)?
+                {
+                    from_snapshot = ctx.warm.taken();
+                }
             }
             continue;
         }
@@ -630,13 +668,22 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
         publish(ctx, &grant, &events).await;
         audit(&grant, &status, &p.status);
         observe_transition(ctx, &grant, &status, &p.status);
-        return Ok(match p.wake_at {
-            Some(t) => Action::requeue(
-                (t - crate::clock::now())
-                    .to_std()
-                    .unwrap_or(Duration::from_secs(1))
-                    .max(Duration::from_millis(200)),
-            ),
+        let mut wake = p.wake_at.map(|t| {
+            (t - crate::clock::now())
+                .to_std()
+                .unwrap_or(Duration::from_secs(1))
+                .max(Duration::from_millis(200))
+        });
+        if let Some(taken) = from_snapshot
+            && let Ok(drift) = ctx.cfg.planner.drift_check.to_std()
+        {
+            let by = (taken + drift)
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(Duration::from_millis(200));
+            wake = Some(wake.map_or(by, |w| w.min(by)));
+        }
+        return Ok(match wake {
+            Some(w) => Action::requeue(w),
             None => Action::await_change(),
         });
     }
@@ -673,7 +720,7 @@ async fn read(
     valid: Option<&crate::validate::ValidGrant>,
     need: &Need,
     observed: &mut Observed,
-) -> Result<(), AzureError> {
+) -> Result<bool, AzureError> {
     let ns = grant.namespace().unwrap_or_default();
     let pim_target = status
         .target
@@ -712,21 +759,30 @@ async fn read(
                 t.scope.to_ascii_lowercase(),
                 t.principal_id.to_ascii_lowercase(),
             ));
+            ctx.warm.forget_pim(&t.principal_id);
         }
         if let Some(t) = &jit_target {
-            ctx.jit_policies.invalidate(&jit_key(
+            let key = jit_key(
                 &t.subscription_id,
                 &t.resource_group,
                 &t.location,
                 &t.policy_name,
-            ));
+            );
+            ctx.jit_policies.invalidate(&key);
+            ctx.warm.forget_jit(&key);
         }
+    }
+    // Only a pass that merely confirms an Active grant's access may use the start-up snapshot.
+    let steady = matches!(need, Need::JitPolicy | Need::PimInstance)
+        && snapshot_may_answer(grant, status, valid);
+    if steady {
+        ctx.warm.wait_ready(warm::WAIT_LIMIT).await;
     }
     match need {
         Need::PimRequest(name) => {
             let Some(t) = pim_target else {
                 observed.pim_request = Read::Missing;
-                return Ok(());
+                return Ok(false);
             };
             let who = match &t.identity {
                 Some(id) => crate::azure::client::Caller::Grant(&ns, id),
@@ -740,21 +796,37 @@ async fn read(
         Need::PimInstance => {
             let Some(t) = pim_target else {
                 observed.pim_instance = Read::Missing;
-                return Ok(());
+                return Ok(false);
             };
-            observed.pim_instance = match ctx
-                .arm
-                .pim_instance(&t.scope, &t.role_definition_id, &t.principal_id)
-                .await?
+            if steady
+                && let Some(i) = ctx
+                    .warm
+                    .pim(&t.scope, &t.role_definition_id, &t.principal_id)
             {
-                Some(i) => Read::Found(i),
+                observed.pim_instance = Read::Found(i.instance_view());
+                return Ok(true);
+            }
+            // One list per (scope, principal) serves every grant of that principal there.
+            let key = (
+                t.scope.to_ascii_lowercase(),
+                t.principal_id.to_ascii_lowercase(),
+            );
+            let items = ctx
+                .pim_instances
+                .get_or_load(&key, || ctx.arm.pim_instances_for(&t.scope, &t.principal_id))
+                .await?;
+            observed.pim_instance = match items
+                .iter()
+                .find(|i| i.matches(&t.scope, &t.role_definition_id, &t.principal_id))
+            {
+                Some(i) => Read::Found(i.instance_view()),
                 None => Read::Missing,
             };
         }
         Need::PimPolicy => {
             let Some(t) = pim_target else {
                 observed.pim_policy = Read::Missing;
-                return Ok(());
+                return Ok(false);
             };
             let key = (
                 t.scope.to_ascii_lowercase(),
@@ -772,16 +844,31 @@ async fn read(
         Need::JitPolicy => {
             let Some(t) = jit_target else {
                 observed.jit_policy = Read::Missing;
-                return Ok(());
+                return Ok(false);
             };
+            // One GET per policy serves every grant on it.
+            let key = jit_key(
+                &t.subscription_id,
+                &t.resource_group,
+                &t.location,
+                &t.policy_name,
+            );
+            if steady
+                && let Some(p) = ctx.warm.jit(&key)
+            {
+                observed.jit_policy = Read::Found(p);
+                return Ok(true);
+            }
             observed.jit_policy = match ctx
-                .arm
-                .jit_policy(
-                    &t.subscription_id,
-                    &t.resource_group,
-                    &t.location,
-                    &t.policy_name,
-                )
+                .jit_policies
+                .get_or_load(&key, || {
+                    ctx.arm.jit_policy(
+                        &t.subscription_id,
+                        &t.resource_group,
+                        &t.location,
+                        &t.policy_name,
+                    )
+                })
                 .await?
             {
                 Some(p) => Read::Found(p),
@@ -789,7 +876,64 @@ async fn read(
             };
         }
     }
-    Ok(())
+    Ok(false)
+}
+
+/// Whether the start-up snapshot may answer this pass's read: the grant is Active with no write
+/// of unknown outcome, is kept (not deleted, suspended or switched to a dry run), and neither
+/// its end nor its renewal falls while the snapshot is valid. Such a pass only confirms the
+/// access and re-arms timers (see `warm`).
+fn snapshot_may_answer(
+    grant: &AccessGrant,
+    status: &AccessGrantStatus,
+    valid: Option<&crate::validate::ValidGrant>,
+) -> bool {
+    let Some(valid) = valid else {
+        return false;
+    };
+    let Some(end) = status.end_time else {
+        return false;
+    };
+    let horizon = crate::clock::now()
+        + chrono::Duration::from_std(warm::VALIDITY).unwrap_or(chrono::Duration::zero());
+    let renew_at = valid.renewal.as_ref().map_or(end, |r| end - r.before);
+    status.intent.is_none()
+        && status.phase == Phase::Active
+        && grant.metadata.deletion_timestamp.is_none()
+        && !valid.suspend
+        && !valid.dry_run
+        && end > horizon
+        && renew_at > horizon
+}
+
+/// Subscriptions of the Active grants in the cache, for JIT and for PIM (start-up reads).
+fn warm_subscriptions(
+    grants: &[Arc<DeserializeGuard<AccessGrant>>],
+) -> (
+    std::collections::BTreeSet<String>,
+    std::collections::BTreeSet<String>,
+) {
+    let mut jit = std::collections::BTreeSet::new();
+    let mut pim = std::collections::BTreeSet::new();
+    for g in grants {
+        let Ok(g) = &g.0 else { continue };
+        let active = g.status.as_ref().is_some_and(|s| s.phase == Phase::Active);
+        if !active || g.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if let Some(j) = &g.spec.jit {
+            jit.insert(j.subscription_id.to_ascii_lowercase());
+        }
+        if let Some(sub) = g
+            .spec
+            .pim
+            .as_ref()
+            .and_then(|p| warm::subscription_of_scope(&p.scope))
+        {
+            pim.insert(sub);
+        }
+    }
+    (jit, pim)
 }
 
 fn jit_key(sub: &str, rg: &str, loc: &str, name: &str) -> (String, String, String, String) {
@@ -805,10 +949,13 @@ fn jit_key(sub: &str, rg: &str, loc: &str, name: &str) -> (String, String, Strin
 fn invalidate_after_write(ctx: &Context, w: &crate::lifecycle::AzureWrite) {
     use crate::lifecycle::AzureWrite;
     match w {
-        AzureWrite::Pim { scope, body, .. } => ctx.pim_instances.invalidate(&(
-            scope.to_ascii_lowercase(),
-            body.principal_id.to_ascii_lowercase(),
-        )),
+        AzureWrite::Pim { scope, body, .. } => {
+            ctx.pim_instances.invalidate(&(
+                scope.to_ascii_lowercase(),
+                body.principal_id.to_ascii_lowercase(),
+            ));
+            ctx.warm.forget_pim(&body.principal_id);
+        }
         AzureWrite::PimCancel { .. } => {}
         AzureWrite::JitInitiate {
             subscription_id,
@@ -816,12 +963,11 @@ fn invalidate_after_write(ctx: &Context, w: &crate::lifecycle::AzureWrite) {
             location,
             policy_name,
             ..
-        } => ctx.jit_policies.invalidate(&jit_key(
-            subscription_id,
-            resource_group,
-            location,
-            policy_name,
-        )),
+        } => {
+            let key = jit_key(subscription_id, resource_group, location, policy_name);
+            ctx.jit_policies.invalidate(&key);
+            ctx.warm.forget_jit(&key);
+        }
     }
 }
 
