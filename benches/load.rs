@@ -1066,6 +1066,11 @@ fn print_machine() {
     );
 }
 
+/// The operator's time spent waiting on its own ARM token buckets (summed over calls).
+fn throttle_line(secs: f64) -> String {
+    format!("operator's ARM calls waiting on client-side token buckets: {secs:.1}s in total")
+}
+
 fn print_cpu(label: &str, d: &BTreeMap<String, f64>, operator_cpu: f64, wall: f64) {
     let mut parts = vec![format!("operator {operator_cpu:.1}s")];
     parts.extend(d.iter().map(|(k, v)| format!("{k} {v:.1}s")));
@@ -1327,6 +1332,7 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
     let big_log = n > 12_000;
 
     // Phase A: create everything, wait until everything was Active.
+    let tw0 = metric(b, "accessgrant_arm_throttle_wait_seconds_total").await;
     let cpu0 = thread_cpu(b.tck);
     let op0 = proc_stats(b.operator_pid(), b.tck);
     let t0 = clock::now();
@@ -1396,6 +1402,8 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
         op_a.cpu_secs - op0.cpu_secs,
         wall_a,
     );
+    let tw_a = metric(b, "accessgrant_arm_throttle_wait_seconds_total").await;
+    println!("  {}", throttle_line(tw_a - tw0));
     // RSS with every grant cached (after a moment for in-flight work to finish).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let full = proc_stats(b.operator_pid(), b.tck);
@@ -1532,6 +1540,8 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
         op_e.cpu_secs - op_e0.cpu_secs,
         wall_e,
     );
+    let tw_e = metric(b, "accessgrant_arm_throttle_wait_seconds_total").await;
+    println!("  {}", throttle_line(tw_e - tw_a));
     let _ = expired_ok;
 
     // Phase R: delete the sample, measure delete -> Azure accepted the removal.
@@ -1642,6 +1652,10 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
         &cpu_r,
         op_r.cpu_secs - op_r0.cpu_secs,
         secs(t_r0, t_gone),
+    );
+    println!(
+        "  {}",
+        throttle_line(metric(b, "accessgrant_arm_throttle_wait_seconds_total").await - tw_e)
     );
 
     // ARM calls per lifecycle, per phase window.

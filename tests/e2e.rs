@@ -832,3 +832,96 @@ async fn two_replicas_one_leader_handover_without_double_writes() {
         "{calls:?}"
     );
 }
+
+#[tokio::test]
+async fn a_restart_confirms_active_grants_with_one_list_per_subscription() {
+    let mut env = Env::start().await;
+    let api = env.namespace("e2e-warm", true).await;
+    let pp = PostParams::default();
+    // Long grants (their end is after the start-up snapshot's validity) and one that ends
+    // within it (it must read on its own).
+    let long = [
+        jit_grant("w1", 1, 22, "10.7.0.1", "PT1H"),
+        jit_grant("w2", 2, 22, "10.7.0.2", "PT1H"),
+        jit_grant("w3", 2, 3389, "10.7.0.3", "PT1H"),
+        pim_grant("w4", "Activate", READER, "PT1H"),
+    ];
+    for g in &long {
+        api.create(&pp, g).await.expect("create");
+    }
+    api.create(&pp, &jit_grant("soon", 1, 3389, "10.7.0.9", "PT2M"))
+        .await
+        .expect("create");
+    for n in ["w1", "w2", "w3", "w4", "soon"] {
+        wait_for(&api, n, "Active", 60, phase(Phase::Active)).await;
+    }
+    env.terminate_operator(std::time::Duration::from_secs(20))
+        .await
+        .expect("the operator stops on SIGTERM");
+    let before = env.calls().await.len();
+    // The production drift check (the suite's default of 2 s would let the snapshot serve for
+    // only 2 s, see `controller::warm`).
+    env.start_operator_with(&[("DRIFT_CHECK_INTERVAL", "PT5M")]);
+    // Every grant reconciled by the new process (it counts from 0).
+    wait::eventually(
+        "the restarted operator reconciled all 5 grants",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(200),
+        || async {
+            let (_, text) = env.admin_get("/metrics").await;
+            match metric(&text, "accessgrant_reconciles_total", &[("outcome", "ok")]) {
+                Some(n) if n >= 5.0 => Ok(()),
+                other => Err(format!("{other:?} reconciles so far")),
+            }
+        },
+    )
+    .await;
+    let calls = env.calls().await;
+    let after: Vec<&serde_json::Value> = calls[before..]
+        .iter()
+        .filter(|c| c["operation"] != "Token")
+        .collect();
+    let ops: Vec<&str> = after
+        .iter()
+        .filter_map(|c| c["operation"].as_str())
+        .collect();
+    assert!(
+        !after
+            .iter()
+            .any(|c| c["method"] != "GET" && c["method"].is_string()),
+        "no ARM write after a restart: {ops:?}"
+    );
+    // One list per subscription for JIT and one for PIM answer the four long grants; the grant
+    // ending soon reads its policy itself.
+    assert_eq!(
+        count(&calls[before..], "JitNetworkAccessPolicies_List"),
+        1,
+        "{ops:?}"
+    );
+    assert_eq!(
+        count(
+            &calls[before..],
+            "RoleAssignmentScheduleInstances_ListForScope"
+        ),
+        1,
+        "{ops:?}"
+    );
+    assert_eq!(
+        count(&calls[before..], "JitNetworkAccessPolicies_Get"),
+        1,
+        "{ops:?}"
+    );
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    // The snapshot never stands in for a removal: deleting a long grant still takes its access
+    // away (and Azure confirms it) before the object goes.
+    api.delete("w4", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&api, "w4", 60).await;
+    let calls = env.calls().await;
+    assert_eq!(
+        count(&calls[before..], "RoleAssignmentScheduleRequests_Create"),
+        1,
+        "one SelfDeactivate after the restart"
+    );
+}

@@ -139,7 +139,10 @@ impl ArmClient {
     ) -> Result<Vec<ScheduleItem>, AzureError> {
         self.list_all(
             "RoleAssignmentScheduleInstances_ListForScope",
-            &pim_path(&format!("/subscriptions/{sub}"), "roleAssignmentScheduleInstances"),
+            &pim_path(
+                &format!("/subscriptions/{sub}"),
+                "roleAssignmentScheduleInstances",
+            ),
             &[],
             PIM_API_VERSION,
             &Caller::Operator,

@@ -73,15 +73,33 @@ impl<K: Eq + Hash + Clone, V: Clone> ReadCache<K, V> {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<V, E>>,
     {
+        self.get_or_load_since(key, None, load).await
+    }
+
+    /// Like `get_or_load`, but a cached value only serves if its read started at or after
+    /// `since` (e.g. a grant's end time: confirming an expiry needs a read made after it).
+    pub async fn get_or_load_since<E, F, Fut>(
+        &self,
+        key: &K,
+        since: Option<Instant>,
+        load: F,
+    ) -> Result<V, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, E>>,
+    {
         let slot = self.slot(key);
         let mut guard = slot.lock().await;
         if let Some((at, v)) = guard.as_ref()
             && at.elapsed() < self.ttl
+            && since.is_none_or(|s| *at >= s)
         {
             return Ok(v.clone());
         }
+        // Stamped with when the read started: the answer is at least that new.
+        let started = Instant::now();
         let v = load().await?;
-        *guard = Some((Instant::now(), v.clone()));
+        *guard = Some((started, v.clone()));
         Ok(v)
     }
 
@@ -139,5 +157,16 @@ mod tests {
         // A fresh entry is served from the cache.
         let again = c.get_or_load(&9_999, || async { Err::<u32, ()>(()) }).await;
         assert_eq!(again, Ok(19_998));
+        // ...but not to a caller that needs a read made after a later moment.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let since = Instant::now();
+        let newer = c
+            .get_or_load_since(&9_999, Some(since), || async { Ok::<_, ()>(7) })
+            .await;
+        assert_eq!(newer, Ok(7));
+        let shared = c
+            .get_or_load_since(&9_999, Some(since), || async { Err::<u32, ()>(()) })
+            .await;
+        assert_eq!(shared, Ok(7), "a read made after `since` is shared");
     }
 }

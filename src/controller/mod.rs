@@ -202,36 +202,8 @@ pub async fn run(
         jit_policies: cache::ReadCache::new(Duration::from_secs(2)),
         pim_instances: cache::ReadCache::new(Duration::from_secs(2)),
         pim_policies: cache::ReadCache::new(Duration::from_secs(60)),
-        warm: warm::Warm::new(),
+        warm: warm::Warm::new(cfg.planner.drift_check.to_std().unwrap_or(warm::VALIDITY)),
     });
-    {
-        // Start-up reads: once the initial list is in, one list per subscription answers the
-        // passes that only confirm an Active grant's access (see `warm`).
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            if ctx.grants.wait_until_ready().await.is_err() {
-                ctx.warm.finish();
-                return;
-            }
-            let (jit_subs, pim_subs) = warm_subscriptions(&ctx.grants.state());
-            if jit_subs.is_empty() && pim_subs.is_empty() {
-                ctx.warm.finish();
-                return;
-            }
-            let started = tokio::time::Instant::now();
-            let primed = ctx.warm.prime(&ctx.arm, jit_subs, pim_subs).await;
-            ctx.warm.finish();
-            tracing::info!(
-                jit_subscriptions = primed.jit_subscriptions,
-                pim_subscriptions = primed.pim_subscriptions,
-                jit_policies = primed.jit_policies,
-                pim_instances = primed.pim_instances,
-                failed = primed.failed,
-                millis = started.elapsed().as_millis() as u64,
-                "start-up reads batched per subscription"
-            );
-        });
-    }
     {
         let store = ctx.grants.clone();
         let metrics = cfg.metrics.clone();
@@ -293,8 +265,7 @@ pub async fn run(
     {
         // The policy cache is synced (waited above); the grant cache is synced once the
         // controller's store has its initial list.
-        let store = ctx.grants.clone();
-        let readiness = ctx.cfg.readiness.clone();
+        let ctx = ctx.clone();
         let api: Api<AccessGrant> = Api::all(ctx.client.clone());
         tokio::spawn(async move {
             // The controller's store holds at least what a list returned just after it started.
@@ -302,17 +273,37 @@ pub async fn run(
                 Ok(l) => l.items.len(),
                 Err(e) => {
                     tracing::warn!(error = %e, "listing AccessGrants for readiness failed");
+                    ctx.warm.finish();
                     return;
                 }
             };
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
             loop {
                 tick.tick().await;
-                if store.state().len() >= listed {
-                    readiness.set_caches_synced(true);
-                    return;
+                if ctx.grants.state().len() >= listed {
+                    ctx.cfg.readiness.set_caches_synced(true);
+                    break;
                 }
             }
+            // Start-up reads: with the initial list in, one list per subscription answers the
+            // passes that only confirm an Active grant's access (see `warm`).
+            let (jit_subs, pim_subs) = warm_subscriptions(&ctx.grants.state());
+            if jit_subs.is_empty() && pim_subs.is_empty() {
+                ctx.warm.finish();
+                return;
+            }
+            let started = tokio::time::Instant::now();
+            let primed = ctx.warm.prime(&ctx.arm, jit_subs, pim_subs).await;
+            ctx.warm.finish();
+            tracing::info!(
+                jit_subscriptions = primed.jit_subscriptions,
+                pim_subscriptions = primed.pim_subscriptions,
+                jit_policies = primed.jit_policies,
+                pim_instances = primed.pim_instances,
+                failed = primed.failed,
+                millis = started.elapsed().as_millis() as u64,
+                "start-up reads batched per subscription"
+            );
         });
     }
     stop.notified().await;
@@ -778,6 +769,12 @@ async fn read(
     if steady {
         ctx.warm.wait_ready(warm::WAIT_LIMIT).await;
     }
+    // Past the grant's end, a shared answer must come from a read made after the end:
+    // confirming an expiry from an older one would only wait another poll.
+    let since = status.end_time.and_then(|end| {
+        let past = (crate::clock::now() - end).to_std().ok()?;
+        tokio::time::Instant::now().checked_sub(past)
+    });
     match need {
         Need::PimRequest(name) => {
             let Some(t) = pim_target else {
@@ -813,7 +810,9 @@ async fn read(
             );
             let items = ctx
                 .pim_instances
-                .get_or_load(&key, || ctx.arm.pim_instances_for(&t.scope, &t.principal_id))
+                .get_or_load_since(&key, since, || {
+                    ctx.arm.pim_instances_for(&t.scope, &t.principal_id)
+                })
                 .await?;
             observed.pim_instance = match items
                 .iter()
@@ -853,15 +852,13 @@ async fn read(
                 &t.location,
                 &t.policy_name,
             );
-            if steady
-                && let Some(p) = ctx.warm.jit(&key)
-            {
+            if steady && let Some(p) = ctx.warm.jit(&key) {
                 observed.jit_policy = Read::Found(p);
                 return Ok(true);
             }
             observed.jit_policy = match ctx
                 .jit_policies
-                .get_or_load(&key, || {
+                .get_or_load_since(&key, since, || {
                     ctx.arm.jit_policy(
                         &t.subscription_id,
                         &t.resource_group,
@@ -894,6 +891,7 @@ fn snapshot_may_answer(
     let Some(end) = status.end_time else {
         return false;
     };
+    // Neither the end nor the renewal may fall while any start-up snapshot can still serve.
     let horizon = crate::clock::now()
         + chrono::Duration::from_std(warm::VALIDITY).unwrap_or(chrono::Duration::zero());
     let renew_at = valid.renewal.as_ref().map_or(end, |r| end - r.before);

@@ -27,7 +27,8 @@ use tokio::time::Instant;
 /// JIT policy key: (subscription, resource group, location, name), lower-case.
 pub type JitKey = (String, String, String, String);
 
-/// How long a start-up snapshot may serve passes.
+/// Longest a start-up snapshot may serve passes (shorter when the drift check is: a pass that
+/// used it checks again `drift_check` after it was taken).
 pub const VALIDITY: Duration = Duration::from_secs(240);
 
 /// Longest a pass waits for the start-up lists before reading on its own.
@@ -38,6 +39,7 @@ const LIST_CONCURRENCY: usize = 8;
 
 /// The start-up snapshot.
 pub struct Warm {
+    validity: Duration,
     ready: tokio::sync::watch::Sender<bool>,
     inner: Mutex<Snapshot>,
 }
@@ -65,16 +67,11 @@ pub struct Primed {
     pub failed: usize,
 }
 
-impl Default for Warm {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Warm {
-    /// An empty snapshot, not ready.
-    pub fn new() -> Self {
+    /// An empty snapshot, not ready; it will serve for `validity` (at most `VALIDITY`).
+    pub fn new(validity: Duration) -> Self {
         Self {
+            validity: validity.min(VALIDITY),
             ready: tokio::sync::watch::channel(false).0,
             inner: Mutex::new(Snapshot::default()),
         }
@@ -101,7 +98,7 @@ impl Warm {
     /// Until when the snapshot may serve (None: there is none, or it expired).
     pub fn valid_until(&self) -> Option<Instant> {
         let mut s = self.lock();
-        let until = s.taken? + VALIDITY;
+        let until = s.taken? + self.validity;
         if Instant::now() >= until {
             // Expired: let the memory go.
             *s = Snapshot::default();
@@ -112,7 +109,7 @@ impl Warm {
 
     /// When the snapshot was taken, if it is still valid.
     pub fn taken(&self) -> Option<Instant> {
-        self.valid_until().map(|u| u - VALIDITY)
+        self.valid_until().map(|u| u - self.validity)
     }
 
     /// The policy from the snapshot, if held.
@@ -249,24 +246,26 @@ mod tests {
 
     #[test]
     fn jit_policy_ids_give_their_key() {
-        let id = "/subscriptions/AAA/resourceGroups/RG1/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/Default";
+        let id = "/subscriptions/5F1E7A2B-3C4D-4E5F-8A9B-0C1D2E3F4A5B/resourceGroups/RG1/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/Default";
         assert_eq!(
             jit_key_of_id(id),
             Some((
-                "aaa".into(),
+                "5f1e7a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b".into(),
                 "rg1".into(),
                 "westeurope".into(),
                 "default".into()
             ))
         );
         assert_eq!(
-            jit_key_of_id("/subscriptions/AAA/resourceGroups/RG1"),
+            jit_key_of_id("/subscriptions/5f1e7a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b/resourceGroups/RG1"),
             None
         );
         assert_eq!(jit_key_of_id("not an id"), None);
         assert_eq!(
-            subscription_of_scope("/subscriptions/AbC/resourceGroups/x"),
-            Some("abc".into())
+            subscription_of_scope(
+                "/subscriptions/5F1E7A2B-3C4D-4E5F-8A9B-0C1D2E3F4A5B/resourceGroups/x"
+            ),
+            Some("5f1e7a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b".into())
         );
         assert_eq!(
             subscription_of_scope("/providers/Microsoft.Management/managementGroups/mg"),
@@ -276,7 +275,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_snapshot_expires_and_forgets_what_writes_touch() {
-        let w = Warm::new();
+        let w = Warm::new(Duration::from_secs(600));
         let key: JitKey = ("s".into(), "rg".into(), "l".into(), "p".into());
         {
             let mut s = w.lock();
