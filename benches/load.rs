@@ -21,6 +21,13 @@
 //! went. The operator is a child process: /proc/<pid> gives its RSS, peak RSS and CPU.
 
 use accessgrant_operator::api::{AccessGrant, AccessPolicy, Phase};
+
+/// The simulators live in this process: with glibc's malloc about a third of kube-sim's CPU was
+/// malloc/free (perf, BENCHMARKS.md); jemalloc, as in the operator, leaves more of the two cores
+/// to what is measured.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use accessgrant_operator::clock;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};

@@ -506,6 +506,7 @@ impl ArmClient {
             if let Some(m) = &self.metrics {
                 m.throttle_wait(wait.as_secs_f64());
             }
+            tracing::debug!(class = ?key.2, removal, wait_ms = wait.as_millis() as u64, "waiting for a client-side ARM token");
             tokio::time::sleep(wait).await;
         }
     }
