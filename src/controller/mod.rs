@@ -6,6 +6,7 @@ pub mod cache;
 pub mod coverage;
 pub mod events;
 pub mod identity;
+pub mod lean;
 pub mod warm;
 
 use crate::api::{AccessGrant, AccessGrantStatus, AccessPolicy, Phase};
@@ -17,7 +18,7 @@ use crate::lifecycle::{
     GrantMeta, Need, Observed, PlanInput, PlannerConfig, Read, Step, WriteResult, plan,
 };
 use crate::validate::ValidTarget;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use kube::core::DeserializeGuard;
@@ -57,7 +58,7 @@ pub struct Context {
     arm: Arc<ArmClient>,
     policies: Store<AccessPolicy>,
     namespaces: Store<Namespace>,
-    grants: Store<DeserializeGuard<AccessGrant>>,
+    grants: Store<lean::LeanGrant>,
     recorder: events::Publisher,
     coverage: Arc<coverage::Coverage>,
     cfg: ControllerConfig,
@@ -162,11 +163,11 @@ pub async fn run(
                 index.observe(ev);
             }
         })
-        .modify(lean)
+        .map_ok(lean::lean_event)
         .reflect(grants_writer)
         .touched_objects()
         .predicate_filter(
-            |g: &DeserializeGuard<AccessGrant>| {
+            |g: &lean::LeanGrant| {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 g.meta().generation.hash(&mut h);
@@ -215,8 +216,8 @@ pub async fn run(
                 tick.tick().await;
                 let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
                 for g in store.state() {
-                    if let Ok(g) = &g.0 {
-                        let phase = g.status.as_ref().map_or(Phase::Pending, |s| s.phase);
+                    if !g.unreadable {
+                        let phase = g.phase.unwrap_or(Phase::Pending);
                         *counts
                             .entry(crate::telemetry::phase_label(phase))
                             .or_default() += 1;
@@ -269,8 +270,8 @@ pub async fn run(
         let api: Api<AccessGrant> = Api::all(ctx.client.clone());
         tokio::spawn(async move {
             // The controller's store holds at least what a list returned just after it started.
-            let listed = match api.list_metadata(&kube::api::ListParams::default()).await {
-                Ok(l) => l.items.len(),
+            let listed = match count_grants(&api).await {
+                Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(error = %e, "listing AccessGrants for readiness failed");
                     ctx.warm.finish();
@@ -321,6 +322,21 @@ pub async fn run(
     Ok(())
 }
 
+/// How many AccessGrants exist, counted page by page (at 100k grants one unpaged list held
+/// every object's metadata at once).
+async fn count_grants(api: &Api<AccessGrant>) -> Result<usize, kube::Error> {
+    let mut n = 0;
+    let mut params = kube::api::ListParams::default().limit(500);
+    loop {
+        let page = api.list_metadata(&params).await?;
+        n += page.items.len();
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(n),
+        }
+    }
+}
+
 /// Longest wait for in-flight reconciles at shutdown (above the ARM request timeout).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(35);
 
@@ -340,11 +356,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn error_policy(
-    _obj: Arc<DeserializeGuard<AccessGrant>>,
-    err: &ReconcileError,
-    _ctx: Arc<Context>,
-) -> Action {
+fn error_policy(_obj: Arc<lean::LeanGrant>, err: &ReconcileError, _ctx: Arc<Context>) -> Action {
     let wait = match err {
         ReconcileError::AzureRead(AzureError::Throttled {
             retry_after_secs, ..
@@ -355,10 +367,7 @@ fn error_policy(
     Action::requeue(wait)
 }
 
-async fn reconcile(
-    obj: Arc<DeserializeGuard<AccessGrant>>,
-    ctx: Arc<Context>,
-) -> Result<Action, ReconcileError> {
+async fn reconcile(obj: Arc<lean::LeanGrant>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     if ctx.shutting_down.load(Ordering::SeqCst) {
         // Shutting down: start nothing new; the next leader or start picks it up.
         return Ok(Action::await_change());
@@ -425,25 +434,6 @@ async fn reconcile(
         ctx.cfg.metrics.failure(e.category());
     }
     result
-}
-
-/// What the grant cache keeps of an object: what triggers, maps and counts reconciles
-/// (metadata without managedFields and annotations, the spec, the phase). Each reconcile reads
-/// the whole object fresh, so the full status, history and stamp annotations are not held in
-/// memory for every grant (measured: BENCHMARKS.md). The access index (`coverage`) is fed
-/// from the full objects before this.
-fn lean(g: &mut DeserializeGuard<AccessGrant>) {
-    let meta = g.meta_mut();
-    meta.managed_fields = None;
-    meta.annotations = None;
-    if let Ok(grant) = &mut g.0
-        && let Some(st) = grant.status.as_mut()
-    {
-        *st = AccessGrantStatus {
-            phase: st.phase,
-            ..Default::default()
-        };
-    }
 }
 
 async fn namespace_labels(
@@ -906,7 +896,7 @@ fn snapshot_may_answer(
 
 /// Subscriptions of the Active grants in the cache, for JIT and for PIM (start-up reads).
 fn warm_subscriptions(
-    grants: &[Arc<DeserializeGuard<AccessGrant>>],
+    grants: &[Arc<lean::LeanGrant>],
 ) -> (
     std::collections::BTreeSet<String>,
     std::collections::BTreeSet<String>,
@@ -914,21 +904,14 @@ fn warm_subscriptions(
     let mut jit = std::collections::BTreeSet::new();
     let mut pim = std::collections::BTreeSet::new();
     for g in grants {
-        let Ok(g) = &g.0 else { continue };
-        let active = g.status.as_ref().is_some_and(|s| s.phase == Phase::Active);
-        if !active || g.metadata.deletion_timestamp.is_some() {
+        if g.phase != Some(Phase::Active) || g.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        if let Some(j) = &g.spec.jit {
-            jit.insert(j.subscription_id.to_ascii_lowercase());
+        if let Some(sub) = &g.jit_subscription {
+            jit.insert(sub.clone());
         }
-        if let Some(sub) = g
-            .spec
-            .pim
-            .as_ref()
-            .and_then(|p| warm::subscription_of_scope(&p.scope))
-        {
-            pim.insert(sub);
+        if let Some(sub) = &g.pim_subscription {
+            pim.insert(sub.clone());
         }
     }
     (jit, pim)
