@@ -740,7 +740,7 @@ async fn read(
                 t.scope.to_ascii_lowercase(),
                 t.principal_id.to_ascii_lowercase(),
             ));
-            ctx.warm.forget_pim(&t.principal_id);
+            ctx.warm.forget_pim(&t.scope, &t.principal_id);
         }
         if let Some(t) = &jit_target {
             let key = jit_key(
@@ -935,7 +935,7 @@ fn invalidate_after_write(ctx: &Context, w: &crate::lifecycle::AzureWrite) {
                 scope.to_ascii_lowercase(),
                 body.principal_id.to_ascii_lowercase(),
             ));
-            ctx.warm.forget_pim(&body.principal_id);
+            ctx.warm.forget_pim(scope, &body.principal_id);
         }
         AzureWrite::PimCancel { .. } => {}
         AzureWrite::JitInitiate {

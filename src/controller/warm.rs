@@ -48,8 +48,9 @@ pub struct Warm {
 struct Snapshot {
     taken: Option<Instant>,
     jit: HashMap<JitKey, JitPolicyView>,
-    /// Instances by principal (lower-case), from every listed subscription.
-    pim: HashMap<String, Vec<ScheduleItem>>,
+    /// Instances by (scope, principal), both normalised (see `pim_key`): a lookup costs the
+    /// grant's own few items, not every item of a principal that holds thousands.
+    pim: HashMap<(String, String), Vec<ScheduleItem>>,
 }
 
 /// What the start-up lists read, for the log and tests.
@@ -123,7 +124,7 @@ impl Warm {
         self.valid_until()?;
         self.lock()
             .pim
-            .get(&principal.to_ascii_lowercase())?
+            .get(&pim_key(scope, principal))?
             .iter()
             .find(|i| i.matches(scope, role, principal))
             .cloned()
@@ -134,9 +135,10 @@ impl Warm {
         self.lock().jit.remove(key);
     }
 
-    /// A write changed this principal's assignments: the snapshot no longer speaks for them.
-    pub fn forget_pim(&self, principal: &str) {
-        self.lock().pim.remove(&principal.to_ascii_lowercase());
+    /// A write changed this principal's assignments at `scope`: the snapshot no longer speaks
+    /// for them.
+    pub fn forget_pim(&self, scope: &str, principal: &str) {
+        self.lock().pim.remove(&pim_key(scope, principal));
     }
 
     /// Lists JIT policies in `jit_subs` and schedule instances in `pim_subs` (one list each,
@@ -180,7 +182,7 @@ impl Warm {
             })
             .buffer_unordered(LIST_CONCURRENCY);
         let mut jit: HashMap<JitKey, JitPolicyView> = HashMap::new();
-        let mut pim: HashMap<String, Vec<ScheduleItem>> = HashMap::new();
+        let mut pim: HashMap<(String, String), Vec<ScheduleItem>> = HashMap::new();
         while let Some(got) = results.next().await {
             match got {
                 Got::Jit(Ok(policies)) => {
@@ -192,8 +194,11 @@ impl Warm {
                 }
                 Got::Pim(Ok(items)) => {
                     for i in items {
-                        if let Some(p) = i.properties.principal_id.as_deref() {
-                            pim.entry(p.to_ascii_lowercase()).or_default().push(i);
+                        if let (Some(s), Some(p)) = (
+                            i.properties.scope.as_deref(),
+                            i.properties.principal_id.as_deref(),
+                        ) {
+                            pim.entry(pim_key(s, p)).or_default().push(i);
                         }
                     }
                 }
@@ -230,6 +235,16 @@ pub fn jit_key_of_id(id: &str) -> Option<JitKey> {
         return None;
     }
     Some((sub, rg, loc.clone(), name.clone()))
+}
+
+/// Snapshot key of a (scope, principal): the scope normalised as ARM ids compare (case,
+/// the two spellings of a subscription scope), the principal lower-case.
+fn pim_key(scope: &str, principal: &str) -> (String, String) {
+    let scope = match crate::azure::ids::ArmId::parse(scope) {
+        Ok(id) => id.lower_segments().join("/"),
+        Err(_) => scope.to_ascii_lowercase(),
+    };
+    (scope, principal.to_ascii_lowercase())
 }
 
 /// The subscription of an ARM scope, lower-case (None for management groups and `/`).
@@ -286,6 +301,35 @@ mod tests {
         w.forget_jit(&key);
         assert!(w.jit(&key).is_none());
         w.lock().jit.insert(key.clone(), JitPolicyView::default());
+        // PIM: found by its own (scope, principal), whatever the spelling; a write at one scope
+        // forgets that scope only.
+        let sub = "/subscriptions/5f1e7a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+        let role = format!(
+            "{sub}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7"
+        );
+        let principal = "6F1C2D3E-4A5B-4C6D-8E7F-0A1B2C3D4E01";
+        for rg in ["rg-a", "rg-b"] {
+            let item: ScheduleItem = serde_json::from_value(serde_json::json!({
+                "id": format!("{sub}/resourceGroups/{rg}/providers/Microsoft.Authorization/roleAssignmentScheduleInstances/x"),
+                "properties": {"scope": format!("{sub}/resourceGroups/{rg}"), "roleDefinitionId": role,
+                    "principalId": principal.to_ascii_lowercase(), "memberType": "Direct"}
+            }))
+            .expect("item");
+            let k = pim_key(&format!("{sub}/resourceGroups/{rg}"), principal);
+            w.lock().pim.entry(k).or_default().push(item);
+        }
+        let upper_a = format!("{}/RESOURCEGROUPS/RG-A", sub.to_ascii_uppercase());
+        assert!(w.pim(&upper_a, &role, principal).is_some());
+        assert!(
+            w.pim(&format!("{sub}/resourceGroups/rg-c"), &role, principal)
+                .is_none()
+        );
+        w.forget_pim(&format!("{sub}/resourceGroups/rg-a"), principal);
+        assert!(w.pim(&upper_a, &role, principal).is_none());
+        assert!(
+            w.pim(&format!("{sub}/resourceGroups/rg-b"), &role, principal)
+                .is_some()
+        );
         tokio::time::advance(VALIDITY).await;
         assert!(w.jit(&key).is_none(), "an expired snapshot serves nothing");
         assert!(w.valid_until().is_none());
