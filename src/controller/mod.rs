@@ -230,6 +230,8 @@ pub async fn run(
                         ctx.jit_policies.sweep();
                         ctx.pim_instances.sweep();
                         ctx.pim_policies.sweep();
+                        // Lets an expired start-up snapshot's memory go.
+                        let _ = ctx.warm.valid_until();
                     }
                     None => return,
                 }

@@ -1201,7 +1201,13 @@ pub fn list_assignments(
                 .into_iter()
                 .filter_map(|seq| state.assignments.get(seq)),
         ),
-        None => Box::new(state.assignments.iter()),
+        None => Box::new(
+            state
+                .assignments
+                .around(scope, !conds.contains(&Cond::AtScope))
+                .into_iter()
+                .filter_map(|seq| state.assignments.get(seq)),
+        ),
     };
     Ok(candidates
         .filter(|a| !instances || a.active(now))

@@ -214,6 +214,8 @@ pub struct Assignments {
     by_target: HashMap<TargetKey, BTreeSet<u64>>,
     /// (lowercased principal, lowercased scope) -> sequence numbers.
     by_principal_scope: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// Lowercased scope -> sequence numbers (lists without a principal filter).
+    by_scope: BTreeMap<String, BTreeSet<u64>>,
     ends: BTreeSet<(DateTime<Utc>, u64)>,
 }
 
@@ -269,6 +271,10 @@ impl Assignments {
             ))
             .or_default()
             .insert(seq);
+        self.by_scope
+            .entry(a.scope.to_ascii_lowercase())
+            .or_default()
+            .insert(seq);
         if let Some(end) = a.end {
             self.ends.insert((end, seq));
         }
@@ -300,6 +306,13 @@ impl Assignments {
             set.remove(&seq);
             if set.is_empty() {
                 self.by_principal_scope.remove(&ps);
+            }
+        }
+        let sc = a.scope.to_ascii_lowercase();
+        if let Some(set) = self.by_scope.get_mut(&sc) {
+            set.remove(&seq);
+            if set.is_empty() {
+                self.by_scope.remove(&sc);
             }
         }
         if let Some(end) = a.end {
@@ -380,6 +393,32 @@ impl Assignments {
                 for (_, set) in self.by_principal_scope.range(from..to) {
                     out.extend(set.iter().copied());
                 }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+    /// Sequence numbers (ascending) of every assignment whose scope is at or above `scope`, or
+    /// (with `below`) under it: a superset of what an unfiltered list at `scope` can show.
+    pub fn around(&self, scope: &str, below: bool) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::new();
+        if scope == "/" {
+            out.extend(self.items.keys().copied());
+            return out;
+        }
+        for anc in ancestor_keys(scope) {
+            if let Some(set) = self.by_scope.get(&anc) {
+                out.extend(set.iter().copied());
+            }
+        }
+        if below {
+            let lower = scope.to_ascii_lowercase();
+            for (_, set) in self
+                .by_scope
+                .range(format!("{lower}/")..format!("{lower}0"))
+            {
+                out.extend(set.iter().copied());
             }
         }
         out.sort_unstable();
