@@ -660,7 +660,10 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
         if let Some(taken) = from_snapshot
             && let Ok(drift) = ctx.cfg.planner.drift_check.to_std()
         {
-            let by = (taken + drift)
+            // Spread over the second half of the window by the grant's uid: every grant the
+            // snapshot answered would otherwise check at the same instant (at 100k, a herd
+            // that delayed expiries behind it by up to 30 s; BENCHMARKS.md).
+            let by = (taken + drift_spread(drift, &grant.uid().unwrap_or_default()))
                 .saturating_duration_since(tokio::time::Instant::now())
                 .max(Duration::from_millis(200));
             wake = Some(wake.map_or(by, |w| w.min(by)));
@@ -866,6 +869,16 @@ async fn read(
         }
     }
     Ok(false)
+}
+
+/// A point in the second half of `window`, fixed per `key` (a grant's uid): spreads checks
+/// that would otherwise fall due together.
+fn drift_spread(window: Duration, key: &str) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    let frac = (h.finish() % 1024) as f64 / 1024.0;
+    window.mul_f64(0.5 + 0.5 * frac)
 }
 
 /// Whether the start-up snapshot may answer this pass's read: the grant is Active with no write
@@ -1147,4 +1160,24 @@ fn audit(g: &AccessGrant, before: &AccessGrantStatus, after: &AccessGrantStatus)
         "jit": after.jit.as_ref().map(|j| json!({"marker": j.marker, "requestStartTime": j.request_start_time, "requestor": j.requestor})),
     });
     println!("{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_checks_after_a_snapshot_spread_over_the_second_half_of_the_window() {
+        let w = Duration::from_secs(300);
+        let picks: Vec<Duration> = (0..1000)
+            .map(|i| drift_spread(w, &format!("uid-{i}")))
+            .collect();
+        assert!(picks.iter().all(|d| *d >= w / 2 && *d <= w));
+        assert_eq!(drift_spread(w, "uid-7"), drift_spread(w, "uid-7"));
+        let early = picks.iter().filter(|d| **d < w * 3 / 4).count();
+        assert!(
+            (350..650).contains(&early),
+            "{early} of 1000 in the first quarter"
+        );
+    }
 }
