@@ -51,6 +51,15 @@ struct Snapshot {
     /// Instances by (scope, principal), both normalised (see `pim_key`): a lookup costs the
     /// grant's own few items, not every item of a principal that holds thousands.
     pim: HashMap<(String, String), Vec<ScheduleItem>>,
+    /// While the lists are being read: what writes touched meanwhile. Those keys are left out
+    /// of the snapshot when it is installed (a list may have been answered before the write).
+    priming: Option<Touched>,
+}
+
+#[derive(Default)]
+struct Touched {
+    jit: std::collections::HashSet<JitKey>,
+    pim: std::collections::HashSet<(String, String)>,
 }
 
 /// What the start-up lists read, for the log and tests.
@@ -132,13 +141,22 @@ impl Warm {
 
     /// A write changed this policy: the snapshot no longer speaks for it.
     pub fn forget_jit(&self, key: &JitKey) {
-        self.lock().jit.remove(key);
+        let mut s = self.lock();
+        s.jit.remove(key);
+        if let Some(t) = s.priming.as_mut() {
+            t.jit.insert(key.clone());
+        }
     }
 
     /// A write changed this principal's assignments at `scope`: the snapshot no longer speaks
     /// for them.
     pub fn forget_pim(&self, scope: &str, principal: &str) {
-        self.lock().pim.remove(&pim_key(scope, principal));
+        let key = pim_key(scope, principal);
+        let mut s = self.lock();
+        s.pim.remove(&key);
+        if let Some(t) = s.priming.as_mut() {
+            t.pim.insert(key);
+        }
     }
 
     /// Lists JIT policies in `jit_subs` and schedule instances in `pim_subs` (one list each,
@@ -151,6 +169,7 @@ impl Warm {
     ) -> Primed {
         use futures::StreamExt;
         let taken = Instant::now();
+        self.begin();
         let mut primed = Primed {
             jit_subscriptions: jit_subs.len(),
             pim_subscriptions: pim_subs.len(),
@@ -208,14 +227,40 @@ impl Warm {
                 }
             }
         }
-        primed.jit_policies = jit.len();
-        primed.pim_instances = pim.values().map(Vec::len).sum();
-        *self.lock() = Snapshot {
+        (primed.jit_policies, primed.pim_instances) = self.install(taken, jit, pim);
+        primed
+    }
+
+    /// From now until `install`, writes are remembered as well as forgotten.
+    fn begin(&self) {
+        self.lock().priming = Some(Touched::default());
+    }
+
+    /// Installs what the lists read, without what writes touched since `begin` (a list may
+    /// have been answered before the write). Returns the policies and instances kept.
+    fn install(
+        &self,
+        taken: Instant,
+        mut jit: HashMap<JitKey, JitPolicyView>,
+        mut pim: HashMap<(String, String), Vec<ScheduleItem>>,
+    ) -> (usize, usize) {
+        let mut s = self.lock();
+        if let Some(touched) = s.priming.take() {
+            for k in &touched.jit {
+                jit.remove(k);
+            }
+            for k in &touched.pim {
+                pim.remove(k);
+            }
+        }
+        let counts = (jit.len(), pim.values().map(Vec::len).sum());
+        *s = Snapshot {
             taken: Some(taken),
             jit,
             pim,
+            priming: None,
         };
-        primed
+        counts
     }
 }
 
@@ -286,6 +331,32 @@ mod tests {
             subscription_of_scope("/providers/Microsoft.Management/managementGroups/mg"),
             None
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_while_the_lists_are_read_keeps_its_key_out_of_the_snapshot() {
+        let w = Warm::new(Duration::from_secs(600));
+        let written: JitKey = ("s".into(), "rg".into(), "l".into(), "written".into());
+        let other: JitKey = ("s".into(), "rg".into(), "l".into(), "other".into());
+        w.begin();
+        // The list answered for both policies; then our write changed one of them.
+        let mut jit = HashMap::new();
+        jit.insert(written.clone(), JitPolicyView::default());
+        jit.insert(other.clone(), JitPolicyView::default());
+        w.forget_jit(&written);
+        w.forget_pim("/subscriptions/x/resourceGroups/rg", "P");
+        let mut pim = HashMap::new();
+        pim.insert(pim_key("/subscriptions/x/resourceGroups/rg", "p"), vec![]);
+        assert_eq!(w.install(Instant::now(), jit, pim), (1, 0));
+        assert!(
+            w.jit(&written).is_none(),
+            "the written policy reads on its own"
+        );
+        assert!(w.jit(&other).is_some());
+        assert!(w.lock().pim.is_empty());
+        // Outside priming a forget only forgets.
+        w.forget_jit(&other);
+        assert!(w.lock().priming.is_none());
     }
 
     #[tokio::test(start_paused = true)]
