@@ -28,6 +28,19 @@ pub fn jit_policy_path(sub: &str, rg: &str, location: &str, name: &str) -> Strin
     )
 }
 
+/// The Direct instance of (scope, role, principal) among listed items, as the planner sees it.
+pub fn instance_in(
+    items: &[ScheduleItem],
+    scope: &str,
+    role: &str,
+    principal: &str,
+) -> Option<PimInstanceView> {
+    items
+        .iter()
+        .find(|i| i.matches(scope, role, principal))
+        .map(ScheduleItem::instance_view)
+}
+
 fn caller<'a>(ns: &'a str, identity: &'a Option<GrantIdentity>) -> Caller<'a> {
     match identity {
         Some(id) => Caller::Grant(ns, id),
@@ -115,20 +128,8 @@ impl ArmClient {
         role: &str,
         principal: &str,
     ) -> Result<Option<PimInstanceView>, AzureError> {
-        let filter = format!("principalId eq '{}'", principal.replace('\'', "''"));
-        let items: Vec<ScheduleItem> = self
-            .list_all(
-                "RoleAssignmentScheduleInstances_ListForScope",
-                &pim_path(scope, "roleAssignmentScheduleInstances"),
-                &[("$filter", &filter)],
-                PIM_API_VERSION,
-                &Caller::Operator,
-            )
-            .await?;
-        Ok(items
-            .iter()
-            .find(|i| i.matches(scope, role, principal))
-            .map(ScheduleItem::instance_view))
+        let items = self.pim_instances_for(scope, principal).await?;
+        Ok(instance_in(&items, scope, role, principal))
     }
 
     /// Every schedule instance at, above or below subscription `sub` (one paged list, no

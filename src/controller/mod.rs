@@ -809,11 +809,13 @@ async fn read(
                     ctx.arm.pim_instances_for(&t.scope, &t.principal_id)
                 })
                 .await?;
-            observed.pim_instance = match items
-                .iter()
-                .find(|i| i.matches(&t.scope, &t.role_definition_id, &t.principal_id))
-            {
-                Some(i) => Read::Found(i.instance_view()),
+            observed.pim_instance = match crate::azure::ops::instance_in(
+                &items,
+                &t.scope,
+                &t.role_definition_id,
+                &t.principal_id,
+            ) {
+                Some(i) => Read::Found(i),
                 None => Read::Missing,
             };
         }
