@@ -764,12 +764,29 @@ async fn read(
     if steady {
         ctx.warm.wait_ready(warm::WAIT_LIMIT).await;
     }
-    // Past the grant's end, a shared answer must come from a read made after the end:
-    // confirming an expiry from an older one would only wait another poll.
-    let since = status.end_time.and_then(|end| {
-        let past = (crate::clock::now() - end).to_std().ok()?;
+    // A shared answer must come from a read made after the grant's current request started
+    // (one made before cannot show it; another replica's write does not invalidate this
+    // replica's cache) and, past the grant's end, after the end (confirming an expiry from an
+    // older one would only wait another poll).
+    let now_utc = crate::clock::now();
+    let since = [
+        status.end_time,
+        status.start_time,
+        status.jit.as_ref().and_then(|j| j.request_start_time),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|t| {
+        let past = (now_utc - t).to_std().ok()?;
         tokio::time::Instant::now().checked_sub(past)
-    });
+    })
+    .max();
+    // The start-up snapshot too must be newer than the grant's current request.
+    let steady = steady
+        && ctx
+            .warm
+            .taken()
+            .is_none_or(|taken| since.is_none_or(|s| taken >= s));
     match need {
         Need::PimRequest(name) => {
             let Some(t) = pim_target else {
