@@ -299,3 +299,63 @@ fn pim_extend_does_not_exist_but_still_active_extends_again() {
     );
     assert_eq!(w.grant.status.renewals, 1);
 }
+
+/// Found by the removal-lane e2e test (tests/e2e.rs): a close request that waited longer than
+/// its window for ARM's write budget reached Azure with its end already past. azure-sim records
+/// such a window as expired at once, and it supersedes nothing: the grant's hour-long request
+/// stays open. The grant must not take that close for one in force and wait out the hour; it
+/// sends a new close.
+#[test]
+fn jit_close_that_reached_azure_after_its_window_is_sent_again() {
+    let mut w = World::new(jit_spec());
+    w.reconcile();
+    assert_eq!(w.phase(), Phase::Active);
+    let first_end = w.grant.status.end_time.expect("end");
+    w.now += Duration::minutes(1);
+    w.delete();
+    w.reconcile();
+    assert_eq!(jit_writes(&w), 2, "the close was sent");
+    assert_eq!(w.phase(), Phase::Revoking);
+    // What Azure shows when the close arrived too late: the close expired at once, the grant's
+    // own request still open until its end.
+    let now = w.now;
+    for pol in w.model.jit_policies.values_mut() {
+        for r in &mut pol.requests {
+            let close = r
+                .justification
+                .as_deref()
+                .is_some_and(|j| j.contains("closing early"));
+            for p in &mut r.ports {
+                if close {
+                    p.status = "Revoked".into();
+                    p.status_reason = Some("Expired".into());
+                    p.end = Some(now - Duration::seconds(1));
+                } else {
+                    p.status = "Initiated".into();
+                    p.status_reason = Some("UserRequested".into());
+                    p.end = Some(first_end);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        w.model.open_jit_ports().len(),
+        1,
+        "the grant's ports are open"
+    );
+    w.advance(Duration::seconds(5));
+    assert_eq!(
+        jit_writes(&w),
+        3,
+        "a new close, not a wait for the hour to end"
+    );
+    assert!(
+        w.last.wake_at.is_some_and(|t| t < first_end),
+        "comes back when the new close's window ends, not at the old end"
+    );
+    w.now += Duration::minutes(2);
+    w.model.tick(w.now);
+    w.reconcile();
+    assert!(w.grant.gone, "finalizer removed once the ports closed");
+    assert!(w.model.open_jit_ports().is_empty());
+}

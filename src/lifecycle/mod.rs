@@ -1248,13 +1248,20 @@ impl<'a> Ctx<'a> {
             self.access_gone(self.revoke_reason(), "JIT shows our ports closed".into());
             return;
         };
-        // Already superseded by our own close request (Azure lists it), so never close twice.
-        // Read from Azure, not from the phase: a close whose intent was recorded but which never
-        // reached Azure (crash) leaves the grant Revoking with nothing sent.
+        // Already superseded by our own close request (Azure lists it, still in its window), so
+        // never close twice. Read from Azure, not from the phase: a close whose intent was
+        // recorded but which never reached Azure (crash) leaves the grant Revoking with nothing
+        // sent. A close whose window had already passed when Azure took it (it waited longer
+        // than the window for ARM's write budget) was recorded as expired and superseded
+        // nothing: the ports are still open, so it does not count and a new close goes out.
+        let now = self.now();
         let closing = pol.requests.iter().any(|r| {
             r.justification
                 .as_deref()
                 .is_some_and(|j| j.contains(JIT_CLOSE_WORDS) && jit_same_grant(j, &marker))
+                && r.ports.iter().any(|p| {
+                    !p.status.eq_ignore_ascii_case("Revoked") && p.end.is_some_and(|e| e > now)
+                })
         });
         if let (Some(window), false) = (self.cfg().jit_early_close, closing)
             && open_until > self.now() + window
