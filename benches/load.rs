@@ -1910,12 +1910,27 @@ async fn burst(b: &mut Bench) -> Result<(), BoxError> {
     {
         let map = lock(&tracks);
         let mut revoke_lag = Vec::new();
+        let mut slow = Vec::new();
         for k in &revoke_keys {
             if let (Some(t), Some(a)) = (map.get(k), accepted.get(k))
                 && let Some(d) = t.delete_sent
             {
-                revoke_lag.push(secs(d, *a));
+                let lag = secs(d, *a);
+                revoke_lag.push(lag);
+                if lag > 5.0 {
+                    slow.push((lag, k.clone(), d, *a));
+                }
+            } else {
+                slow.push((f64::INFINITY, k.clone(), t_del, t_end));
             }
+        }
+        slow.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (lag, k, d, a) in &slow {
+            println!(
+                "  slow revocation: {k} deleted {} accepted {} ({lag:.1}s)",
+                d.format("%H:%M:%S%.3f"),
+                a.format("%H:%M:%S%.3f")
+            );
         }
         let missing = revoke_keys.len() - revoke_lag.len();
         let waits: Vec<f64> = pending_at_delete

@@ -925,3 +925,169 @@ async fn a_restart_confirms_active_grants_with_one_list_per_subscription() {
         "one SelfDeactivate after the restart"
     );
 }
+
+/// Issue 8: a deletion is revoked ahead of grants waiting for ARM's write budget. kube's
+/// queue serves due requests in hash order, so without the removal lane a deletion waited
+/// behind a random share of the waiting grants (in the 20k burst bench, up to 139 s).
+#[tokio::test]
+async fn deletions_are_revoked_ahead_of_grants_waiting_for_the_write_budget() {
+    // A VM per grant (JIT requests on one VM port supersede each other): vm-sandbox-3..45.
+    const WAITING: u8 = 40;
+    let mut env = Env::start_bare_with(|w| {
+        for n in 3..(6 + WAITING) {
+            let id = vm(n);
+            w.virtual_machines
+                .push(accessgrant_sim::azure::world::VirtualMachine {
+                    id: id.clone(),
+                    location: Some("westeurope".into()),
+                });
+            if let Some(vms) = w.jit_policies[0].properties["virtualMachines"].as_array_mut() {
+                vms.push(serde_json::json!({"id": id, "ports": [{"number": 22, "protocol": "TCP",
+                    "allowedSourceAddressPrefix": "10.0.0.0/8", "maxRequestAccessDuration": "PT3H"}]}));
+            }
+        }
+    })
+    .await;
+    // Two main slots, both soon busy with grants waiting for write tokens. The production
+    // close window (the suite's PT3S is shorter than a wait for the budget here).
+    env.start_operator_with(&[("CONCURRENCY", "2"), ("JIT_EARLY_CLOSE", "PT1M")]);
+    let api = env.namespace("e2e-lane", true).await;
+    let pp = PostParams::default();
+    let old: Vec<String> = (0..3).map(|i| format!("old{i}")).collect();
+    for (i, n) in (3u8..).zip(&old) {
+        api.create(&pp, &jit_grant(n, i, 22, &format!("10.9.0.{i}"), "PT1H"))
+            .await
+            .expect("create");
+    }
+    for n in &old {
+        wait_for(&api, n, "Active", 60, phase(Phase::Active)).await;
+    }
+    // ARM's write budget: one write, then one per second (reads and deletes plenty).
+    let r = env
+        .control(
+            reqwest::Method::PUT,
+            "/_sim/throttle",
+            Some(serde_json::json!({"enabled": true,
+                "writes": {"burst": 1.0, "perSecond": 1.0},
+                "reads": {"burst": 1000.0, "perSecond": 1000.0},
+                "deletes": {"burst": 1000.0, "perSecond": 1000.0}})),
+        )
+        .await;
+    assert!(r.status().is_success(), "throttle: {}", r.status());
+    for i in 0..WAITING {
+        api.create(
+            &pp,
+            &jit_grant(
+                &format!("new{i}"),
+                6 + i,
+                22,
+                &format!("10.9.1.{i}"),
+                "PT1H",
+            ),
+        )
+        .await
+        .expect("create");
+    }
+    // The waiting grants have met the budget: some Active, the operator waiting for tokens.
+    wait::eventually(
+        "grants waiting for write tokens",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(100),
+        || async {
+            let (_, text) = env.admin_get("/metrics").await;
+            let waited =
+                metric(&text, "accessgrant_arm_throttle_wait_seconds_total", &[]).unwrap_or(0.0);
+            let active = api
+                .list(&Default::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .filter(|g| g.status.as_ref().is_some_and(|s| s.phase == Phase::Active))
+                        .count()
+                })
+                .unwrap_or(0);
+            if waited > 0.0 && active >= old.len() + 2 {
+                Ok(())
+            } else {
+                Err(format!("waited {waited}s, {active} Active"))
+            }
+        },
+    )
+    .await;
+    let deleted_at = accessgrant_operator::clock::now();
+    for n in &old {
+        api.delete(n, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    // From azure-sim's JIT requests: when the grants' initiations were accepted, and when each
+    // deleted grant's early close was.
+    type Times = (
+        Vec<chrono::DateTime<chrono::Utc>>,
+        std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    );
+    let times = |state: &serde_json::Value| -> Times {
+        let mut opened = Vec::new();
+        let mut closed = std::collections::BTreeMap::new();
+        for pol in state["jitPolicies"].as_array().into_iter().flatten() {
+            for r in pol["properties"]["requests"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let j = r["justification"].as_str().unwrap_or_default();
+                let Some(at) = r["startTimeUtc"]
+                    .as_str()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                else {
+                    continue;
+                };
+                if j.contains("e2e-lane/new") {
+                    opened.push(at);
+                }
+                if let Some(n) = old.iter().find(|n| j.contains(&format!("e2e-lane/{n}:")))
+                    && j.contains("closing early")
+                {
+                    closed.entry(n.clone()).or_insert(at);
+                }
+            }
+        }
+        (opened, closed)
+    };
+    wait::eventually(
+        "every deleted grant's close accepted by Azure",
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(100),
+        || async {
+            let (_, closed) = times(&env.state().await);
+            if closed.len() == old.len() {
+                Ok(())
+            } else {
+                Err(format!("closed so far: {closed:?}"))
+            }
+        },
+    )
+    .await;
+    let (mut opened, closed) = times(&env.state().await);
+    let waiting = usize::from(WAITING) - opened.iter().filter(|t| **t < deleted_at).count();
+    assert!(
+        waiting >= 10,
+        "only {waiting} grants were still waiting at the deletes"
+    );
+    opened.retain(|t| *t >= deleted_at);
+    let last_close = closed.values().copied().max().expect("closes");
+    let overtaken = opened.iter().filter(|t| **t < last_close).count();
+    println!(
+        "{waiting} grants waiting at the deletes; {overtaken} got access before the last revocation"
+    );
+    // At most the grants already holding a main slot (2) and one token handed out while the
+    // removals were reading Azure may go first; the other waiting grants go after.
+    assert!(
+        overtaken <= 3,
+        "{overtaken} waiting grants got access before the last of {} revocations ({} opened since the deletes, closes {closed:?})",
+        old.len(),
+        opened.len()
+    );
+}

@@ -6,7 +6,8 @@
 //! used for needs far less:
 //! - the controller's triggers: name, namespace, generation, deletion (metadata);
 //! - the phase gauge: the phase;
-//! - the start-up reads (`warm`): whether the grant is Active and its target's subscription.
+//! - the start-up reads (`warm`): whether the grant is Active and its target's subscription;
+//! - the removal lane (`turns`): whether the grant is suspended.
 //!
 //! Every reconcile reads the whole object fresh with one GET, and the access index
 //! (`coverage`) is fed from the full objects before they are made lean, so nothing else reads
@@ -33,6 +34,17 @@ pub struct LeanGrant {
     pub pim_subscription: Option<String>,
     /// The object does not match our types (its reconcile says so in its status).
     pub unreadable: bool,
+    /// `spec.suspend` is true.
+    pub suspended: bool,
+}
+
+impl LeanGrant {
+    /// The grant is being deleted, or is suspended while it may still hold access: its passes
+    /// take access away, and go in the removal lane (see `turns`).
+    pub fn takes_access_away(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+            || (self.suspended && !self.phase.is_some_and(Phase::is_terminal))
+    }
 }
 
 impl kube::Resource for LeanGrant {
@@ -83,6 +95,7 @@ impl From<DeserializeGuard<AccessGrant>> for LeanGrant {
                     .pim
                     .as_ref()
                     .and_then(|p| super::warm::subscription_of_scope(&p.scope)),
+                suspended: g.spec.suspend == Some(true),
                 metadata: lean_meta(g.metadata),
                 unreadable: false,
             },
@@ -141,5 +154,33 @@ mod tests {
             Some("5f1e7a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b")
         );
         assert_eq!(lean.jit_subscription, None);
+    }
+
+    #[test]
+    fn deleted_grants_and_suspended_live_ones_take_access_away() {
+        let grant = |deleting: bool, suspend: Option<bool>, phase: &str| {
+            let mut meta = serde_json::json!({"name": "g", "namespace": "ns"});
+            if deleting {
+                meta["deletionTimestamp"] = "2026-12-01T10:00:00Z".into();
+            }
+            let g: AccessGrant = serde_json::from_value(serde_json::json!({
+                "apiVersion": "accessgrant.io/v1alpha1", "kind": "AccessGrant",
+                "metadata": meta,
+                "spec": {"duration": "PT1H", "suspend": suspend, "pim": {"mode": "Activate",
+                    "scope": "/subscriptions/5f1e7a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+                    "roleDefinitionId": "/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7",
+                    "principalId": "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e01"}},
+                "status": {"phase": phase}
+            }))
+            .expect("grant");
+            LeanGrant::from(DeserializeGuard(Ok(g))).takes_access_away()
+        };
+        assert!(grant(true, None, "Active"));
+        assert!(grant(true, None, "Expired"), "a deletion is always prompt");
+        assert!(grant(false, Some(true), "Active"));
+        assert!(grant(false, Some(true), "Requesting"));
+        assert!(!grant(false, Some(true), "Revoked"), "suspended and closed");
+        assert!(!grant(false, Some(false), "Active"));
+        assert!(!grant(false, None, "Pending"));
     }
 }

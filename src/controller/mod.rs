@@ -7,6 +7,7 @@ pub mod coverage;
 pub mod events;
 pub mod identity;
 pub mod lean;
+pub mod turns;
 pub mod warm;
 
 use crate::api::{AccessGrant, AccessGrantStatus, AccessPolicy, Phase};
@@ -68,6 +69,8 @@ pub struct Context {
     pim_policies: cache::ReadCache<(String, String), Option<crate::lifecycle::PimPolicyView>>,
     /// Start-up reads, batched per subscription (see `warm`).
     warm: warm::Warm,
+    /// One pass at a time per grant across the main queue and the removal lane.
+    turns: turns::Turns,
 }
 
 /// Reconcile errors (kube API failures; Azure failures are part of the plan).
@@ -154,6 +157,7 @@ pub async fn run(
     //   expiry, confirmations, drift checks) is requeued by the plan's `wake_at`, and an
     //   operator restart reconciles every grant from its initial list.
     let (grants, grants_writer) = reflector::store();
+    let (removal_tx, removal_rx) = futures::channel::mpsc::unbounded::<lean::LeanGrant>();
     let coverage = Arc::new(coverage::Coverage::default());
     let index = coverage.clone();
     let grant_events = watcher(grants_api, watcher::Config::default().any_semantic())
@@ -166,17 +170,27 @@ pub async fn run(
         .map_ok(lean::lean_event)
         .reflect(grants_writer)
         .touched_objects()
-        .predicate_filter(
-            |g: &lean::LeanGrant| {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                g.meta().generation.hash(&mut h);
-                g.meta().deletion_timestamp.is_some().hash(&mut h);
-                Some(h.finish())
-            },
-            Default::default(),
-        );
+        .inspect_ok(move |g: &lean::LeanGrant| {
+            if g.takes_access_away() {
+                // Unbounded: one small message per event of a grant taking access away; the
+                // lane's receiver lives as long as this stream.
+                let _ = removal_tx.unbounded_send(g.clone());
+            }
+        })
+        .predicate_filter(trigger_hash, Default::default());
     let controller = Controller::for_stream(grant_events, grants.clone());
+    // The removal lane: its own queue and slots for grants being deleted or suspended. In the
+    // main queue a deletion waits behind every grant whose retry is due (kube's scheduler
+    // serves due requests in hash order, not by age or kind), and while ARM's write budget is
+    // short those are thousands; the lane starts it at once, and the ARM client then serves its
+    // calls before those of grants waiting for access (`as_removal`). `turns` keeps one pass
+    // per grant across both queues.
+    let removal_lane = Controller::for_stream(
+        removal_rx
+            .map(Ok::<_, watcher::Error>)
+            .predicate_filter(trigger_hash, Default::default()),
+        grants.clone(),
+    );
     let map_store = grants.clone();
     let stop = Arc::new(tokio::sync::Notify::new());
     let shutting_down = Arc::new(AtomicBool::new(false));
@@ -204,6 +218,7 @@ pub async fn run(
         pim_instances: cache::ReadCache::new(Duration::from_secs(2)),
         pim_policies: cache::ReadCache::new(Duration::from_secs(60)),
         warm: warm::Warm::new(cfg.planner.drift_check.to_std().unwrap_or(warm::VALIDITY)),
+        turns: turns::Turns::default(),
     });
     {
         let store = ctx.grants.clone();
@@ -260,6 +275,18 @@ pub async fn run(
                 tracing::debug!(error = %e, "reconcile loop");
             }
         });
+    let removals = removal_lane
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(removal_concurrency(cfg.concurrency)),
+        )
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "removal lane");
+            }
+        });
+    let running = futures::future::join(running, removals);
     // kube's graceful shutdown stops new events but keeps firing already scheduled requeues, so
     // the stream would only end when every timer has; instead: once shutdown is requested, new
     // reconciles return at once (see `reconcile`), and we wait for the in-flight ones (their
@@ -324,6 +351,22 @@ pub async fn run(
     Ok(())
 }
 
+/// What triggers a pass: a new generation (spec change; deletion bumps it too) or the start of
+/// deletion, never our own status, finalizer or intent writes (see `run`).
+fn trigger_hash(g: &lean::LeanGrant) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    g.meta().generation.hash(&mut h);
+    g.meta().deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// Slots of the removal lane: a quarter of the main queue's, at least two. Removals are few
+/// and mostly wait on Azure, not on the operator's CPU.
+fn removal_concurrency(main: u16) -> u16 {
+    (main / 4).max(2)
+}
+
 /// How many AccessGrants exist, counted page by page (at 100k grants one unpaged list held
 /// every object's metadata at once).
 async fn count_grants(api: &Api<AccessGrant>) -> Result<usize, kube::Error> {
@@ -375,6 +418,14 @@ async fn reconcile(obj: Arc<lean::LeanGrant>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::await_change());
     }
     let _in_flight = InFlight::enter(&ctx.in_flight);
+    // One pass at a time per grant, across the main queue and the removal lane.
+    let _turn = ctx
+        .turns
+        .take(
+            obj.meta().namespace.as_deref().unwrap_or_default(),
+            obj.meta().name.as_deref().unwrap_or_default(),
+        )
+        .await;
     // The cache holds lean copies (see `lean`): every pass plans from the object as the API
     // server has it now, which also means never from a copy older than our own last write.
     let Some(ns) = obj.meta().namespace.clone() else {
