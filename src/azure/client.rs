@@ -487,15 +487,7 @@ impl ArmClient {
                 return Ok(());
             }
             if removal && waiting.is_none() {
-                if let Ok(mut map) = self.buckets.lock()
-                    && let Some(b) = map.get_mut(&key)
-                {
-                    b.removals_waiting += 1;
-                }
-                waiting = Some(RemovalWaiting {
-                    buckets: &self.buckets,
-                    key: key.clone(),
-                });
+                waiting = Some(self.removal_waits(&key));
             }
             if wait > self.cfg.max_inline_wait {
                 return Err(AzureError::Throttled {
@@ -508,6 +500,20 @@ impl ArmClient {
             }
             tracing::debug!(class = ?key.2, removal, wait_ms = wait.as_millis() as u64, "waiting for a client-side ARM token");
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Counts a removal as waiting for `key`'s bucket until the guard drops: calls that grant
+    /// access leave the bucket's next tokens to it.
+    fn removal_waits(&self, key: &(String, String, OpClass)) -> RemovalWaiting<'_> {
+        if let Ok(mut map) = self.buckets.lock()
+            && let Some(b) = map.get_mut(key)
+        {
+            b.removals_waiting += 1;
+        }
+        RemovalWaiting {
+            buckets: &self.buckets,
+            key: key.clone(),
         }
     }
 
@@ -625,9 +631,14 @@ impl ArmClient {
         let span = tracing::info_span!("arm", op = operation, method = %method, path = url.path());
         async move {
             let mut attempt = 0u32;
+            // A removal sitting out a 429's Retry-After is still waiting for this bucket: without
+            // this, calls granting access took the first token after the Retry-After and the
+            // removal met another 429.
+            let mut retry_hold: Option<RemovalWaiting<'_>> = None;
             loop {
                 attempt += 1;
                 self.take_token(key.clone()).await?;
+                drop(retry_hold.take());
                 let _permit = self.sem.acquire().await.map_err(|_| AzureError::Transient { status: None, code: "ShuttingDown".into(), message: "client closed".into() })?;
                 let token = match cred.get_token(&[ARM_SCOPE], None).await {
                     Ok(t) => t,
@@ -678,8 +689,13 @@ impl ArmClient {
                     return Err(err);
                 }
                 tracing::info!(category = err.category(), attempt, wait_ms = wait.as_millis() as u64, "retrying ARM call");
-                if let (AzureError::Throttled { .. }, Some(m)) = (&err, &self.metrics) {
-                    m.throttle_wait(wait.as_secs_f64());
+                if let AzureError::Throttled { .. } = &err {
+                    if let Some(m) = &self.metrics {
+                        m.throttle_wait(wait.as_secs_f64());
+                    }
+                    if is_removal() {
+                        retry_hold = Some(self.removal_waits(&key));
+                    }
                 }
                 tokio::time::sleep(wait).await;
             }
