@@ -344,7 +344,7 @@ impl Layout {
             "settings": settings,
         });
         Ok(accessgrant_sim::azure::World::from_yaml_str(
-            &serde_yaml::to_string(&world)?,
+            &serde_norway::to_string(&world)?,
         )?)
     }
 
@@ -1160,7 +1160,7 @@ async fn run(
     );
     let world = layout.world(args.scenario == Scenario::Burst)?;
     if args.keep.is_some() {
-        std::fs::write(dir.join("world.yaml"), serde_yaml::to_string(&world)?)?;
+        std::fs::write(dir.join("world.yaml"), serde_norway::to_string(&world)?)?;
     }
     let history = args.watch_history.unwrap_or((8 * n).max(100_000));
     let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");

@@ -1,33 +1,25 @@
-//! Contract tests over every file in `../shared/azure-examples/` (Microsoft's official
-//! examples): the client serialises requests equal to the example request bodies and parses
+//! Contract tests over Microsoft's official examples (`../shared/azure-examples/`, or
+//! `AZURE_EXAMPLES_DIR`: see `accessgrant_sim::examples`): the client serialises requests equal to the example request bodies and parses
 //! every example response.
 
 use accessgrant_operator::azure::models::*;
 use accessgrant_operator::lifecycle::{JitInitiatePort, JitInitiateVm, PimRequestBody};
 use serde_json::Value;
-use std::path::PathBuf;
 
 fn examples() -> Vec<(String, Value)> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/azure-examples");
-    let mut out = vec![];
-    for dir in ["jit", "pim"] {
-        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
-            .expect("examples dir (../shared beside the repo)")
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .collect();
-        files.sort();
-        for f in files {
-            let text = std::fs::read_to_string(&f).expect("read example");
-            out.push((
-                format!(
-                    "{dir}/{}",
-                    f.file_name().and_then(|n| n.to_str()).unwrap_or_default()
-                ),
-                serde_json::from_str(&text).expect("example is JSON"),
-            ));
-        }
-    }
+    // ../shared/azure-examples beside the repository, or AZURE_EXAMPLES_DIR; a clear failure
+    // (never a silent skip) when neither is there.
+    let found = accessgrant_sim::examples::locate(std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out: Vec<(String, Value)> = found
+        .all()
+        .map(|(name, _)| {
+            (
+                name.to_string(),
+                found.read(name).unwrap_or_else(|e| panic!("{e}")),
+            )
+        })
+        .collect();
     assert_eq!(out.len(), 21, "every example file is covered");
     out
 }

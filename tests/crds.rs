@@ -19,7 +19,7 @@ fn crds_dir_matches_the_rust_types() {
         let name = crd.metadata.name.clone().unwrap_or_default();
         let want = format!(
             "---\n{}",
-            serde_yaml::to_string(&crd).expect("CRD serialises")
+            serde_norway::to_string(&crd).expect("CRD serialises")
         );
         let path = crd_path(&name);
         if update {
@@ -46,7 +46,7 @@ fn crd_command_prints_every_crd() {
         .expect("run accessgrant-operator crd");
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).expect("utf-8");
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+    let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
         .collect();
     let names: Vec<&str> = docs

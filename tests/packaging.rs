@@ -34,7 +34,7 @@ fn chart_and_deploy_crds_match_the_rust_types() {
         let name = crd.metadata.name.clone().unwrap_or_default();
         let want = format!(
             "---\n{}",
-            serde_yaml::to_string(&crd).expect("CRD serialises")
+            serde_norway::to_string(&crd).expect("CRD serialises")
         );
         for dir in &dirs {
             let path = dir.join(format!("{name}.yaml"));
@@ -72,7 +72,7 @@ fn chart_and_deploy_crds_match_the_rust_types() {
 
 fn docs(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("rendered manifests");
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML parses"))
         .filter(|v: &Value| v.is_object())
         .collect()
@@ -427,14 +427,14 @@ async fn apply_served(
         let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
         std::fs::write(
             dir.path().join("00-namespace.yaml"),
-            serde_yaml::to_string(&ns).expect("yaml"),
+            serde_norway::to_string(&ns).expect("yaml"),
         )
         .expect("write namespace");
     }
     let mut text = String::new();
     for d in &served {
         text.push_str("---\n");
-        text.push_str(&serde_yaml::to_string(d).expect("yaml"));
+        text.push_str(&serde_norway::to_string(d).expect("yaml"));
     }
     std::fs::write(dir.path().join("10-objects.yaml"), text).expect("write objects");
     let applied = sim

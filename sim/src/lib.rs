@@ -4,7 +4,11 @@
 //!   contracts the operator uses.
 //! - [`kube`]: kube-sim, an HTTP server speaking the subset of the Kubernetes API the operator
 //!   and kubectl use.
+//! - [`examples`]: where Microsoft's ARM examples (the contract fixtures) are found.
+//! - [`sandbox`]: both simulators and the operator, with the examples applied.
 #![forbid(unsafe_code)]
 
 pub mod azure;
+pub mod examples;
 pub mod kube;
+pub mod sandbox;

@@ -1,4 +1,5 @@
-//! Contract tests over every file in `shared/azure-examples/{jit,pim}`: azure-sim answers each
+//! Contract tests over every one of Microsoft's examples (`shared/azure-examples/{jit,pim}`, or
+//! `AZURE_EXAMPLES_DIR`: see `accessgrant_sim::examples`): azure-sim answers each
 //! example request (sent verbatim) with the example's status and a body whose field names, JSON
 //! types and enum values match the example response. Ids, names and times may differ.
 //!
@@ -14,7 +15,7 @@
 
 mod azure_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use azure_support::*;
 use serde_json::Value;
@@ -168,18 +169,15 @@ fn compare(path: &str, key: &str, parent: &str, ex: &Value, ours: &Value, errs: 
     }
 }
 
-/// `shared/azure-examples` beside the repository (override with `AZURE_EXAMPLES_DIR`).
-fn examples_dir() -> PathBuf {
-    match std::env::var_os("AZURE_EXAMPLES_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/azure-examples"),
-    }
+/// Microsoft's examples: `../shared/azure-examples` beside the repository, or
+/// `AZURE_EXAMPLES_DIR` (see `accessgrant_sim::examples`); fails saying what to set.
+fn examples() -> accessgrant_sim::examples::Examples {
+    accessgrant_sim::examples::locate(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn example(rel: &str) -> Value {
-    let p = examples_dir().join(rel);
-    let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    serde_json::from_str(&s).expect("example JSON")
+    examples().read(rel).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Method, path (with query) and body of an example request.
@@ -312,14 +310,14 @@ fn needs_prior_put(file: &str) -> bool {
 }
 
 /// For the cancel example the request must still be pending: the example role needs approval.
-fn approval_for_example_role(y: &mut serde_yaml::Value) {
-    let extra: serde_yaml::Value = serde_yaml::from_str(
+fn approval_for_example_role(y: &mut serde_norway::Value) {
+    let extra: serde_norway::Value = serde_norway::from_str(
         "scope: /subscriptions/dfa2a084-766f-4003-8ae1-c4aeb893a99f\n\
          roleDefinitionId: c8d4ff99-41c3-41a8-9f60-21dfdad59608\n\
          rules:\n  - {id: Approval_EndUser_Assignment, setting: {isApprovalRequired: true}}\n",
     )
     .expect("yaml");
-    if let Some(serde_yaml::Value::Sequence(s)) = y
+    if let Some(serde_norway::Value::Sequence(s)) = y
         .as_mapping_mut()
         .and_then(|m| m.get_mut("roleManagementPolicies"))
     {
@@ -368,18 +366,7 @@ async fn run_example(file: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn every_example_is_answered_in_its_shape() {
-    let mut files = Vec::new();
-    for dir in ["jit", "pim"] {
-        let rd = std::fs::read_dir(examples_dir().join(dir))
-            .unwrap_or_else(|e| panic!("{}: {e}", examples_dir().join(dir).display()));
-        for entry in rd.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.ends_with(".json") {
-                files.push(format!("{dir}/{name}"));
-            }
-        }
-    }
-    files.sort();
+    let files: Vec<String> = examples().all().map(|(n, _)| n.to_string()).collect();
     assert_eq!(files.len(), 21, "expected every example file: {files:?}");
     let mut errs = Vec::new();
     for f in &files {

@@ -302,7 +302,7 @@ async fn initiating_knob_reproduces_the_examples_off_enum_status() {
         set_yaml(
             y,
             &["settings", "jitInitiateStatus"],
-            serde_yaml::Value::String("Initiating".into()),
+            serde_norway::Value::String("Initiating".into()),
         );
     })
     .await;

@@ -417,11 +417,11 @@ async fn approval_flow_pending_approve_deny_cancel() {
     assert_eq!(again.status, 409);
 }
 
-fn fast_floor(y: &mut serde_yaml::Value) {
+fn fast_floor(y: &mut serde_norway::Value) {
     set_yaml(
         y,
         &["settings", "deactivationFloor"],
-        serde_yaml::Value::String("PT2S".into()),
+        serde_norway::Value::String("PT2S".into()),
     );
 }
 
@@ -625,7 +625,7 @@ async fn reads_policies_eligibilities_roles_and_pages() {
         set_yaml(
             y,
             &["settings", "pageSize"],
-            serde_yaml::Value::Number(2.into()),
+            serde_norway::Value::Number(2.into()),
         );
     })
     .await;
@@ -827,7 +827,7 @@ async fn accepted_knob_makes_clients_poll() {
         set_yaml(
             y,
             &["settings", "pimAcceptedReads"],
-            serde_yaml::Value::Number(2.into()),
+            serde_norway::Value::Number(2.into()),
         );
     })
     .await;

@@ -8,10 +8,12 @@ use std::time::Duration;
 use azure_support::*;
 use serde_json::json;
 
-fn small_buckets(y: &mut serde_yaml::Value) {
+fn small_buckets(y: &mut serde_norway::Value) {
     let b = |burst: u64, rate: u64| {
-        serde_yaml::from_str::<serde_yaml::Value>(&format!("{{burst: {burst}, perSecond: {rate}}}"))
-            .expect("yaml")
+        serde_norway::from_str::<serde_norway::Value>(&format!(
+            "{{burst: {burst}, perSecond: {rate}}}"
+        ))
+        .expect("yaml")
     };
     set_yaml(y, &["settings", "throttle", "reads"], b(3, 1));
     set_yaml(y, &["settings", "throttle", "writes"], b(200, 10));

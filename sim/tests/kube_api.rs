@@ -681,7 +681,7 @@ async fn deleting_a_crd_removes_its_objects_and_endpoints() {
     let fixture = std::fs::read_to_string(fixtures().join("widgets.yaml")).unwrap();
     let doc = fixture.split("\n---\n").nth(1).unwrap();
     let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
-        serde_yaml::from_str(doc).unwrap();
+        serde_norway::from_str(doc).unwrap();
     crds.create(&PostParams::default(), &crd).await.unwrap();
     assert!(
         gadgets

@@ -123,7 +123,7 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 /// Printer column headers of the first version of a CRD file, as kubectl prints them.
 fn printer_headers(crd_file: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(crd_file).expect("crd file");
-    let crd: serde_json::Value = serde_yaml::from_str(&text).expect("crd yaml");
+    let crd: serde_json::Value = serde_norway::from_str(&text).expect("crd yaml");
     let mut out = vec!["NAME".to_string()];
     for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]
         .as_array()

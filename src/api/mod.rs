@@ -21,11 +21,11 @@ pub fn crds()
 
 /// All CRDs as one multi-document YAML stream (what `accessgrant-operator crd` prints and what
 /// `crds/` holds).
-pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crds_yaml() -> Result<String, serde_norway::Error> {
     let mut out = String::new();
     for crd in crds() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&serde_norway::to_string(&crd)?);
     }
     Ok(out)
 }

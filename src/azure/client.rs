@@ -15,7 +15,7 @@ use azure_identity::{
     ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
     WorkloadIdentityCredentialOptions,
 };
-use rand::Rng;
+use rand::RngExt;
 use reqwest::Method;
 use serde_json::Value;
 use std::collections::HashMap;

@@ -9,7 +9,7 @@ use accessgrant_operator::api::{AccessGrant, Phase};
 use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

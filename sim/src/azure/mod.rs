@@ -79,6 +79,17 @@ impl RunningSim {
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
     }
+    /// Resolves when the server stops on its own (its task ended); pending while it runs,
+    /// and for ever once [`RunningSim::shutdown`] has taken the task.
+    pub async fn stopped(&mut self) {
+        match self.task.as_mut() {
+            Some(t) => {
+                let _ = t.await;
+                self.task = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(t) = self.task.take() {

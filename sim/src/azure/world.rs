@@ -365,7 +365,7 @@ impl Default for ThrottleSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum WorldError {
     #[error("world file: {0}")]
-    Parse(#[from] serde_yaml::Error),
+    Parse(#[from] serde_norway::Error),
     #[error("world file: {0}")]
     Io(#[from] std::io::Error),
     #[error("world file: {0}")]
@@ -374,7 +374,7 @@ pub enum WorldError {
 
 impl World {
     pub fn from_yaml_str(s: &str) -> Result<World, WorldError> {
-        let mut w: World = serde_yaml::from_str(s)?;
+        let mut w: World = serde_norway::from_str(s)?;
         w.normalize()?;
         Ok(w)
     }

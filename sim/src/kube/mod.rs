@@ -121,6 +121,17 @@ pub struct RunningSim {
 }
 
 impl RunningSim {
+    /// Resolves when the server stops on its own (its task ended); pending while it runs,
+    /// and for ever once [`RunningSim::shutdown`] has taken the task.
+    pub async fn stopped(&mut self) {
+        match self.task.as_mut() {
+            Some(t) => {
+                let _ = t.await;
+                self.task = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -196,7 +207,7 @@ impl RunningSim {
         for f in &files {
             let text =
                 std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            for doc in serde_yaml::Deserializer::from_str(&text) {
+            for doc in serde_norway::Deserializer::from_str(&text) {
                 let v: Value = serde::Deserialize::deserialize(doc)
                     .with_context(|| format!("parsing {}", f.display()))?;
                 if v.is_object() {
@@ -288,7 +299,7 @@ fn kubeconfig_yaml(server: &str, token: &str, impersonate_admin: bool) -> String
         "current-context": "kube-sim",
         "preferences": {},
     });
-    serde_yaml::to_string(&kc).unwrap_or_default()
+    serde_norway::to_string(&kc).unwrap_or_default()
 }
 
 /// Reads every CustomResourceDefinition document in `dir` (`*.yaml`, `*.yml`, `*.json`).
@@ -307,7 +318,7 @@ pub fn load_crds(dir: &Path) -> anyhow::Result<Vec<Value>> {
     for f in files {
         let text =
             std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        for doc in serde_norway::Deserializer::from_str(&text) {
             let v: Value = serde::Deserialize::deserialize(doc)
                 .with_context(|| format!("parsing {}", f.display()))?;
             if v["kind"].as_str() == Some("CustomResourceDefinition") {

@@ -370,7 +370,7 @@ fn parse_body(body: &[u8], content_type: &str) -> ApiResult<Value> {
         // (much cheaper), as YAML otherwise.
         match json_as_yaml(body) {
             Some(v) => v,
-            None => serde_yaml::from_slice(body)
+            None => serde_norway::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
         }
     } else {
@@ -2422,7 +2422,7 @@ mod tests {
             r#"{"a":[1,-2,3.5,1e3,18446744073709551615,true,false,null,{}],"b":{"c":[]}}"#,
             "{\n  \"spec\": {\"n\": 0.25}\n}\n",
         ] {
-            let yaml: Value = serde_yaml::from_str(body).unwrap();
+            let yaml: Value = serde_norway::from_str(body).unwrap();
             assert_eq!(json_as_yaml(body.as_bytes()), Some(yaml), "{body}");
         }
         // Repeated keys, tabs, YAML proper, trailing text: left to the YAML parser.

@@ -39,9 +39,9 @@ pub fn world_path() -> std::path::PathBuf {
 }
 
 /// The sandbox world as YAML, for tests that tweak it before starting a sim.
-pub fn sandbox_yaml() -> serde_yaml::Value {
+pub fn sandbox_yaml() -> serde_norway::Value {
     let s = std::fs::read_to_string(world_path()).expect("sandbox world readable");
-    serde_yaml::from_str(&s).expect("sandbox world parses")
+    serde_norway::from_str(&s).expect("sandbox world parses")
 }
 
 pub fn role_id(guid: &str) -> String {
@@ -81,11 +81,11 @@ impl Sim {
     }
 
     /// Starts a sim on the sandbox world after `tweak` edits it.
-    pub async fn start_with(tweak: impl FnOnce(&mut serde_yaml::Value)) -> Sim {
+    pub async fn start_with(tweak: impl FnOnce(&mut serde_norway::Value)) -> Sim {
         let mut y = sandbox_yaml();
         tweak(&mut y);
         let world =
-            World::from_yaml_str(&serde_yaml::to_string(&y).expect("yaml")).expect("world valid");
+            World::from_yaml_str(&serde_norway::to_string(&y).expect("yaml")).expect("world valid");
         Self::start_config(SimConfig::new(world)).await
     }
 
@@ -270,20 +270,20 @@ where
 }
 
 /// Sets a YAML mapping path (creating intermediate mappings).
-pub fn set_yaml(root: &mut serde_yaml::Value, path: &[&str], v: serde_yaml::Value) {
+pub fn set_yaml(root: &mut serde_norway::Value, path: &[&str], v: serde_norway::Value) {
     let mut cur = root;
     for (i, k) in path.iter().enumerate() {
-        let key = serde_yaml::Value::String(k.to_string());
+        let key = serde_norway::Value::String(k.to_string());
         if i == path.len() - 1 {
-            if let serde_yaml::Value::Mapping(m) = cur {
+            if let serde_norway::Value::Mapping(m) = cur {
                 m.insert(key, v);
             }
             return;
         }
-        if let serde_yaml::Value::Mapping(m) = cur {
+        if let serde_norway::Value::Mapping(m) = cur {
             cur = m
                 .entry(key)
-                .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+                .or_insert_with(|| serde_norway::Value::Mapping(Default::default()));
         } else {
             return;
         }
