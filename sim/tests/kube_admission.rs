@@ -118,6 +118,13 @@ async fn mutating_then_validating_webhooks_with_user_info() {
         .await
         .unwrap();
 
+    grant(
+        &admin,
+        "widget-editor",
+        json!({"kind": "User", "name": "alice"}),
+        json!([{"apiGroups": ["test.kube-sim.io"], "resources": ["widgets"], "verbs": ["*"]}]),
+    )
+    .await;
     let alice = Client::try_from(sim.kube_config_for(Some("alice-token")).await.unwrap()).unwrap();
     let api = widgets(&alice, "default");
     let w = api

@@ -345,14 +345,46 @@ async fn bearer_tokens_map_to_users_and_groups() {
     let admin = whoami(&sim.client().await.unwrap()).await;
     assert_eq!(admin["username"], "kube-sim-admin");
 
-    // impersonation headers (kubectl --as/--as-group) set the acting user
-    let req = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
-        .header("content-type", "application/json")
-        .header("impersonate-user", "bob")
-        .header("impersonate-group", "auditors")
-        .body(b"{}".to_vec())
-        .unwrap();
-    let v: Value = alice.request(req).await.unwrap();
+    // impersonation headers (kubectl --as/--as-group) set the acting user, for a user allowed
+    // to impersonate: refused first, allowed once alice may impersonate bob and auditors
+    let as_bob = || {
+        http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+            .header("content-type", "application/json")
+            .header("impersonate-user", "bob")
+            .header("impersonate-group", "auditors")
+            .body(b"{}".to_vec())
+            .unwrap()
+    };
+    let refused = api_err(alice.request::<Value>(as_bob()).await);
+    assert_eq!(refused.code, 403);
+    assert_eq!(
+        refused.message,
+        "users \"bob\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"
+    );
+    let admin_client = sim.client().await.unwrap();
+    grant(
+        &admin_client,
+        "impersonate-bob",
+        json!({"kind": "User", "name": "alice"}),
+        json!([{"apiGroups": [""], "resources": ["users"], "resourceNames": ["bob"], "verbs": ["impersonate"]}]),
+    )
+    .await;
+    let refused = api_err(alice.request::<Value>(as_bob()).await);
+    assert!(
+        refused
+            .message
+            .starts_with("groups \"auditors\" is forbidden"),
+        "each group needs its own permission: {}",
+        refused.message
+    );
+    grant(
+        &admin_client,
+        "impersonate-auditors",
+        json!({"kind": "User", "name": "alice"}),
+        json!([{"apiGroups": [""], "resources": ["groups"], "resourceNames": ["auditors"], "verbs": ["impersonate"]}]),
+    )
+    .await;
+    let v: Value = alice.request(as_bob()).await.unwrap();
     assert_eq!(v["status"]["userInfo"]["username"], "bob");
     assert_eq!(
         v["status"]["userInfo"]["groups"],
@@ -364,7 +396,7 @@ async fn bearer_tokens_map_to_users_and_groups() {
         .header("content-type", "application/vnd.kubernetes.protobuf")
         .body(vec![0x6b, 0x38, 0x73, 0x00])
         .unwrap();
-    let r: Result<Value, _> = alice.request(req).await;
+    let r: Result<Value, _> = admin_client.request(req).await;
     assert_eq!(api_err(r).code, 415);
 
     let bad = Client::try_from(sim.kube_config_for(Some("wrong")).await.unwrap()).unwrap();

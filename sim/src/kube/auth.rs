@@ -51,31 +51,13 @@ pub(crate) struct Auth {
 }
 
 impl Auth {
-    /// The authenticated user, or the one it impersonates (`Impersonate-User`,
-    /// `Impersonate-Group`, `Impersonate-Uid` headers, as `kubectl --as/--as-group` send).
-    /// kube-sim has no authorization, so any user may impersonate.
-    pub fn authenticate(&self, headers: &HeaderMap, signer: &Signer) -> ApiResult<UserInfo> {
-        let user = self.authenticate_only(headers, signer)?;
-        let Some(as_user) = headers
-            .get("impersonate-user")
-            .and_then(|v| v.to_str().ok())
-            .filter(|u| !u.is_empty())
-        else {
-            return Ok(user);
-        };
-        let groups: Vec<&str> = headers
-            .get_all("impersonate-group")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let mut u = UserInfo::new(as_user, &groups);
-        if let Some(uid) = headers.get("impersonate-uid").and_then(|v| v.to_str().ok()) {
-            u.uid = uid.to_string();
-        }
-        Ok(u)
-    }
-
-    fn authenticate_only(&self, headers: &HeaderMap, signer: &Signer) -> ApiResult<UserInfo> {
+    /// The authenticated user (bearer token, ServiceAccount JWT, or anonymous when allowed);
+    /// impersonation is checked afterwards by the authorizer (`rbac::impersonate`).
+    pub(crate) fn authenticate_only(
+        &self,
+        headers: &HeaderMap,
+        signer: &Signer,
+    ) -> ApiResult<UserInfo> {
         let Some(h) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
             return if self.allow_anonymous {
                 Ok(UserInfo::anonymous())

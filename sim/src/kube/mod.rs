@@ -21,6 +21,7 @@ mod managed;
 mod openapi_v2;
 mod patch;
 mod protobuf;
+mod rbac;
 mod registry;
 mod schema;
 mod server;
@@ -355,6 +356,9 @@ pub async fn serve(config: SimConfig) -> anyhow::Result<RunningSim> {
             "namespaces",
             json!({"metadata": {"name": ns}}),
         )?;
+    }
+    for (plural, obj) in rbac::bootstrap(config.allow_anonymous) {
+        server::seed(&mut inner, "rbac.authorization.k8s.io", "v1", plural, obj)?;
     }
     if let Some(dir) = &config.crds_dir {
         for crd in load_crds(dir)? {

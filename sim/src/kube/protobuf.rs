@@ -1,5 +1,5 @@
 //! Decoding of the Kubernetes protobuf request bodies kubectl's typed commands send
-//! (`kubectl create namespace|serviceaccount|secret|configmap|token`): the `k8s\0` envelope
+//! (`kubectl create namespace|serviceaccount|secret|configmap|token`, `kubectl auth whoami|can-i`): the `k8s\0` envelope
 //! (`runtime.Unknown`) and the few message types below, by their field numbers in
 //! k8s.io/api's `generated.proto`. Anything else gets 415 like an unknown media type.
 
@@ -149,6 +149,50 @@ fn body(kind: &str, raw: &[u8]) -> Option<Value> {
             ("ServiceAccount", 4, Field::Varint(v)) => {
                 obj.insert("automountServiceAccountToken".into(), json!(v != 0));
             }
+            ("SelfSubjectAccessReview", 2, Field::Bytes(x)) => {
+                let mut spec = Map::new();
+                for (sn, sf) in fields(x)? {
+                    let (key, names): (&str, &[&str]) = match sn {
+                        1 => (
+                            "resourceAttributes",
+                            &[
+                                "namespace",
+                                "verb",
+                                "group",
+                                "version",
+                                "resource",
+                                "subresource",
+                                "name",
+                            ],
+                        ),
+                        2 => ("nonResourceAttributes", &["path", "verb"]),
+                        _ => continue,
+                    };
+                    let Field::Bytes(y) = sf else { continue };
+                    let mut attrs = Map::new();
+                    for (an, af) in fields(y)? {
+                        if let Field::Bytes(z) = af
+                            && let Some(name) = usize::try_from(an)
+                                .ok()
+                                .and_then(|i| i.checked_sub(1))
+                                .and_then(|i| names.get(i))
+                        {
+                            attrs.insert((*name).into(), string(z)?);
+                        }
+                    }
+                    spec.insert(key.into(), Value::Object(attrs));
+                }
+                obj.insert("spec".into(), Value::Object(spec));
+            }
+            ("SelfSubjectRulesReview", 2, Field::Bytes(x)) => {
+                let mut spec = Map::new();
+                for (sn, sf) in fields(x)? {
+                    if let (1, Field::Bytes(y)) = (sn, sf) {
+                        spec.insert("namespace".into(), string(y)?);
+                    }
+                }
+                obj.insert("spec".into(), Value::Object(spec));
+            }
             ("TokenRequest", 2, Field::Bytes(x)) => {
                 let mut spec = Map::new();
                 let mut audiences = vec![];
@@ -225,6 +269,8 @@ pub(crate) fn decode(b: &[u8]) -> Option<Value> {
             | "ServiceAccount"
             | "TokenRequest"
             | "SelfSubjectReview"
+            | "SelfSubjectAccessReview"
+            | "SelfSubjectRulesReview"
     ) {
         return None;
     }

@@ -35,6 +35,11 @@ pub(crate) enum Builtin {
     ValidatingWebhook,
     Crd,
     SelfSubjectReview,
+    /// Role, ClusterRole, RoleBinding, ClusterRoleBinding.
+    Rbac,
+    /// SelfSubjectAccessReview, SubjectAccessReview, LocalSubjectAccessReview,
+    /// SelfSubjectRulesReview: create-only, answered by the authorizer.
+    AccessReview,
     Custom,
 }
 
@@ -87,7 +92,10 @@ impl ResourceDef {
         )
     }
     pub fn verbs(&self) -> Vec<&'static str> {
-        if self.builtin == Builtin::SelfSubjectReview {
+        if matches!(
+            self.builtin,
+            Builtin::SelfSubjectReview | Builtin::AccessReview
+        ) {
             return vec!["create"];
         }
         vec![
@@ -249,6 +257,86 @@ pub(crate) fn builtin_defs() -> Vec<ResourceDef> {
             &[],
             false,
             Builtin::SelfSubjectReview,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "Role",
+            "roles",
+            true,
+            &[],
+            false,
+            Builtin::Rbac,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+            &[],
+            false,
+            Builtin::Rbac,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+            &[],
+            false,
+            Builtin::Rbac,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+            &[],
+            false,
+            Builtin::Rbac,
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+            false,
+            &[],
+            false,
+            Builtin::AccessReview,
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "SubjectAccessReview",
+            "subjectaccessreviews",
+            false,
+            &[],
+            false,
+            Builtin::AccessReview,
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "LocalSubjectAccessReview",
+            "localsubjectaccessreviews",
+            true,
+            &[],
+            false,
+            Builtin::AccessReview,
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectRulesReview",
+            "selfsubjectrulesreviews",
+            false,
+            &[],
+            false,
+            Builtin::AccessReview,
         ),
     ]
 }

@@ -123,7 +123,11 @@ pub(crate) async fn handle(State(sim): State<Arc<Sim>>, req: Request) -> Respons
 async fn handle_inner(sim: &Arc<Sim>, req: Request) -> ApiResult<Response> {
     let (parts, body) = req.into_parts();
     let headers = parts.headers.clone();
-    let user = sim.auth.authenticate(&headers, &sim.signer)?;
+    let real = sim.auth.authenticate_only(&headers, &sim.signer)?;
+    let user = {
+        let inner = sim.lock();
+        super::rbac::impersonate(&inner, real, &headers)?
+    };
     let query: HashMap<String, String> = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
         .map(|q| q.0)
         .unwrap_or_default();
@@ -214,6 +218,44 @@ async fn handle_inner(sim: &Arc<Sim>, req: Request) -> ApiResult<Response> {
     if rr.def.namespaced && rr.name.is_some() && rr.ns.is_none() {
         return Err(ApiError::not_found_path());
     }
+    let is_watch = watch_path || ctx.q_bool("watch");
+    // Authorization of every resource request (discovery was answered above, for everyone).
+    let verb = match (&method, rr.name.is_some()) {
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) if is_watch => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+    let attrs = super::rbac::Attributes {
+        verb: verb.into(),
+        group: rr.def.group.clone(),
+        resource: rr.def.plural.clone(),
+        subresource: rr.sub.clone().unwrap_or_default(),
+        name: rr.name.clone().unwrap_or_default(),
+        // A namespace's own requests count as in that namespace (as kube-apiserver does).
+        namespace: match (&rr.ns, rr.def.builtin, &rr.name) {
+            (Some(ns), _, _) => ns.clone(),
+            (None, Builtin::Namespace, Some(n)) => n.clone(),
+            _ => String::new(),
+        },
+    };
+    {
+        let inner = sim.lock();
+        super::rbac::authorize(&inner, &ctx.user, &attrs)?;
+    }
+    if rr.def.builtin == Builtin::AccessReview {
+        if method != Method::POST || rr.name.is_some() {
+            return Err(ApiError::method_not_allowed());
+        }
+        let review = parse_body(&body, &ctx.content_type)?;
+        let inner = sim.lock();
+        return super::rbac::review(&inner, &ctx.user, &rr.def.plural, rr.ns_str(), &review);
+    }
     if rr.def.builtin == Builtin::SelfSubjectReview {
         if method != Method::POST || rr.name.is_some() {
             return Err(ApiError::method_not_allowed());
@@ -226,7 +268,6 @@ async fn handle_inner(sim: &Arc<Sim>, req: Request) -> ApiResult<Response> {
                     "status": {"userInfo": {"username": u.username, "uid": u.uid, "groups": u.groups}}}),
         ));
     }
-    let is_watch = watch_path || ctx.q_bool("watch");
     match (method, rr.name.is_some(), rr.sub.as_deref()) {
         (Method::GET, false, _) if is_watch => watch(sim, &ctx, &rr),
         (Method::GET, false, _) => list(sim, &ctx, &rr),
@@ -1160,14 +1201,71 @@ fn normalise(def: &ResourceDef, obj: &mut Value, unknown: &mut Vec<String>) {
     }
 }
 
+/// RoleBindings and ClusterRoleBindings: a roleRef (immutable) and well-formed subjects.
+fn validate_rbac(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    use super::error::FieldError;
+    let mut errs = vec![];
+    if !def.kind.ends_with("Binding") {
+        return errs;
+    }
+    let rr = &obj["roleRef"];
+    let kind = rr["kind"].as_str().unwrap_or_default();
+    if rr["name"].as_str().is_none_or(str::is_empty) {
+        errs.push(FieldError::required("roleRef.name"));
+    }
+    let kinds: &[&str] = if def.kind == "RoleBinding" {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
+    if !kinds.contains(&kind) {
+        errs.push(FieldError::new(
+            "FieldValueNotSupported",
+            "roleRef.kind",
+            format!("Unsupported value: {:?}: supported values: {kinds:?}", kind),
+        ));
+    }
+    if let Some(old) = old
+        && old["roleRef"] != *rr
+    {
+        errs.push(FieldError::invalid("roleRef", rr, "cannot change roleRef"));
+    }
+    for (i, s) in obj["subjects"].as_array().into_iter().flatten().enumerate() {
+        let k = s["kind"].as_str().unwrap_or_default();
+        if !matches!(k, "User" | "Group" | "ServiceAccount") {
+            errs.push(FieldError::new(
+                "FieldValueNotSupported",
+                &format!("subjects[{i}].kind"),
+                format!("Unsupported value: {k:?}: supported values: \"ServiceAccount\", \"User\", \"Group\""),
+            ));
+        }
+        if s["name"].as_str().is_none_or(str::is_empty) {
+            errs.push(FieldError::required(&format!("subjects[{i}].name")));
+        }
+    }
+    errs
+}
+
 /// Validation of the object about to be stored.
 fn validate_obj(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errs = vec![];
     let name = str_at(obj, "metadata", "name");
-    if old.is_none()
+    if old.is_none() && def.builtin == Builtin::Rbac {
+        // RBAC names are path segments (`system:masters`-style colons allowed).
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '%']) {
+            errs.push(super::error::FieldError::invalid(
+                "metadata.name",
+                &json!(name),
+                "may not be '.' or '..' and may not contain '/' or '%'",
+            ));
+        }
+    } else if old.is_none()
         && let Some(e) = schema::validate_name(name, def.builtin == Builtin::Namespace)
     {
         errs.push(e);
+    }
+    if def.builtin == Builtin::Rbac {
+        errs.extend(validate_rbac(def, obj, old));
     }
     errs.extend(schema::validate_object_meta(&obj["metadata"]));
     if let Some(old) = old

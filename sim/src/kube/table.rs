@@ -280,7 +280,8 @@ fn builtin_columns(def: &ResourceDef) -> Vec<Col> {
             ".metadata.creationTimestamp",
             AGE_DESC,
         )],
-        Builtin::Custom | Builtin::SelfSubjectReview => vec![],
+        Builtin::Custom | Builtin::SelfSubjectReview | Builtin::AccessReview => vec![],
+        Builtin::Rbac => vec![],
     };
     if def.builtin != Builtin::Crd {
         cols.push(age_col);

@@ -86,3 +86,25 @@ pub async fn raw(client: &Client, method: &str, path: &str, accept: Option<&str>
     let req = b.body(vec![]).expect("request");
     client.request::<Value>(req).await.expect("raw request")
 }
+
+/// Grants `rules` cluster-wide to a subject (`User`, `Group` or `ServiceAccount` NS/NAME)
+/// through a ClusterRole and ClusterRoleBinding both called `name`, as the admin.
+pub async fn grant(admin: &Client, name: &str, subject: Value, rules: Value) {
+    let pp = kube::api::PostParams::default();
+    let cr: k8s_openapi::api::rbac::v1::ClusterRole =
+        serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules})).expect("role");
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
+        .create(&pp, &cr)
+        .await
+        .expect("ClusterRole created");
+    let crb: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [subject],
+    }))
+    .expect("binding");
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(admin.clone())
+        .create(&pp, &crb)
+        .await
+        .expect("ClusterRoleBinding created");
+}
