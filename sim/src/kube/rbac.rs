@@ -109,7 +109,7 @@ impl Rule {
                 || (!a.subresource.is_empty() && *r == format!("*/{}", a.subresource))
         });
         let name = self.resource_names.is_empty()
-            || (!a.name.is_empty() && self.resource_names.iter().any(|n| *n == a.name));
+            || (!a.name.is_empty() && self.resource_names.contains(&a.name));
         verb && group && resource && name
     }
 }
