@@ -19,6 +19,7 @@ fn config(dir: &Path) -> Config {
         dir: dir.to_path_buf(),
         world: root.join("sim/worlds/sandbox.yaml"),
         crds: root.join("crds"),
+        user_roles: root.join("deploy/rbac-users.yaml"),
         deactivation_floor: "PT10S".into(),
         operator: Some(PathBuf::from(env!("CARGO_BIN_EXE_accessgrant-operator"))),
     }

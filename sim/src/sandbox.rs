@@ -32,6 +32,9 @@ pub struct Config {
     pub world: PathBuf,
     /// Folder of the CRDs kube-sim serves.
     pub crds: PathBuf,
+    /// The chart's roles for people (`deploy/rbac-users.yaml`); the sandbox binds its
+    /// requester to `accessgrant-requester`.
+    pub user_roles: PathBuf,
     /// PIM deactivation floor the sandbox uses (Azure: PT5M), so deletes finish quickly.
     pub deactivation_floor: String,
     /// A built operator binary; `None`: `cargo build` it (from the repository root).
@@ -127,7 +130,34 @@ async fn register_webhooks(
     Ok(())
 }
 
-async fn apply_examples(client: &kube::Client, dir: &PathBuf) -> anyhow::Result<usize> {
+/// Binds `user` to the chart's `accessgrant-requester` ClusterRole.
+async fn bind_requester(admin: &kube::Client, user: &str) -> anyhow::Result<()> {
+    let gvk = GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "clusterrolebindings");
+    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &ar);
+    let name = format!("accessgrant-requester:{user}");
+    let b = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "accessgrant-requester"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    });
+    api.patch(
+        &name,
+        &PatchParams::apply("sandbox").force(),
+        &Patch::Apply(&b),
+    )
+    .await
+    .with_context(|| format!("binding {user} to accessgrant-requester"))?;
+    Ok(())
+}
+
+/// Applies the examples: AccessGrants as the requester, everything else as the admin.
+async fn apply_examples(
+    admin: &kube::Client,
+    requester: &kube::Client,
+    dir: &PathBuf,
+) -> anyhow::Result<usize> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok())
@@ -157,6 +187,11 @@ async fn apply_examples(client: &kube::Client, dir: &PathBuf) -> anyhow::Result<
                 );
             };
             let name = obj.metadata.name.clone().context("object without a name")?;
+            let client = if kind == "AccessGrant" {
+                requester
+            } else {
+                admin
+            };
             let api: Api<DynamicObject> = if namespaced {
                 Api::namespaced_with(
                     client.clone(),
@@ -251,6 +286,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .await
     .context("starting kube-sim (run from the repository root)")?;
     println!("kube-sim listening on {}", kube.base_url());
+    kube.apply_manifests(&cfg.user_roles, "sandbox")
+        .await
+        .with_context(|| format!("applying {}", cfg.user_roles.display()))?;
     let mut world = crate::azure::World::from_file(&cfg.world)
         .with_context(|| format!("loading {}", cfg.world.display()))?;
     world.settings.deactivation_floor = cfg.deactivation_floor.clone();
@@ -356,8 +394,10 @@ async fn build_operator() -> anyhow::Result<PathBuf> {
 /// Applies the examples as an on-call engineer and prints each grant's moves until the
 /// deadline (or Ctrl-C).
 async fn explore(cfg: &Config, kubeconfig: &Path, client: kube::Client) -> anyhow::Result<()> {
-    // The examples are applied by an on-call engineer (impersonated): the webhook stamps them
-    // and REQUESTED-BY shows who asked.
+    // The examples' grants are applied by an on-call engineer (impersonated), bound to the
+    // chart's accessgrant-requester role: the webhook stamps them and REQUESTED-BY shows who
+    // asked. Namespaces and AccessPolicies are the platform team's (the admin's).
+    bind_requester(&client, "alice@example.com").await?;
     let mut as_alice = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(kubeconfig)?,
         &Default::default(),
@@ -366,7 +406,7 @@ async fn explore(cfg: &Config, kubeconfig: &Path, client: kube::Client) -> anyho
     as_alice.auth_info.impersonate = Some("alice@example.com".into());
     as_alice.auth_info.impersonate_groups = Some(vec!["oncall".into(), "team-a".into()]);
     let alice = kube::Client::try_from(as_alice)?;
-    let applied = apply_examples(&alice, &cfg.examples).await?;
+    let applied = apply_examples(&client, &alice, &cfg.examples).await?;
     println!("applied {applied} objects from {}", cfg.examples.display());
     println!();
     println!(

@@ -8,7 +8,7 @@ pub mod storm;
 
 use accessgrant_operator::api::*;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -121,6 +121,11 @@ impl Env {
             .await
             .expect("azure-sim");
         let client = kube.client().await.expect("kube client");
+        // The chart's roles for people (accessgrant-viewer/-requester/-admin), as the
+        // kustomize base ships them; client_as binds its user to accessgrant-requester.
+        kube.apply_manifests(&root.join("deploy/rbac-users.yaml"), "e2e")
+            .await
+            .expect("user roles");
         Env {
             kube,
             azure,
@@ -173,8 +178,32 @@ impl Env {
             .expect("create validating webhook configuration");
     }
 
-    /// A client acting as another user (impersonation, as `kubectl --as --as-group`).
+    /// A client acting as another user (impersonation, as `kubectl --as --as-group`), bound
+    /// cluster-wide to the chart's `accessgrant-requester` role.
     pub async fn client_as(&self, user: &str, groups: &[&str]) -> kube::Client {
+        self.bind(user, "accessgrant-requester").await;
+        self.client_as_unbound(user, groups).await
+    }
+
+    /// Binds `user` to the ClusterRole `role` cluster-wide (ClusterRoleBinding `ROLE:USER`).
+    pub async fn bind(&self, user: &str, role: &str) {
+        use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+        let name = format!("{role}:{user}");
+        let b: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }))
+        .expect("binding");
+        Api::<ClusterRoleBinding>::all(self.client.clone())
+            .patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&b))
+            .await
+            .expect("bind user");
+    }
+
+    /// A client acting as another user, with only the rights bound to it so far.
+    pub async fn client_as_unbound(&self, user: &str, groups: &[&str]) -> kube::Client {
         let kubeconfig = kube::config::Kubeconfig::read_from(self.dir.path().join("kubeconfig"))
             .expect("kubeconfig");
         let mut cfg = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())

@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         dir: args.dir,
         world: args.world,
         crds: PathBuf::from("crds"),
+        user_roles: PathBuf::from("deploy/rbac-users.yaml"),
         deactivation_floor: args.deactivation_floor,
         operator: args.operator,
     })
