@@ -353,3 +353,88 @@ fn kubectl_against_kube_sim() {
         "{err}"
     );
 }
+
+/// RBAC through the real kubectl: `kubectl auth can-i` (SelfSubjectAccessReview, protobuf
+/// body) and `--list` (SelfSubjectRulesReview), a Forbidden error as kubectl prints it, and a
+/// RoleBinding that changes the answer.
+#[test]
+fn kubectl_auth_can_i_follows_rbac() {
+    let bin = kubectl_path();
+    let empty = tempfile::tempdir().unwrap();
+    let sim = start_sim(empty.path());
+    let k = Kubectl {
+        bin,
+        kubeconfig: sim.kubeconfig.clone(),
+        cache: tempfile::tempdir().unwrap(),
+    };
+    k.ok(&["create", "namespace", "team-a"]);
+    k.ok(&["create", "namespace", "team-b"]);
+    let can = |args: &[&str]| -> String {
+        let mut a = vec!["auth", "can-i"];
+        a.extend_from_slice(args);
+        let (_, out, _) = k.run(&a);
+        out.trim().to_string()
+    };
+    assert_eq!(can(&["list", "secrets", "-n", "team-a"]), "yes", "the admin");
+    assert_eq!(can(&["list", "secrets", "-n", "team-a", "--as", "alice"]), "no");
+    let (ok, _, err) = k.run(&["get", "secrets", "-n", "team-a", "--as", "alice"]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "Error from server (Forbidden): secrets is forbidden: User \"alice\" cannot list resource \"secrets\" in API group \"\" in the namespace \"team-a\""
+        ),
+        "{err}"
+    );
+
+    let rbac = empty.path().join("rbac.yaml");
+    std::fs::write(
+        &rbac,
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: config-reader, namespace: team-a}
+rules:
+  - apiGroups: [""]
+    resources: ["configmaps"]
+    verbs: ["get", "list", "watch"]
+  - apiGroups: [""]
+    resources: ["secrets"]
+    resourceNames: ["app-key"]
+    verbs: ["get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: devs-read-config, namespace: team-a}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: config-reader}
+subjects:
+  - {apiGroup: rbac.authorization.k8s.io, kind: Group, name: devs}
+"#,
+    )
+    .unwrap();
+    k.ok(&["apply", "-f", rbac.to_str().unwrap()]);
+    let as_dev = ["--as", "alice", "--as-group", "devs"];
+    let can_dev = |args: &[&str]| {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend_from_slice(&as_dev);
+        can(&a)
+    };
+    assert_eq!(can_dev(&["list", "configmaps", "-n", "team-a"]), "yes");
+    assert_eq!(can_dev(&["list", "configmaps", "-n", "team-b"]), "no", "a Role is one namespace");
+    assert_eq!(can_dev(&["delete", "configmaps", "-n", "team-a"]), "no");
+    assert_eq!(can_dev(&["get", "secret/app-key", "-n", "team-a"]), "yes");
+    assert_eq!(can_dev(&["get", "secret/other", "-n", "team-a"]), "no", "resourceNames");
+    assert_eq!(can_dev(&["list", "secrets", "-n", "team-a"]), "no");
+    // Without the group, alice has nothing.
+    assert_eq!(can(&["list", "configmaps", "-n", "team-a", "--as", "alice"]), "no");
+
+    let mut list_args = vec!["auth", "can-i", "--list", "-n", "team-a"];
+    list_args.extend_from_slice(&as_dev);
+    let listed = k.ok(&list_args);
+    assert!(
+        listed.lines().any(|l| l.starts_with("configmaps") && l.contains("[get list watch]")),
+        "{listed}"
+    );
+    assert!(
+        listed.lines().any(|l| l.starts_with("secrets") && l.contains("[app-key]")),
+        "{listed}"
+    );
+}

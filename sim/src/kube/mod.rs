@@ -288,8 +288,9 @@ impl Drop for RunningSim {
 fn kubeconfig_yaml(server: &str, token: &str, impersonate_admin: bool) -> String {
     let mut user = json!({"token": token});
     if impersonate_admin {
+        // Bound to cluster-admin by name (ClusterRoleBinding kube-sim-admin); no groups, so
+        // `kubectl --as someone` acts with someone's rights only.
         user["as"] = json!("kube-sim-admin");
-        user["as-groups"] = json!(["system:masters"]);
     }
     let kc = json!({
         "apiVersion": "v1",

@@ -522,7 +522,8 @@ fn anonymous_impersonator() -> Vec<(&'static str, Value)> {
     ]
 }
 
-/// The bootstrap roles: `cluster-admin` bound to `system:masters`, and the user-facing
+/// The bootstrap roles: `cluster-admin` bound to `system:masters` and to the kubeconfig's
+/// user `kube-sim-admin`, and the user-facing
 /// aggregated roles `admin`, `edit` and `view` (empty until a ClusterRole labelled
 /// `rbac.authorization.k8s.io/aggregate-to-…: "true"` adds to them).
 pub(crate) fn bootstrap(allow_anonymous: bool) -> Vec<(&'static str, Value)> {
@@ -540,6 +541,13 @@ pub(crate) fn bootstrap(allow_anonymous: bool) -> Vec<(&'static str, Value)> {
                    "subjects": [{"apiGroup": RBAC, "kind": "Group", "name": "system:masters"}]}),
         ),
     ];
+    // The kubeconfig's admin, by name (kubectl over plain HTTP impersonates it).
+    out.push((
+        "clusterrolebindings",
+        json!({"metadata": {"name": "kube-sim-admin"},
+               "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "cluster-admin"},
+               "subjects": [{"apiGroup": RBAC, "kind": "User", "name": "kube-sim-admin"}]}),
+    ));
     if allow_anonymous {
         out.extend(anonymous_impersonator());
     }
