@@ -260,6 +260,15 @@ fn assert_grants(role: &Value, want: &BTreeSet<Perm>, what: &str) {
     );
 }
 
+/// The chart's ClusterRoles for people (templates/rbac-users.yaml).
+const USER_ROLES: [&str; 5] = [
+    "accessgrant-viewer",
+    "accessgrant-request",
+    "accessgrant-policy-admin",
+    "accessgrant-requester",
+    "accessgrant-admin",
+];
+
 fn check_rbac(docs: &[Value], what: &str, self_signed: bool) {
     let cr = find(docs, "ClusterRole", NAME);
     assert_grants(cr, &cluster_allow_list(self_signed), what);
@@ -277,10 +286,21 @@ fn check_rbac(docs: &[Value], what: &str, self_signed: bool) {
     assert_grants(wrole, &webhook_allow_list(self_signed), what);
     for d in docs {
         if matches!(d["kind"].as_str(), Some("ClusterRole" | "Role")) {
+            // The roles for people (checked in full against the kustomize base) are the only
+            // others, and the chart binds them to nobody.
+            let user_role = d["kind"] == "ClusterRole"
+                && USER_ROLES.contains(&d["metadata"]["name"].as_str().unwrap_or_default());
             assert!(
-                d == cr || d == role || d == wrole,
+                d == cr || d == role || d == wrole || user_role,
                 "{what}: unexpected role {}",
                 d["metadata"]["name"]
+            );
+        }
+        if d["kind"].as_str().is_some_and(|k| k.ends_with("Binding")) {
+            let to = d["roleRef"]["name"].as_str().unwrap_or_default();
+            assert!(
+                !USER_ROLES.contains(&to),
+                "{what}: {to} is bound by the chart"
             );
         }
     }
@@ -688,6 +708,77 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
             &format!("kustomize and chart CRD {name}"),
         );
     }
+
+    // The roles for people: the same in both, and the requester's (aggregated) rules never
+    // reach grant status or policies.
+    for name in USER_ROLES {
+        let (k, c) = (
+            find(&kustomize, "ClusterRole", name),
+            find(&default, "ClusterRole", name),
+        );
+        assert_same(
+            &k["rules"],
+            &c["rules"],
+            &format!("ClusterRole {name} rules"),
+        );
+        assert_same(
+            &k["aggregationRule"],
+            &c["aggregationRule"],
+            &format!("ClusterRole {name} aggregationRule"),
+        );
+        for label in [
+            "accessgrant.io/aggregate-to-requester",
+            "accessgrant.io/aggregate-to-admin",
+            "rbac.authorization.k8s.io/aggregate-to-view",
+        ] {
+            assert_eq!(
+                k["metadata"]["labels"][label], c["metadata"]["labels"][label],
+                "ClusterRole {name} label {label}"
+            );
+        }
+    }
+    let requester: BTreeSet<String> = default
+        .iter()
+        .filter(|o| {
+            o["kind"] == "ClusterRole"
+                && o["metadata"]["labels"]["accessgrant.io/aggregate-to-requester"] == "true"
+        })
+        .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+        .flat_map(|r| {
+            let verbs: Vec<String> = r["verbs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            r["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .flat_map(move |res| verbs.clone().into_iter().map(move |v| format!("{res}:{v}")))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let want: BTreeSet<String> = [
+        "accessgrants:get",
+        "accessgrants:list",
+        "accessgrants:watch",
+        "accessgrants:create",
+        "accessgrants:update",
+        "accessgrants:patch",
+        "accessgrants:delete",
+        "accesspolicies:get",
+        "accesspolicies:list",
+        "accesspolicies:watch",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    assert_eq!(
+        requester, want,
+        "accessgrant-requester aggregates exactly these"
+    );
 
     // Apply to kube-sim what it serves (today: CRDs, Namespace, ServiceAccount, webhook
     // configurations; not Deployments, Services, RBAC, NetworkPolicy, PDB, ServiceMonitor).

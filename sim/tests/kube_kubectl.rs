@@ -375,8 +375,15 @@ fn kubectl_auth_can_i_follows_rbac() {
         let (_, out, _) = k.run(&a);
         out.trim().to_string()
     };
-    assert_eq!(can(&["list", "secrets", "-n", "team-a"]), "yes", "the admin");
-    assert_eq!(can(&["list", "secrets", "-n", "team-a", "--as", "alice"]), "no");
+    assert_eq!(
+        can(&["list", "secrets", "-n", "team-a"]),
+        "yes",
+        "the admin"
+    );
+    assert_eq!(
+        can(&["list", "secrets", "-n", "team-a", "--as", "alice"]),
+        "no"
+    );
     let (ok, _, err) = k.run(&["get", "secrets", "-n", "team-a", "--as", "alice"]);
     assert!(!ok);
     assert!(
@@ -418,23 +425,38 @@ subjects:
         can(&a)
     };
     assert_eq!(can_dev(&["list", "configmaps", "-n", "team-a"]), "yes");
-    assert_eq!(can_dev(&["list", "configmaps", "-n", "team-b"]), "no", "a Role is one namespace");
+    assert_eq!(
+        can_dev(&["list", "configmaps", "-n", "team-b"]),
+        "no",
+        "a Role is one namespace"
+    );
     assert_eq!(can_dev(&["delete", "configmaps", "-n", "team-a"]), "no");
     assert_eq!(can_dev(&["get", "secret/app-key", "-n", "team-a"]), "yes");
-    assert_eq!(can_dev(&["get", "secret/other", "-n", "team-a"]), "no", "resourceNames");
+    assert_eq!(
+        can_dev(&["get", "secret/other", "-n", "team-a"]),
+        "no",
+        "resourceNames"
+    );
     assert_eq!(can_dev(&["list", "secrets", "-n", "team-a"]), "no");
     // Without the group, alice has nothing.
-    assert_eq!(can(&["list", "configmaps", "-n", "team-a", "--as", "alice"]), "no");
+    assert_eq!(
+        can(&["list", "configmaps", "-n", "team-a", "--as", "alice"]),
+        "no"
+    );
 
     let mut list_args = vec!["auth", "can-i", "--list", "-n", "team-a"];
     list_args.extend_from_slice(&as_dev);
     let listed = k.ok(&list_args);
     assert!(
-        listed.lines().any(|l| l.starts_with("configmaps") && l.contains("[get list watch]")),
+        listed
+            .lines()
+            .any(|l| l.starts_with("configmaps") && l.contains("[get list watch]")),
         "{listed}"
     );
     assert!(
-        listed.lines().any(|l| l.starts_with("secrets") && l.contains("[app-key]")),
+        listed
+            .lines()
+            .any(|l| l.starts_with("secrets") && l.contains("[app-key]")),
         "{listed}"
     );
 }

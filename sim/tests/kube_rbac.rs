@@ -34,7 +34,12 @@ async fn namespace(admin: &Client, name: &str) {
 }
 
 /// A client holding a ServiceAccount's own token (TokenRequest, as a pod's projected token).
-async fn sa_client(sim: &accessgrant_sim::kube::RunningSim, admin: &Client, ns: &str, name: &str) -> Client {
+async fn sa_client(
+    sim: &accessgrant_sim::kube::RunningSim,
+    admin: &Client,
+    ns: &str,
+    name: &str,
+) -> Client {
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
     sas.create(&PostParams::default(), &sa).await.unwrap();
@@ -59,11 +64,23 @@ async fn verbs_resources_subresources_names_and_namespaces() {
     let app = sa_client(&sim, &admin, "team-a", "app").await;
 
     // The ServiceAccount's identity and groups.
-    let who = post(&app, "/apis/authentication.k8s.io/v1/selfsubjectreviews", json!({})).await;
-    assert_eq!(who["status"]["userInfo"]["username"], "system:serviceaccount:team-a:app");
+    let who = post(
+        &app,
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        who["status"]["userInfo"]["username"],
+        "system:serviceaccount:team-a:app"
+    );
     assert_eq!(
         who["status"]["userInfo"]["groups"],
-        json!(["system:serviceaccounts", "system:serviceaccounts:team-a", "system:authenticated"])
+        json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:team-a",
+            "system:authenticated"
+        ])
     );
 
     // Nothing bound: refused, with the API server's message.
@@ -99,21 +116,48 @@ async fn verbs_resources_subresources_names_and_namespaces() {
         .await
         .unwrap();
     for n in ["keep", "deletable"] {
-        cms.create(&PostParams::default(), &cm(n)).await.expect("create allowed");
+        cms.create(&PostParams::default(), &cm(n))
+            .await
+            .expect("create allowed");
     }
     assert_eq!(cms.list(&Default::default()).await.unwrap().items.len(), 2);
-    cms.patch("keep", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "w"}})))
-        .await
-        .expect("patch allowed");
-    let e = api_err(cms.replace("keep", &PostParams::default(), &cm("keep")).await);
+    cms.patch(
+        "keep",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "w"}})),
+    )
+    .await
+    .expect("patch allowed");
+    let e = api_err(
+        cms.replace("keep", &PostParams::default(), &cm("keep"))
+            .await,
+    );
     assert_eq!(e.code, 403, "update is another verb: {}", e.message);
     let e = api_err(cms.delete("keep", &Default::default()).await);
-    assert!(e.message.contains("cannot delete resource \"configmaps\""), "{}", e.message);
-    cms.delete("deletable", &Default::default()).await.expect("named delete allowed");
+    assert!(
+        e.message.contains("cannot delete resource \"configmaps\""),
+        "{}",
+        e.message
+    );
+    cms.delete("deletable", &Default::default())
+        .await
+        .expect("named delete allowed");
     // The same verbs in another namespace, and across all namespaces: refused.
-    let e = api_err(Api::<ConfigMap>::namespaced(app.clone(), "team-b").list(&Default::default()).await);
-    assert!(e.message.ends_with("in the namespace \"team-b\""), "{}", e.message);
-    let e = api_err(Api::<ConfigMap>::all(app.clone()).list(&Default::default()).await);
+    let e = api_err(
+        Api::<ConfigMap>::namespaced(app.clone(), "team-b")
+            .list(&Default::default())
+            .await,
+    );
+    assert!(
+        e.message.ends_with("in the namespace \"team-b\""),
+        "{}",
+        e.message
+    );
+    let e = api_err(
+        Api::<ConfigMap>::all(app.clone())
+            .list(&Default::default())
+            .await,
+    );
     assert!(e.message.ends_with("at the cluster scope"), "{}", e.message);
 
     // Subresources: the widget's status needs its own rule.
@@ -125,12 +169,19 @@ async fn verbs_resources_subresources_names_and_namespaces() {
     )
     .await;
     let w = widgets(&app, "team-a");
-    w.create(&PostParams::default(), &widget("w1", json!({"color": "red"})))
-        .await
-        .expect("create widget");
+    w.create(
+        &PostParams::default(),
+        &widget("w1", json!({"color": "red"})),
+    )
+    .await
+    .expect("create widget");
     let e = api_err(
-        w.patch_status("w1", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Done"}})))
-            .await,
+        w.patch_status(
+            "w1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Done"}})),
+        )
+        .await,
     );
     assert_eq!(
         e.message,
@@ -143,9 +194,13 @@ async fn verbs_resources_subresources_names_and_namespaces() {
         json!([{"apiGroups": ["test.kube-sim.io"], "resources": ["widgets/status"], "verbs": ["patch"]}]),
     )
     .await;
-    w.patch_status("w1", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Done"}})))
-        .await
-        .expect("status patch allowed by its own rule");
+    w.patch_status(
+        "w1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Done"}})),
+    )
+    .await
+    .expect("status patch allowed by its own rule");
 
     // Impersonating the ServiceAccount: refused for the SA itself, allowed for the admin.
     let req = http::Request::get("/api/v1/namespaces/team-a/configmaps")
@@ -165,7 +220,11 @@ async fn verbs_resources_subresources_names_and_namespaces() {
     let v: Value = admin.request(req).await.unwrap();
     assert_eq!(
         v["status"]["userInfo"]["groups"],
-        json!(["system:serviceaccounts", "system:serviceaccounts:team-a", "system:authenticated"]),
+        json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:team-a",
+            "system:authenticated"
+        ]),
         "an impersonated ServiceAccount gets its groups"
     );
 }
@@ -182,7 +241,10 @@ async fn aggregation_and_access_reviews() {
     }))
     .unwrap();
     let roles = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone());
-    roles.create(&PostParams::default(), &aggregated).await.unwrap();
+    roles
+        .create(&PostParams::default(), &aggregated)
+        .await
+        .unwrap();
     let rb: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": "bob-widgets", "namespace": "team-a"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "widget-team"},
@@ -199,7 +261,10 @@ async fn aggregation_and_access_reviews() {
                         "resourceAttributes": {"verb": verb, "group": "test.kube-sim.io", "resource": "widgets", "namespace": ns}}})
     };
     let path = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
-    assert_eq!(post(&admin, path, sar("list", "team-a")).await["status"]["allowed"], false);
+    assert_eq!(
+        post(&admin, path, sar("list", "team-a")).await["status"]["allowed"],
+        false
+    );
 
     let part: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({
         "metadata": {"name": "widget-reader", "labels": {"example.com/aggregate-to-widget-team": "true"}},
@@ -207,23 +272,34 @@ async fn aggregation_and_access_reviews() {
     }))
     .unwrap();
     roles.create(&PostParams::default(), &part).await.unwrap();
-    assert_eq!(post(&admin, path, sar("list", "team-a")).await["status"]["allowed"], true);
+    assert_eq!(
+        post(&admin, path, sar("list", "team-a")).await["status"]["allowed"],
+        true
+    );
     assert_eq!(
         post(&admin, path, sar("list", "default")).await["status"]["allowed"],
         false,
         "a RoleBinding of a ClusterRole grants in its namespace only"
     );
-    assert_eq!(post(&admin, path, sar("delete", "team-a")).await["status"]["allowed"], false);
+    assert_eq!(
+        post(&admin, path, sar("delete", "team-a")).await["status"]["allowed"],
+        false
+    );
     // Unlabelled again: the aggregated role loses the rule.
     roles
         .patch(
             "widget-reader",
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"example.com/aggregate-to-widget-team": null}}})),
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"example.com/aggregate-to-widget-team": null}}}),
+            ),
         )
         .await
         .unwrap();
-    assert_eq!(post(&admin, path, sar("list", "team-a")).await["status"]["allowed"], false);
+    assert_eq!(
+        post(&admin, path, sar("list", "team-a")).await["status"]["allowed"],
+        false
+    );
 
     // Only who may create subjectaccessreviews asks about others.
     grant(
@@ -250,7 +326,8 @@ async fn aggregation_and_access_reviews() {
     .await;
     let rr = rules["status"]["resourceRules"].as_array().unwrap();
     assert!(
-        rr.iter().any(|r| r["resources"] == json!(["widgets"]) && r["verbs"] == json!(["list"])),
+        rr.iter()
+            .any(|r| r["resources"] == json!(["widgets"]) && r["verbs"] == json!(["list"])),
         "{rules}"
     );
     assert_eq!(rules["status"]["incomplete"], false);
@@ -262,6 +339,9 @@ async fn aggregation_and_access_reviews() {
     .await;
     assert_eq!(ssar["status"]["allowed"], true);
     assert_eq!(ssar["kind"], "SelfSubjectAccessReview");
-    let _ = widgets(&bob, "team-a").list(&Default::default()).await.expect("bob lists widgets");
+    let _ = widgets(&bob, "team-a")
+        .list(&Default::default())
+        .await
+        .expect("bob lists widgets");
     assert!(roles.get("cluster-admin").await.unwrap().name_any() == "cluster-admin");
 }
