@@ -112,6 +112,19 @@ impl Kubectl {
     }
 }
 
+/// The kube-sim binary with no CRDs (in the returned empty folder) and kubectl pointed at it.
+fn kubectl_and_sim() -> (KubeSim, tempfile::TempDir, Kubectl) {
+    let bin = kubectl_path();
+    let empty = tempfile::tempdir().unwrap();
+    let sim = start_sim(empty.path());
+    let k = Kubectl {
+        bin,
+        kubeconfig: sim.kubeconfig.clone(),
+        cache: tempfile::tempdir().unwrap(),
+    };
+    (sim, empty, k)
+}
+
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -139,15 +152,8 @@ fn printer_headers(crd_file: &Path) -> Vec<String> {
 
 #[test]
 fn kubectl_against_kube_sim() {
-    let bin = kubectl_path();
     // start with no CRDs at all: kubectl applies them
-    let empty = tempfile::tempdir().unwrap();
-    let sim = start_sim(empty.path());
-    let k = Kubectl {
-        bin,
-        kubeconfig: sim.kubeconfig.clone(),
-        cache: tempfile::tempdir().unwrap(),
-    };
+    let (_sim, _empty, k) = kubectl_and_sim();
     let version = k.ok(&["version", "-o", "json"]);
     assert!(version.contains("kube-sim"), "{version}");
 
@@ -359,14 +365,7 @@ fn kubectl_against_kube_sim() {
 /// RoleBinding that changes the answer.
 #[test]
 fn kubectl_auth_can_i_follows_rbac() {
-    let bin = kubectl_path();
-    let empty = tempfile::tempdir().unwrap();
-    let sim = start_sim(empty.path());
-    let k = Kubectl {
-        bin,
-        kubeconfig: sim.kubeconfig.clone(),
-        cache: tempfile::tempdir().unwrap(),
-    };
+    let (_sim, empty, k) = kubectl_and_sim();
     k.ok(&["create", "namespace", "team-a"]);
     k.ok(&["create", "namespace", "team-b"]);
     let can = |args: &[&str]| -> String {

@@ -63,7 +63,8 @@ pub(crate) struct Rule {
     pub non_resource_urls: Vec<String>,
 }
 
-fn strings(v: &Value) -> Vec<String> {
+/// The strings of a JSON array (none when it is not one).
+pub(crate) fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
             a.iter()

@@ -375,15 +375,7 @@ pub(crate) fn defs_from_crd(crd: &Value) -> Vec<ResourceDef> {
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| kind.to_lowercase());
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let strings = super::rbac::strings;
     let short_names = strings(&names["shortNames"]);
     let categories = strings(&names["categories"]);
     let namespaced = spec["scope"].as_str() != Some("Cluster");
