@@ -767,7 +767,7 @@ async fn two_replicas_one_leader_handover_without_double_writes() {
     use k8s_openapi::api::coordination::v1::Lease;
     let mut env = Env::start_bare().await;
     let api = env.namespace("e2e-ha", true).await;
-    env.namespace("accessgrant-system", false).await;
+    // (accessgrant-system, the operator's namespace, is the harness's.)
     let election = |id: &'static str| -> Vec<(&'static str, &'static str)> {
         vec![
             ("LEADER_ELECT", "true"),

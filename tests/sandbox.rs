@@ -20,6 +20,7 @@ fn config(dir: &Path) -> Config {
         world: root.join("sim/worlds/sandbox.yaml"),
         crds: root.join("crds"),
         user_roles: root.join("deploy/rbac-users.yaml"),
+        operator_rbac: root.join("deploy/rbac.yaml"),
         deactivation_floor: "PT10S".into(),
         operator: Some(PathBuf::from(env!("CARGO_BIN_EXE_accessgrant-operator"))),
     }

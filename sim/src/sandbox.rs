@@ -35,11 +35,17 @@ pub struct Config {
     /// The chart's roles for people (`deploy/rbac-users.yaml`); the sandbox binds its
     /// requester to `accessgrant-requester`.
     pub user_roles: PathBuf,
+    /// The chart's RBAC for the operator (`deploy/rbac.yaml`): the operator runs as the
+    /// ServiceAccount `accessgrant-system/accessgrant-operator` with these rights only.
+    pub operator_rbac: PathBuf,
     /// PIM deactivation floor the sandbox uses (Azure: PT5M), so deletes finish quickly.
     pub deactivation_floor: String,
     /// A built operator binary; `None`: `cargo build` it (from the repository root).
     pub operator: Option<PathBuf>,
 }
+
+/// The operator's namespace, as the chart installs it.
+const OPERATOR_NAMESPACE: &str = "accessgrant-system";
 
 /// How many lines of the operator's log a failure shows.
 const LOG_TAIL_LINES: usize = 20;
@@ -286,9 +292,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .await
     .context("starting kube-sim (run from the repository root)")?;
     println!("kube-sim listening on {}", kube.base_url());
-    kube.apply_manifests(&cfg.user_roles, "sandbox")
-        .await
-        .with_context(|| format!("applying {}", cfg.user_roles.display()))?;
+    let operator_kubeconfig = cfg.dir.join("operator-kubeconfig");
+    // A year: the sandbox runs until stopped.
+    kube.service_account_kubeconfig(
+        OPERATOR_NAMESPACE,
+        "accessgrant-operator",
+        365 * 24 * 3600,
+        &operator_kubeconfig,
+    )
+    .await?;
+    for rbac in [&cfg.user_roles, &cfg.operator_rbac] {
+        kube.apply_manifests(rbac, "sandbox")
+            .await
+            .with_context(|| format!("applying {}", rbac.display()))?;
+    }
     let mut world = crate::azure::World::from_file(&cfg.world)
         .with_context(|| format!("loading {}", cfg.world.display()))?;
     world.settings.deactivation_floor = cfg.deactivation_floor.clone();
@@ -324,7 +341,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .arg("run")
         .env("WEBHOOK_ADDR", webhook_addr.to_string())
         .env("ADMIN_ADDR", admin_addr.to_string())
-        .env("KUBECONFIG", &kubeconfig)
+        .env("KUBECONFIG", &operator_kubeconfig)
+        .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
         .env("ARM_ENDPOINT", azure.base_url())
         .env("AZURE_AUTHORITY_HOST", azure.base_url())
         .env("AZURE_CA_FILE", &ca)

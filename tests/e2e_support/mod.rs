@@ -82,47 +82,6 @@ impl Drop for Env {
 pub const OPERATOR_NAMESPACE: &str = "accessgrant-system";
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "accessgrant-operator";
 
-/// Creates the operator's namespace and ServiceAccount and writes a kubeconfig holding that
-/// ServiceAccount's token (TokenRequest, as a pod's projected token) to `path`.
-async fn operator_identity(admin: &kube::Client, path: &std::path::Path, server: &str) {
-    use k8s_openapi::api::authentication::v1::TokenRequest;
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": OPERATOR_NAMESPACE}}))
-            .expect("ns");
-    Api::<Namespace>::all(admin.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("operator namespace");
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), OPERATOR_NAMESPACE);
-    let sa: ServiceAccount = serde_json::from_value(
-        serde_json::json!({"metadata": {"name": OPERATOR_SERVICE_ACCOUNT}}),
-    )
-    .expect("sa");
-    sas.create(&PostParams::default(), &sa)
-        .await
-        .expect("operator ServiceAccount");
-    let tr: TokenRequest = serde_json::from_value(serde_json::json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "metadata": {"name": OPERATOR_SERVICE_ACCOUNT},
-        "spec": {"expirationSeconds": 86400}
-    }))
-    .expect("token request");
-    let issued: TokenRequest = sas
-        .create_subresource("token", OPERATOR_SERVICE_ACCOUNT, &PostParams::default(), &tr)
-        .await
-        .expect("operator token");
-    let token = issued.status.map(|s| s.token).unwrap_or_default();
-    let kc = serde_json::json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "kube-sim", "cluster": {"server": server}}],
-        "users": [{"name": OPERATOR_SERVICE_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "kube-sim", "user": OPERATOR_SERVICE_ACCOUNT, "namespace": OPERATOR_NAMESPACE}}],
-        "current-context": "operator",
-    });
-    std::fs::write(path, serde_json::to_string(&kc).expect("json")).expect("operator kubeconfig");
-}
-
 impl Env {
     /// Starts both sims (the sandbox world with a short PIM deactivation floor) and the operator.
     pub async fn start() -> Env {
@@ -173,8 +132,14 @@ impl Env {
             .expect("user roles");
         // The operator runs as its ServiceAccount, bound by the very RBAC objects the chart
         // renders (the kustomize base holds them; tests/packaging.rs shows the two equal).
-        operator_identity(&client, &dir.path().join("operator-kubeconfig"), &kube.base_url())
-            .await;
+        kube.service_account_kubeconfig(
+            OPERATOR_NAMESPACE,
+            OPERATOR_SERVICE_ACCOUNT,
+            86400,
+            &dir.path().join("operator-kubeconfig"),
+        )
+        .await
+        .expect("operator identity");
         kube.apply_manifests(&root.join("deploy/rbac.yaml"), "e2e")
             .await
             .expect("operator RBAC");

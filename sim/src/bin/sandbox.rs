@@ -50,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         world: args.world,
         crds: PathBuf::from("crds"),
         user_roles: PathBuf::from("deploy/rbac-users.yaml"),
+        operator_rbac: PathBuf::from("deploy/rbac.yaml"),
         deactivation_floor: args.deactivation_floor,
         operator: args.operator,
     })

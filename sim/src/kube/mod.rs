@@ -122,6 +122,61 @@ pub struct RunningSim {
 }
 
 impl RunningSim {
+    /// Creates namespace `ns` (when absent) and ServiceAccount `ns/name`, asks for its token
+    /// (TokenRequest, as a pod's projected token; `expiration_secs` >= 600) and writes a
+    /// kubeconfig with that token to `path`: a client that is the ServiceAccount, with its
+    /// RBAC rights only.
+    pub async fn service_account_kubeconfig(
+        &self,
+        ns: &str,
+        name: &str,
+        expiration_secs: u64,
+        path: &Path,
+    ) -> anyhow::Result<()> {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+        use kube::api::{Api, PostParams};
+        let client = self.client().await?;
+        let pp = PostParams::default();
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        if namespaces.get_opt(ns).await?.is_none() {
+            namespaces
+                .create(
+                    &pp,
+                    &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+                )
+                .await
+                .with_context(|| format!("creating namespace {ns}"))?;
+        }
+        let sas: Api<ServiceAccount> = Api::namespaced(client, ns);
+        if sas.get_opt(name).await?.is_none() {
+            sas.create(
+                &pp,
+                &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+            )
+            .await
+            .with_context(|| format!("creating ServiceAccount {ns}/{name}"))?;
+        }
+        let tr: TokenRequest = serde_json::from_value(json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "metadata": {"name": name}, "spec": {"expirationSeconds": expiration_secs}
+        }))?;
+        let issued: TokenRequest = sas
+            .create_subresource("token", name, &pp, &tr)
+            .await
+            .with_context(|| format!("a token for {ns}/{name}"))?;
+        let token = issued.status.map(|s| s.token).unwrap_or_default();
+        let kc = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "kube-sim", "cluster": {"server": self.base_url()}}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": name, "context": {"cluster": "kube-sim", "user": name, "namespace": ns}}],
+            "current-context": name,
+        });
+        std::fs::write(path, serde_json::to_string(&kc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
     /// Resolves when the server stops on its own (its task ended); pending while it runs,
     /// and for ever once [`RunningSim::shutdown`] has taken the task.
     pub async fn stopped(&mut self) {
