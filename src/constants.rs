@@ -24,6 +24,11 @@ pub mod condition {
     pub const RETRYING: &str = "Retrying";
     /// The requester comes from a valid stamp of the operator's admission webhook.
     pub const REQUESTER_VERIFIED: &str = "RequesterVerified";
+    /// kstatus: the operator is still working towards a settled phase (present only then).
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: the grant cannot reach its goal without a change (Denied, Failed; present
+    /// only then).
+    pub const STALLED: &str = "Stalled";
 }
 
 /// Reasons (PascalCase) used in status, conditions and events.

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
     kind = "AccessGrant",
     namespaced,
     shortname = "ag",
+    category = "accessgrant",
     status = "AccessGrantStatus",
     cel,
     doc = "Temporary Azure access (Defender JIT VM ports or a PIM role) declared as a Kubernetes object.",

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "AccessPolicy",
     shortname = "agp",
+    category = "accessgrant",
     cel,
     doc = "Cluster-wide guardrails: which namespaces may obtain which Azure access, for how long.",
     printcolumn(

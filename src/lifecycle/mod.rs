@@ -2100,6 +2100,24 @@ impl<'a> Ctx<'a> {
             now,
             generation,
         );
+        // kstatus (Flux, kpt, `kubectl wait`): Reconciling while the grant moves, Stalled when
+        // it cannot get there, neither once settled, so an expired grant is not an error.
+        let (reconciling, stalled) = kstatus_conditions(self.st.phase);
+        for (type_, on) in [(cond::RECONCILING, reconciling), (cond::STALLED, stalled)] {
+            if on {
+                set_condition(
+                    &mut self.st.conditions,
+                    type_,
+                    true,
+                    &r,
+                    &m,
+                    now,
+                    generation,
+                );
+            } else {
+                self.st.conditions.retain(|c| c.type_ != type_);
+            }
+        }
         let (verified, why, msg) = match (&self.meta().requester, &self.meta().stamp_problem) {
             (Some(r), _) => (
                 true,
@@ -2175,6 +2193,20 @@ impl<'a> Ctx<'a> {
 }
 
 /// Sets a condition, keeping `lastTransitionTime` unless status or reason changed.
+/// Which kstatus conditions a phase carries: (Reconciling, Stalled).
+pub fn kstatus_conditions(phase: Phase) -> (bool, bool) {
+    match phase {
+        Phase::Denied | Phase::Failed => (false, true),
+        Phase::Active | Phase::Expired | Phase::Revoked | Phase::DryRun => (false, false),
+        Phase::Pending
+        | Phase::Scheduled
+        | Phase::Requesting
+        | Phase::PendingApproval
+        | Phase::Renewing
+        | Phase::Revoking => (true, false),
+    }
+}
+
 pub fn set_condition(
     conds: &mut Vec<Condition>,
     type_: &str,
