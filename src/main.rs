@@ -153,6 +153,7 @@ async fn start_webhook(
     args: &RunArgs,
     client: &kube::Client,
     metrics: &accessgrant_operator::telemetry::Metrics,
+    readiness: &accessgrant_operator::telemetry::Readiness,
 ) -> anyhow::Result<Option<accessgrant_operator::stamp::StampKey>> {
     use accessgrant_operator::webhook::{self, certs};
     let ns = args.leader_election_namespace.as_str();
@@ -228,13 +229,17 @@ async fn start_webhook(
         policies: policies.clone(),
         metrics: metrics.clone(),
     };
+    let readiness = readiness.clone();
     tokio::spawn(async move {
         // Judge nothing before the policies are known (default deny would refuse everything).
         if policies.wait_until_ready().await.is_err() {
             tracing::error!("AccessPolicy cache never synced; webhook not serving");
             return;
         }
+        readiness.set_admission_serving(true);
+        tracing::info!("admission webhook serving");
         certs::serve_tls(listener, tls, webhook::router(state)).await;
+        readiness.set_admission_serving(false);
     });
     Ok(Some(key))
 }
@@ -330,7 +335,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
-    let stamp_key = start_webhook(&args, &client, &metrics).await?;
+    let stamp_key = start_webhook(&args, &client, &metrics, &readiness).await?;
     let arm = Arc::new(
         ArmClient::new(
             cfg,

@@ -424,6 +424,7 @@ struct ReadinessInner {
     crds_established: AtomicBool,
     caches_synced: AtomicBool,
     azure_token_obtained: AtomicBool,
+    admission_serving: AtomicBool,
 }
 
 /// Readiness: the operator is ready once its CRDs are established, its watch caches have
@@ -452,6 +453,17 @@ impl Readiness {
     /// An Azure token was (or could no longer be) obtained.
     pub fn set_azure_token_obtained(&self, v: bool) {
         self.inner.azure_token_obtained.store(v, Ordering::Release);
+    }
+
+    /// The admission webhook is (or is no longer) serving: stamp key and certificate loaded,
+    /// AccessPolicies cached. Independent of leadership: every replica serves admission.
+    pub fn set_admission_serving(&self, v: bool) {
+        self.inner.admission_serving.store(v, Ordering::Release);
+    }
+
+    /// Whether this replica serves admission (`GET /readyz/admission`).
+    pub fn admission_serving(&self) -> bool {
+        self.inner.admission_serving.load(Ordering::Acquire)
     }
 
     /// Whether all three conditions hold.
@@ -570,7 +582,8 @@ struct AdminState {
     log: Option<LogReload>,
 }
 
-/// The admin routes: `GET /metrics`, `GET /livez`, `GET /readyz`, and with `log` also
+/// The admin routes: `GET /metrics`, `GET /livez`, `GET /readyz`, `GET /readyz/admission`, and
+/// with `log` also
 /// `GET /loglevel` (the filter in force) and `PUT /loglevel` (body: an `EnvFilter` string;
 /// 200, or 400 when it does not parse).
 pub fn admin_router(metrics: Metrics, ready: Readiness, log: Option<LogReload>) -> Router {
@@ -578,7 +591,8 @@ pub fn admin_router(metrics: Metrics, ready: Readiness, log: Option<LogReload>) 
     let mut router = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/livez", get(livez))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/readyz/admission", get(readyz_admission));
     if with_log {
         router = router.route("/loglevel", get(get_loglevel).put(put_loglevel));
     }
@@ -625,6 +639,20 @@ async fn readyz(State(s): State<AdminState>) -> Response {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", missing.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+/// Ready to answer admission reviews, on any replica (leader or standby): the readiness probe
+/// of a deployment with the webhook, so its Service sends admission to every serving replica.
+async fn readyz_admission(State(s): State<AdminState>) -> Response {
+    if s.ready.admission_serving() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: admission webhook not serving\n",
         )
             .into_response()
     }

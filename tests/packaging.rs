@@ -609,7 +609,31 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
     assert!(!env_names(&default).contains("WEBHOOK_CERT_DIR"));
     assert!(env_names(&full).contains("WEBHOOK_CERT_DIR"));
     assert!(!env_names(&full).contains("WEBHOOK_SECRET"));
-    let optional = ["ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget"];
+    // High availability by default: two replicas, a rollout that starts the new pod before
+    // stopping an old one, spread across nodes, a PodDisruptionBudget, and readiness meaning
+    // "serves admission" (any replica, leader or not).
+    let dep = &find(&default, "Deployment", NAME)["spec"];
+    assert_eq!(dep["replicas"], 2, "default replicas");
+    assert_eq!(dep["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    assert_eq!(dep["strategy"]["rollingUpdate"]["maxSurge"], 1);
+    let spread = &dep["template"]["spec"]["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(spread["whenUnsatisfiable"], "ScheduleAnyway");
+    assert_eq!(
+        spread["labelSelector"]["matchLabels"], dep["selector"]["matchLabels"],
+        "the spread counts this release's pods"
+    );
+    assert_eq!(
+        dep["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/readyz/admission"
+    );
+    let pdb = find(&default, "PodDisruptionBudget", NAME);
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        dep["selector"]["matchLabels"]
+    );
+    let optional = ["ServiceMonitor", "NetworkPolicy"];
     for kind in optional {
         assert!(
             !kinds(&default).contains(kind),

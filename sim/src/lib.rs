@@ -6,9 +6,11 @@
 //!   and kubectl use.
 //! - [`examples`]: where Microsoft's ARM examples (the contract fixtures) are found.
 //! - [`sandbox`]: both simulators and the operator, with the examples applied.
+//! - [`service`]: a Service stand-in (a TCP proxy to the ready replicas).
 #![forbid(unsafe_code)]
 
 pub mod azure;
 pub mod examples;
 pub mod kube;
 pub mod sandbox;
+pub mod service;

@@ -311,12 +311,31 @@ async fn call(hook: &Hook, body: &Value) -> Result<Value, String> {
     config.connect_timeout = Some(timeout);
     let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let req = http::Request::post(path)
-        .header("content-type", "application/json")
-        .body(body.to_string().into_bytes())
-        .map_err(|e| e.to_string())?;
-    let fut = client.request::<Value>(req);
-    match tokio::time::timeout(timeout, fut).await {
+    let body = body.to_string().into_bytes();
+    // kube-apiserver retries a webhook call that failed in transport (connection refused or
+    // reset, EOF: a replica going away) with exponential backoff (500 ms x1.5, 5 steps), all
+    // within the hook's timeout; an HTTP answer is final.
+    let attempts = async {
+        let mut wait = Duration::from_millis(500);
+        let mut tries = 0;
+        loop {
+            let req = http::Request::post(path)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .map_err(|e| e.to_string())?;
+            match client.request::<Value>(req).await {
+                Ok(v) => return Ok(v),
+                Err(e @ kube::Error::Api(_)) => return Err(e.to_string()),
+                Err(e) if tries >= 4 => return Err(e.to_string()),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(wait).await;
+                    wait = wait.mul_f64(1.5);
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempts).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("failed to call webhook: Post \"{url}\": {e}")),
         Err(_) => Err(format!(
