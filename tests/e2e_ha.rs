@@ -91,7 +91,7 @@ fn grant(i: usize) -> AccessGrant {
     if let Some(jit) = g.spec.jit.as_mut() {
         jit.virtual_machines[0].id = soak_vm(i);
     }
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         g.spec.break_glass = Some(true);
     }
     g
