@@ -91,6 +91,13 @@ FULL = {
     },
     "podDisruptionBudget": {"enabled": True},
     "nodeSelector": {"kubernetes.io/os": "linux"},
+    # OpenShift's restricted-v2 assigns the UID: no fixed runAsUser/runAsGroup/fsGroup (null
+    # removes a default key, as with `--set podSecurityContext.runAsUser=null`).
+    "podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None},
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                   "whenUnsatisfiable": "DoNotSchedule",
+                                   "labelSelector": {"matchLabels": {
+                                       "app.kubernetes.io/name": "accessgrant-operator"}}}],
 }
 
 
