@@ -103,6 +103,11 @@ struct RunArgs {
     /// Log format: `text` or `json` (logs go to stderr; audit lines to stdout).
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Hold an AccessPolicy's deletion (a finalizer) while live grants rely on it, so that
+    /// deleting or pruning a policy does not silently withdraw them; per policy, the annotation
+    /// `accessgrant.io/on-delete: revoke-grants` opts out.
+    #[arg(long, env = "POLICY_DELETION_GUARD", default_value_t = true, action = clap::ArgAction::Set)]
+    policy_deletion_guard: bool,
     /// Admission webhook listen address (HTTPS), or `none` to run without the webhook (grants
     /// then carry no verified requester).
     #[arg(long, env = "WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
@@ -424,6 +429,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             readiness,
             fence,
             stamp_key,
+            policy_deletion_guard: args.policy_deletion_guard,
         },
         async move {
             tokio::select! {

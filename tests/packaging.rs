@@ -201,7 +201,8 @@ fn cluster_allow_list(self_signed: bool) -> BTreeSet<Perm> {
         (
             "accessgrant.io",
             "accesspolicies",
-            &["get", "list", "watch"],
+            // patch: the deletion guard's finalizer.
+            &["get", "list", "watch", "patch"],
         ),
         ("", "namespaces", &["get", "list", "watch"]),
         ("", "serviceaccounts/token", &["create"]),
@@ -635,14 +636,22 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
     );
     // Overridable securityContext (OpenShift: no fixed UID) and explicit spread constraints.
     let full_pod = &find(&full, "Deployment", NAME)["spec"]["template"]["spec"];
-    assert!(full_pod["securityContext"]["runAsUser"].is_null(), "{}", full_pod["securityContext"]);
+    assert!(
+        full_pod["securityContext"]["runAsUser"].is_null(),
+        "{}",
+        full_pod["securityContext"]
+    );
     assert_eq!(full_pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
-        full_pod["topologySpreadConstraints"][0]["topologyKey"],
-        "topology.kubernetes.io/zone",
+        full_pod["topologySpreadConstraints"][0]["topologyKey"], "topology.kubernetes.io/zone",
         "explicit constraints replace the default spread"
     );
-    assert_eq!(full_pod["topologySpreadConstraints"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        full_pod["topologySpreadConstraints"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
     let optional = ["ServiceMonitor", "NetworkPolicy"];
     for kind in optional {
         assert!(

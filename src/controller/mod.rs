@@ -7,6 +7,7 @@ pub mod coverage;
 pub mod events;
 pub mod identity;
 pub mod lean;
+pub mod policy_guard;
 pub mod turns;
 pub mod warm;
 
@@ -49,6 +50,8 @@ pub struct ControllerConfig {
     pub fence: Option<crate::leader::Leadership>,
     /// Key that verifies requester stamps (None: admission webhook disabled).
     pub stamp_key: Option<crate::stamp::StampKey>,
+    /// Hold an AccessPolicy's deletion while live grants rely on it (see `policy_guard`).
+    pub policy_deletion_guard: bool,
 }
 
 /// Shared state of the reconciler.
@@ -292,6 +295,10 @@ pub async fn run(
     // reconciles return at once (see `reconcile`), and we wait for the in-flight ones (their
     // Azure calls and status writes) to finish, bounded by a grace period.
     let controller_task = tokio::spawn(running);
+    tokio::spawn(policy_guard::run(
+        ctx.clone(),
+        ctx.cfg.policy_deletion_guard,
+    ));
     {
         // The policy cache is synced (waited above); the grant cache is synced once the
         // controller's store has its initial list.
