@@ -11,8 +11,9 @@
 #     tests/packaging.rs instead; any other "couldn't find schema" fails the run.
 #
 # usage: scripts/packaging-check.sh OUT_DIR
-# OUT_DIR receives helm-default.yaml, helm-full.yaml (every option on), helm-client-secret.yaml
-# and helm-managed-identity.yaml (chart CRDs first, as `helm install` applies them),
+# OUT_DIR receives helm-default.yaml, helm-full.yaml (every option on), helm-client-secret.yaml,
+# helm-managed-identity.yaml and helm-no-crds.yaml (`crds.enabled: false`; the CRDs are
+# templates, so `helm upgrade` updates them),
 # kustomize.yaml, helm-lint.json and validated.tsv (file, apiVersion, kind, namespace, name,
 # "validated" or "skipped"). tests/packaging.rs runs this script.
 #
@@ -108,8 +109,10 @@ CLIENT_SECRET = {
               "clientSecret": {"existingSecret": "accessgrant-azure"}},
 }
 MANAGED_IDENTITY = {"azure": {"auth": "managedIdentity"}}
+# CRDs managed elsewhere (e.g. applied by a platform pipeline): the chart renders none.
+NO_CRDS = {"crds": {"enabled": False}}
 VALUE_SETS = (("default", None), ("full", FULL), ("client-secret", CLIENT_SECRET),
-              ("managed-identity", MANAGED_IDENTITY))
+              ("managed-identity", MANAGED_IDENTITY), ("no-crds", NO_CRDS))
 
 
 def fail(msg):

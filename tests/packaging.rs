@@ -25,18 +25,30 @@ fn root() -> PathBuf {
 #[test]
 fn chart_and_deploy_crds_match_the_rust_types() {
     let update = std::env::var_os("UPDATE_CRDS").is_some();
+    // The chart's CRDs are templates (helm upgrade applies them; crds/ it never would), behind
+    // crds.enabled and with helm.sh/resource-policy: keep under crds.keep; the kustomize base
+    // holds them plain.
     let dirs = [
-        root().join("charts/accessgrant-operator/crds"),
+        root().join("charts/accessgrant-operator/templates/crds"),
         root().join("deploy/crds"),
     ];
+    assert!(
+        !root().join("charts/accessgrant-operator/crds").exists(),
+        "charts/accessgrant-operator/crds: Helm installs those once and never upgrades them"
+    );
     let mut drift = Vec::new();
     for crd in crds() {
         let name = crd.metadata.name.clone().unwrap_or_default();
-        let want = format!(
+        let plain = format!(
             "---\n{}",
             serde_norway::to_string(&crd).expect("CRD serialises")
         );
         for dir in &dirs {
+            let want = if dir.ends_with("templates/crds") {
+                chart_crd_template(&plain)
+            } else {
+                plain.clone()
+            };
             let path = dir.join(format!("{name}.yaml"));
             if update {
                 std::fs::create_dir_all(dir).expect("create crds dir");
@@ -68,6 +80,19 @@ fn chart_and_deploy_crds_match_the_rust_types() {
             );
         }
     }
+}
+
+/// A generated CRD as a chart template: rendered only with `crds.enabled`, kept on uninstall
+/// with `crds.keep`.
+fn chart_crd_template(plain: &str) -> String {
+    let body = plain.replacen(
+        "\nmetadata:\n",
+        "\nmetadata:\n  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n  {{- end }}\n",
+        1,
+    );
+    format!(
+        "# Generated from the Rust types (tests/packaging.rs; UPDATE_CRDS=1 cargo test --test packaging).\n{{{{- if .Values.crds.enabled }}}}\n{body}{{{{- end }}}}\n"
+    )
 }
 
 fn docs(path: &Path) -> Vec<Value> {
@@ -535,6 +560,13 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
 
     let client_secret = docs(&out.path().join("helm-client-secret.yaml"));
     let managed_identity = docs(&out.path().join("helm-managed-identity.yaml"));
+    // CRDs are templates: rendered (so `helm upgrade` applies them) unless crds.enabled is off.
+    let no_crds = docs(&out.path().join("helm-no-crds.yaml"));
+    assert!(
+        !kinds(&no_crds).contains("CustomResourceDefinition"),
+        "crds.enabled=false renders no CRD"
+    );
+    assert!(kinds(&no_crds).contains("Deployment"));
 
     // Every environment variable the manifests set is one the operator reads (src/main.rs).
     let main_rs = std::fs::read_to_string(root().join("src/main.rs")).expect("src/main.rs");
@@ -745,9 +777,19 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
         "accessgrants.accessgrant.io",
         "accesspolicies.accessgrant.io",
     ] {
+        // The chart's copy carries helm.sh/resource-policy: keep (crds.keep), and nothing else.
+        let mut chart_crd = find(&default, "CustomResourceDefinition", name).clone();
+        assert_eq!(
+            chart_crd["metadata"]["annotations"],
+            serde_json::json!({"helm.sh/resource-policy": "keep"}),
+            "chart CRD {name}: kept on uninstall"
+        );
+        if let Some(m) = chart_crd["metadata"].as_object_mut() {
+            m.remove("annotations");
+        }
         assert_same(
             find(&kustomize, "CustomResourceDefinition", name),
-            find(&default, "CustomResourceDefinition", name),
+            &chart_crd,
             &format!("kustomize and chart CRD {name}"),
         );
     }
