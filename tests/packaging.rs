@@ -907,3 +907,124 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
         }
     }
 }
+
+/// Runs scripts/helm-upgrade.py (Helm's Go SDK) with the packaging virtualenv.
+async fn helm(action: &str, kubeconfig: &Path, chart: &Path) {
+    let python = root().join("target/packaging-venv/bin/python");
+    let (script, kubeconfig, chart) = (
+        root().join("scripts/helm-upgrade.py"),
+        kubeconfig.to_path_buf(),
+        chart.to_path_buf(),
+    );
+    let action = action.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(&action)
+            .arg(kubeconfig)
+            .arg(chart)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run helm-upgrade.py");
+    assert!(
+        out.status.success(),
+        "helm: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `helm upgrade` from the previous chart version (0.1.0, which shipped the CRDs in `crds/`,
+/// installed once and never upgraded) to this one (CRDs as templates) updates the CRDs, with
+/// Helm's own SDK against kube-sim. The one manual step is the documented adoption of CRDs
+/// that Helm installed without release metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_upgrade_from_the_previous_chart_updates_the_crds() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    // The packaging virtualenv (helm-python-sdk), as the render test makes it.
+    let out = tempfile::tempdir().expect("tempdir");
+    let made = std::process::Command::new("bash")
+        .arg(root().join("scripts/packaging-check.sh"))
+        .arg(out.path())
+        .output()
+        .expect("packaging-check.sh");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let sim = serve(SimConfig {
+        kubeconfig: Some(kubeconfig.clone()),
+        ..Default::default()
+    })
+    .await
+    .expect("kube-sim");
+    let crds: Api<CustomResourceDefinition> = Api::all(sim.client().await.expect("client"));
+    let categories =
+        |c: &CustomResourceDefinition| c.spec.names.categories.clone().unwrap_or_default();
+
+    helm(
+        "install",
+        &kubeconfig,
+        &root().join("tests/fixtures/charts/accessgrant-operator-0.1.0.tgz"),
+    )
+    .await;
+    let old = crds
+        .get("accessgrants.accessgrant.io")
+        .await
+        .expect("CRD from 0.1.0");
+    assert!(
+        categories(&old).is_empty(),
+        "0.1.0's CRD has no categories yet"
+    );
+
+    // Adopt the CRDs Helm installed from crds/ (chart README), then upgrade.
+    for name in [
+        "accessgrants.accessgrant.io",
+        "accesspolicies.accessgrant.io",
+    ] {
+        crds.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {
+                "labels": {"app.kubernetes.io/managed-by": "Helm"},
+                "annotations": {"meta.helm.sh/release-name": "accessgrant-operator",
+                                "meta.helm.sh/release-namespace": "accessgrant-system"}}})),
+        )
+        .await
+        .expect("adopt");
+    }
+    helm(
+        "upgrade",
+        &kubeconfig,
+        &root().join("charts/accessgrant-operator"),
+    )
+    .await;
+    for name in [
+        "accessgrants.accessgrant.io",
+        "accesspolicies.accessgrant.io",
+    ] {
+        let new = crds.get(name).await.expect("CRD after upgrade");
+        assert_eq!(
+            categories(&new),
+            vec!["accessgrant".to_string()],
+            "{name} updated by helm upgrade"
+        );
+        assert_eq!(
+            new.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("helm.sh/resource-policy"))
+                .map(String::as_str),
+            Some("keep"),
+            "{name} kept on uninstall"
+        );
+    }
+    sim.shutdown().await;
+}

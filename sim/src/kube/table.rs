@@ -281,7 +281,7 @@ fn builtin_columns(def: &ResourceDef) -> Vec<Col> {
             AGE_DESC,
         )],
         Builtin::Custom | Builtin::SelfSubjectReview | Builtin::AccessReview => vec![],
-        Builtin::Rbac => vec![],
+        Builtin::Rbac | Builtin::Opaque => vec![],
     };
     if def.builtin != Builtin::Crd {
         cols.push(age_col);
