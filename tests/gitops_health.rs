@@ -27,17 +27,23 @@ fn yaml(path: &Path) -> Value {
     serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn lua_bin() -> String {
+/// Runs one of the project's `ensure-*.sh` scripts (installing the tool when missing) and
+/// returns the path it prints.
+fn ensure_tool(script: &str) -> String {
     let out = Command::new("bash")
-        .arg(root().join("scripts/ensure-lua.sh"))
+        .arg(root().join(script))
         .output()
-        .expect("ensure-lua.sh runs");
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
     assert!(
         out.status.success(),
-        "installing lua5.1 failed: {}",
+        "{script} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn lua_bin() -> String {
+    ensure_tool("scripts/ensure-lua.sh")
 }
 
 /// A JSON value as a Lua table constructor (objects keyed, arrays from 1), as Argo CD hands the
@@ -224,18 +230,7 @@ async fn real_grants_read_right_and_kubectl_wait_returns_when_active() {
         .await
         .expect("grant");
     // `kubectl wait --for=condition=Ready` returns once the grant is Active.
-    let kubectl = {
-        let out = Command::new("bash")
-            .arg(root().join("sim/tests/fixtures/kube/ensure-kubectl.sh"))
-            .output()
-            .expect("ensure-kubectl.sh");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let kubectl = ensure_tool("sim/tests/fixtures/kube/ensure-kubectl.sh");
     let cache = tempfile::tempdir().expect("cache");
     let waited = tokio::process::Command::new(&kubectl)
         .arg("--kubeconfig")
