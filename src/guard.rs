@@ -128,6 +128,26 @@ pub fn guard<P: std::borrow::Borrow<AccessPolicy>>(
     let mut first_denial: Option<(String, String)> = None;
     for p in candidates {
         let name = p.metadata.name.clone().unwrap_or_default();
+        // A policy being deleted (its deletion held by the operator while grants rely on it)
+        // keeps the grants it already allowed, and allows no new one: otherwise new grants
+        // could keep it, and their access, alive for ever.
+        if let Some(del) = &p.metadata.deletion_timestamp {
+            let deleting_since = DateTime::from_timestamp(del.0.as_second(), 0);
+            // Kubernetes times have whole seconds: a grant created in the deletion's second
+            // counts as older (the policy still stood then).
+            let older = matches!((ctx.created, deleting_since), (Some(c), Some(d)) if c <= d);
+            if !older {
+                if first_denial.is_none() {
+                    first_denial = Some((
+                        "PolicyDeleting".into(),
+                        format!(
+                            "AccessPolicy {name} is being deleted: it keeps the grants it already allowed and allows no new one"
+                        ),
+                    ));
+                }
+                continue;
+            }
+        }
         match evaluate(grant, &p.spec, ctx) {
             Ok(()) => return Verdict::Allowed { policy: name },
             Err((rule, msg)) => {

@@ -1,6 +1,7 @@
 //! The AccessPolicy deletion guard: deleting (or pruning) a policy that live grants rely on is
 //! held, with a Warning event naming them, and the grants keep their access; once they are
-//! gone the policy goes. A grant another policy also allows does not hold it. The annotation
+//! gone the policy goes; meanwhile it allows no new grant (which could hold it for ever). A
+//! grant another policy also allows does not hold it. The annotation
 //! `accessgrant.io/on-delete: revoke-grants` opts out: the policy goes at once and its grants
 //! are withdrawn.
 
@@ -105,6 +106,48 @@ async fn deleting_a_policy_is_held_while_grants_rely_on_it() {
     );
     let before = count(&env.calls().await, "JitNetworkAccessPolicies_Initiate");
 
+    // The attack: new grants under the held policy would keep it (and their access) alive for
+    // ever. A policy being deleted allows no new grant (created after the deletion's second:
+    // Kubernetes times have whole seconds).
+    let deleted_at = held
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .expect("deletionTimestamp");
+    wait::eventually(
+        "the second after the deletion",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async {
+            let now = accessgrant_operator::clock::now().timestamp();
+            if now > deleted_at {
+                Ok(())
+            } else {
+                Err(format!("{now} <= {deleted_at}"))
+            }
+        },
+    )
+    .await;
+    grants
+        .create(
+            &PostParams::default(),
+            &jit_grant("p-late", 2, 22, "10.5.5.6", "PT1H"),
+        )
+        .await
+        .expect("create");
+    let late = wait_for(&grants, "p-late", "Denied", 60, phase(Phase::Denied)).await;
+    let st = late.status.expect("status");
+    let why = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "PolicyAllowed")
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    assert!(
+        matches!(&why, Some((r, m)) if r == "PolicyDeleting" && m.contains("being deleted")),
+        "{why:?}"
+    );
+
     // The grant ends: the policy goes.
     grants
         .delete("p-ssh", &DeleteParams::default())
@@ -112,7 +155,8 @@ async fn deleting_a_policy_is_held_while_grants_rely_on_it() {
         .expect("delete grant");
     wait_gone(&grants, "p-ssh", 60).await;
     gone(&policies, "allow-team-p").await;
-    // Only the grant's own early close asked Azure for anything after the delete.
+    // Only the grant's own early close asked Azure for anything after the delete (nothing for
+    // the refused late grant).
     assert!(count(&env.calls().await, "JitNetworkAccessPolicies_Initiate") <= before + 1);
 }
 

@@ -284,3 +284,45 @@ fn validation_reasons_are_precise() {
         assert!(!e.reason.is_empty());
     }
 }
+
+#[test]
+fn a_policy_being_deleted_keeps_older_grants_and_allows_no_new_one() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let mut p = allow_all_policy();
+    let at = |t: chrono::DateTime<chrono::Utc>| -> Time {
+        serde_json::from_value(serde_json::json!(t.to_rfc3339())).expect("time")
+    };
+    p.spec.pim = None;
+    p.metadata.deletion_timestamp = Some(at(t0() + chrono::Duration::hours(1)));
+    let v = validate(&jit_spec()).expect("valid");
+    let with_created = |c: Option<chrono::DateTime<chrono::Utc>>| GrantContext {
+        created: c,
+        ..ctx()
+    };
+    // Created before the deletion, or in its second: still allowed (the guard holds the
+    // policy for it).
+    assert!(guard(&v, std::slice::from_ref(&p), &with_created(Some(t0()))).is_allowed());
+    let same_second = t0() + chrono::Duration::hours(1);
+    assert!(
+        guard(
+            &v,
+            std::slice::from_ref(&p),
+            &with_created(Some(same_second))
+        )
+        .is_allowed()
+    );
+    // Created after, or at admission (no creation time yet): refused with the reason.
+    for c in [Some(t0() + chrono::Duration::hours(2)), None] {
+        match guard(&v, std::slice::from_ref(&p), &with_created(c)) {
+            Verdict::Denied { rule, message } => {
+                assert_eq!(rule, "PolicyDeleting");
+                assert!(message.contains("being deleted"), "{message}");
+            }
+            Verdict::Allowed { .. } => panic!("a deleting policy allowed a new grant ({c:?})"),
+        }
+    }
+    // Another policy still allows new grants.
+    let mut other = allow_all_policy();
+    other.metadata.name = Some("other".into());
+    assert!(guard(&v, &[p, other], &with_created(None)).is_allowed());
+}
