@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -175,7 +175,10 @@ async fn patch(
     }
 }
 
-/// `namespace/name` of every live grant that this policy allows and no other one does.
+/// `namespace/name` of every live grant that this policy allows and no other one does. The
+/// controller's grant cache narrows it to live grants in namespaces the policy selects; only
+/// those are read in full (their spec), so a held deletion costs a few GETs, not a LIST of
+/// every grant each second.
 async fn relying_grants(ctx: &Context, p: &AccessPolicy) -> Result<Vec<String>, kube::Error> {
     let all: Vec<Arc<AccessPolicy>> = ctx.policies.state();
     let others: Vec<Arc<AccessPolicy>> = all
@@ -183,28 +186,35 @@ async fn relying_grants(ctx: &Context, p: &AccessPolicy) -> Result<Vec<String>, 
         .filter(|o| o.name_any() != p.name_any())
         .cloned()
         .collect();
-    let grants = Api::<AccessGrant>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?;
+    let labels_of = |ns: &str| {
+        ctx.namespaces
+            .get(&kube::runtime::reflector::ObjectRef::new(ns))
+            .map(|n| n.labels().clone())
+            .unwrap_or_default()
+    };
     let mut out = Vec::new();
-    for g in grants.items {
-        if !g.status.as_ref().is_some_and(|s| live(s.phase))
-            || g.meta().deletion_timestamp.is_some()
-        {
+    for lean in ctx.grants.state() {
+        if !lean.phase.is_some_and(live) || lean.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let ns = g.namespace().unwrap_or_default();
-        let labels = ctx
-            .namespaces
-            .get(&kube::runtime::reflector::ObjectRef::new(&ns))
-            .map(|n| n.labels().clone())
-            .unwrap_or_default();
+        let ns = lean.metadata.namespace.clone().unwrap_or_default();
+        let labels = labels_of(&ns);
+        if !crate::guard::selector_matches(&p.spec.namespace_selector, &labels) {
+            continue;
+        }
+        let name = lean.metadata.name.clone().unwrap_or_default();
+        let Some(g) = Api::<AccessGrant>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&name)
+            .await?
+        else {
+            continue;
+        };
         let allowed = |ps: &[Arc<AccessPolicy>]| {
             let (decision, _) = judge(&g, ps, labels.clone(), ctx.cfg.stamp_key.as_ref());
             decision.verdict.is_some_and(|v| v.is_allowed())
         };
         if allowed(&all) && !allowed(&others) {
-            out.push(format!("{ns}/{}", g.name_any()));
+            out.push(format!("{ns}/{name}"));
         }
     }
     out.sort();
