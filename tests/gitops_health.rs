@@ -164,20 +164,7 @@ fn argocd_health_check_over_every_phase() {
             "{input}"
         );
     }
-    for p in [
-        "Pending",
-        "Scheduled",
-        "Requesting",
-        "PendingApproval",
-        "Active",
-        "Renewing",
-        "Revoking",
-        "Expired",
-        "Revoked",
-        "Denied",
-        "Failed",
-        "DryRun",
-    ] {
+    for p in accessgrant_operator::telemetry::PHASES {
         assert!(phases.contains(p), "no fixture for phase {p}");
     }
 }

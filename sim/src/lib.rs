@@ -14,3 +14,14 @@ pub mod examples;
 pub mod kube;
 pub mod sandbox;
 pub mod service;
+
+/// Resolves when a simulator's server task ends (and forgets it); pending for ever without one.
+async fn task_ended(task: &mut Option<tokio::task::JoinHandle<()>>) {
+    match task.as_mut() {
+        Some(t) => {
+            let _ = t.await;
+            *task = None;
+        }
+        None => std::future::pending().await,
+    }
+}

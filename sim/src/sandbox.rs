@@ -44,6 +44,9 @@ pub struct Config {
     pub operator: Option<PathBuf>,
 }
 
+/// The sandbox's requester (an on-call engineer).
+const REQUESTER: &str = "alice@example.com";
+
 /// The operator's namespace, as the chart installs it.
 const OPERATOR_NAMESPACE: &str = "accessgrant-system";
 
@@ -133,28 +136,6 @@ async fn register_webhooks(
         .await
         .with_context(|| format!("registering the {kind}"))?;
     }
-    Ok(())
-}
-
-/// Binds `user` to the chart's `accessgrant-requester` ClusterRole.
-async fn bind_requester(admin: &kube::Client, user: &str) -> anyhow::Result<()> {
-    let gvk = GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding");
-    let ar = ApiResource::from_gvk_with_plural(&gvk, "clusterrolebindings");
-    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &ar);
-    let name = format!("accessgrant-requester:{user}");
-    let b = serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "accessgrant-requester"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-    });
-    api.patch(
-        &name,
-        &PatchParams::apply("sandbox").force(),
-        &Patch::Apply(&b),
-    )
-    .await
-    .with_context(|| format!("binding {user} to accessgrant-requester"))?;
     Ok(())
 }
 
@@ -306,6 +287,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("applying {}", rbac.display()))?;
     }
+    kube.bind_cluster_role(REQUESTER, "accessgrant-requester", "sandbox")
+        .await?;
     let mut world = crate::azure::World::from_file(&cfg.world)
         .with_context(|| format!("loading {}", cfg.world.display()))?;
     world.settings.deactivation_floor = cfg.deactivation_floor.clone();
@@ -412,16 +395,15 @@ async fn build_operator() -> anyhow::Result<PathBuf> {
 /// Applies the examples as an on-call engineer and prints each grant's moves until the
 /// deadline (or Ctrl-C).
 async fn explore(cfg: &Config, kubeconfig: &Path, client: kube::Client) -> anyhow::Result<()> {
-    // The examples' grants are applied by an on-call engineer (impersonated), bound to the
-    // chart's accessgrant-requester role: the webhook stamps them and REQUESTED-BY shows who
-    // asked. Namespaces and AccessPolicies are the platform team's (the admin's).
-    bind_requester(&client, "alice@example.com").await?;
+    // The examples' grants are applied by an on-call engineer (impersonated; bound to the
+    // chart's accessgrant-requester role in `run`): the webhook stamps them and REQUESTED-BY
+    // shows who asked. Namespaces and AccessPolicies are the platform team's (the admin's).
     let mut as_alice = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(kubeconfig)?,
         &Default::default(),
     )
     .await?;
-    as_alice.auth_info.impersonate = Some("alice@example.com".into());
+    as_alice.auth_info.impersonate = Some(REQUESTER.into());
     as_alice.auth_info.impersonate_groups = Some(vec!["oncall".into(), "team-a".into()]);
     let alice = kube::Client::try_from(as_alice)?;
     let applied = apply_examples(&client, &alice, &cfg.examples).await?;

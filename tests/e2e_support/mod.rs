@@ -8,7 +8,7 @@ pub mod storm;
 
 use accessgrant_operator::api::*;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::wait::await_condition;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -202,19 +202,10 @@ impl Env {
         self.client_as_unbound(user, groups).await
     }
 
-    /// Binds `user` to the ClusterRole `role` cluster-wide (ClusterRoleBinding `ROLE:USER`).
+    /// Binds `user` to the ClusterRole `role` cluster-wide.
     pub async fn bind(&self, user: &str, role: &str) {
-        use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-        let name = format!("{role}:{user}");
-        let b: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-        }))
-        .expect("binding");
-        Api::<ClusterRoleBinding>::all(self.client.clone())
-            .patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&b))
+        self.kube
+            .bind_cluster_role(user, role, "e2e")
             .await
             .expect("bind user");
     }

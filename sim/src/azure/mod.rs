@@ -82,13 +82,7 @@ impl RunningSim {
     /// Resolves when the server stops on its own (its task ended); pending while it runs,
     /// and for ever once [`RunningSim::shutdown`] has taken the task.
     pub async fn stopped(&mut self) {
-        match self.task.as_mut() {
-            Some(t) => {
-                let _ = t.await;
-                self.task = None;
-            }
-            None => std::future::pending().await,
-        }
+        crate::task_ended(&mut self.task).await
     }
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);

@@ -122,6 +122,33 @@ pub struct RunningSim {
 }
 
 impl RunningSim {
+    /// Binds user `user` to ClusterRole `role` cluster-wide (ClusterRoleBinding `ROLE:USER`,
+    /// server-side applied as `manager`, so binding twice is harmless).
+    pub async fn bind_cluster_role(
+        &self,
+        user: &str,
+        role: &str,
+        manager: &str,
+    ) -> anyhow::Result<()> {
+        use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+        use kube::api::{Api, Patch, PatchParams};
+        let name = format!("{role}:{user}");
+        let b: ClusterRoleBinding = serde_json::from_value(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }))?;
+        Api::<ClusterRoleBinding>::all(self.client().await?)
+            .patch(
+                &name,
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(&b),
+            )
+            .await
+            .with_context(|| format!("binding {user} to {role}"))?;
+        Ok(())
+    }
     /// Creates namespace `ns` (when absent) and ServiceAccount `ns/name`, asks for its token
     /// (TokenRequest, as a pod's projected token; `expiration_secs` >= 600) and writes a
     /// kubeconfig with that token to `path`: a client that is the ServiceAccount, with its
@@ -180,13 +207,7 @@ impl RunningSim {
     /// Resolves when the server stops on its own (its task ended); pending while it runs,
     /// and for ever once [`RunningSim::shutdown`] has taken the task.
     pub async fn stopped(&mut self) {
-        match self.task.as_mut() {
-            Some(t) => {
-                let _ = t.await;
-                self.task = None;
-            }
-            None => std::future::pending().await,
-        }
+        crate::task_ended(&mut self.task).await
     }
     pub fn addr(&self) -> SocketAddr {
         self.addr
