@@ -74,6 +74,8 @@ struct Args {
     watch_history: Option<usize>,
     keep: Option<PathBuf>,
     operator_env: Vec<(String, String)>,
+    latency_ms: u64,
+    jitter_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -108,6 +110,9 @@ const HELP: &str = "load benchmark (see benches/load.rs)
   --keep DIR                 keep operator logs, world and kubeconfig in DIR
   --operator-env K=V         extra environment for the operator (repeatable), e.g.
                              MALLOC_ARENA_MAX=2
+  --latency-ms L             azure-sim answers every ARM call L ms late (default 0), as Azure
+                             does in 100 ms to seconds; token requests are not delayed
+  --jitter-ms J              and up to J ms more, uniformly per call (default 0)
 ";
 
 fn parse_args() -> Result<Args, String> {
@@ -127,6 +132,8 @@ fn parse_args() -> Result<Args, String> {
         watch_history: None,
         keep: None,
         operator_env: Vec::new(),
+        latency_ms: 0,
+        jitter_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -166,6 +173,8 @@ fn parse_args() -> Result<Args, String> {
             "--timeout" => a.timeout = num(&flag, value()?)?,
             "--watch-history" => a.watch_history = Some(num(&flag, value()?)?),
             "--keep" => a.keep = Some(PathBuf::from(value()?)),
+            "--latency-ms" => a.latency_ms = num(&flag, value()?)?,
+            "--jitter-ms" => a.jitter_ms = num(&flag, value()?)?,
             "--operator-env" => {
                 let v = value()?;
                 let (k, val) = v
@@ -1203,6 +1212,7 @@ async fn run(
     };
     b.setup_kube().await?;
     probe_latency(&b).await?;
+    inject_latency(&b).await?;
     let result = match args.scenario {
         Scenario::Load => load(&mut b).await,
         Scenario::Burst => burst(&mut b).await,
@@ -1213,6 +1223,34 @@ async fn run(
         println!("kept: {}", b.dir.display());
     }
     result
+}
+
+/// Makes azure-sim answer every ARM call `--latency-ms` (+ up to `--jitter-ms`) late.
+async fn inject_latency(b: &Bench) -> Result<(), BoxError> {
+    if b.args.latency_ms == 0 && b.args.jitter_ms == 0 {
+        return Ok(());
+    }
+    b.http
+        .post(format!("{}/_sim/faults", b.azure.base_url()))
+        .json(&json!({
+            "operation": "*",
+            "kind": "latency",
+            "latencyMs": b.args.latency_ms,
+            "jitterMs": b.args.jitter_ms,
+        }))
+        .send()
+        .await?
+        .error_for_status()?;
+    println!(
+        "azure-sim latency: every ARM call {} ms{}",
+        b.args.latency_ms,
+        if b.args.jitter_ms > 0 {
+            format!(" + 0..{} ms jitter", b.args.jitter_ms)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }
 
 /// Round trips to both simulators from this process (idle, before the operator starts).
@@ -1313,11 +1351,11 @@ async fn load(b: &mut Bench) -> Result<(), BoxError> {
         revoke_ids.len()
     );
     println!(
-        "operator: {} --concurrency {}, azure-sim throttling off, no injected latency",
+        "operator: {} --concurrency {}, azure-sim throttling off",
         b.args.operator.display(),
         b.args
             .concurrency
-            .map_or("16 (default)".to_string(), |c| c.to_string())
+            .map_or("the operator default".to_string(), |c| c.to_string())
     );
 
     if !b.args.operator_env.is_empty() {
@@ -1741,7 +1779,7 @@ async fn burst(b: &mut Bench) -> Result<(), BoxError> {
         b.args.operator.display(),
         b.args
             .concurrency
-            .map_or("16 (default)".to_string(), |c| c.to_string())
+            .map_or("the operator default".to_string(), |c| c.to_string())
     );
     let idle = start_operator(b).await?;
     println!("operator ready: RSS {:.1} MiB", mib(idle.rss_kib));

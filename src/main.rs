@@ -75,9 +75,15 @@ struct RunArgs {
     /// How often active grants are checked for out-of-band changes.
     #[arg(long, env = "DRIFT_CHECK_INTERVAL", default_value = "PT5M")]
     drift_check: String,
-    /// Concurrent reconciles.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    /// Concurrent reconciles. A reconcile keeps its slot while its ARM calls are answered
+    /// (100 ms to seconds each), so the slots must cover ARM's budget at that latency: what
+    /// paces calls is each subscription's token buckets, not this number.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
+    /// ARM calls in flight at once across all subscriptions (a memory bound; each
+    /// subscription's calls are paced by its ARM token buckets).
+    #[arg(long, env = "ARM_MAX_IN_FLIGHT", default_value_t = accessgrant_operator::azure::client::DEFAULT_MAX_IN_FLIGHT, value_parser = clap::value_parser!(u16).range(1..))]
+    arm_max_in_flight: u16,
     /// Elect a leader among replicas through a coordination.k8s.io Lease; only the leader
     /// reconciles, and it stops writing to Azure as soon as it cannot prove it still leads.
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
@@ -332,6 +338,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
     };
     let mut cfg = ArmConfig::new(args.arm_endpoint.clone(), args.authority_host.clone(), auth);
+    cfg.max_in_flight = usize::from(args.arm_max_in_flight);
     if let Some(f) = &args.azure_ca_file {
         cfg.extra_ca_pem = Some(
             std::fs::read(f).with_context(|| format!("reading --azure-ca-file {}", f.display()))?,

@@ -640,3 +640,69 @@ async fn removals_go_before_grants_when_both_wait_for_the_write_budget() {
         "removals overtake waiting grants: {reqs:?}"
     );
 }
+
+/// A client sized like ARM's buckets (reads: `burst`, `per_sec`).
+fn client_with_reads(sim: &RunningSim, burst: f64, per_sec: f64) -> ArmClient {
+    let base = url::Url::parse(&sim.base_url()).expect("url");
+    let mut cfg = ArmConfig::new(
+        base.clone(),
+        base,
+        AuthConfig::ClientSecret {
+            tenant_id: TENANT.into(),
+            client_id: OPERATOR_APP.into(),
+            secret: "sandbox-operator-secret".into(),
+        },
+    );
+    cfg.extra_ca_pem = Some(sim.ca_pem().as_bytes().to_vec());
+    cfg.reads.capacity = burst;
+    cfg.reads.refill_per_sec = per_sec;
+    ArmClient::new(cfg, None).expect("client")
+}
+
+#[tokio::test]
+async fn a_restarted_client_seeds_its_buckets_from_the_first_answer() {
+    let sim = sim().await;
+    control(&sim)
+        .put(format!("{}/_sim/throttle", sim.base_url()))
+        .json(&json!({"reads": {"burst": 10, "perSecond": 5}}))
+        .send()
+        .await
+        .expect("throttle")
+        .error_for_status()
+        .expect("throttle accepted");
+    // A previous life of the operator spent most of the read budget.
+    let before = client_with_reads(&sim, 10.0, 5.0);
+    for _ in 0..8 {
+        before
+            .jit_policy(SUB, "rg-sandbox", "westeurope", "default")
+            .await
+            .expect("read");
+    }
+    drop(before);
+    // The new process knows nothing of that; a burst of reads must not run into ARM's limit.
+    let after = std::sync::Arc::new(client_with_reads(&sim, 10.0, 5.0));
+    let reads: Vec<_> = (0..12)
+        .map(|_| {
+            let c = after.clone();
+            tokio::spawn(async move {
+                c.jit_policy(SUB, "rg-sandbox", "westeurope", "default")
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .collect();
+    for r in reads {
+        r.await.expect("join").expect("read after the restart");
+    }
+    let log = calls(&sim).await;
+    let reads: Vec<&Value> = log
+        .iter()
+        .filter(|c| c["operation"] == "JitNetworkAccessPolicies_Get")
+        .collect();
+    assert_eq!(reads.len(), 20, "8 + 12 reads reached azure-sim");
+    let throttled = reads.iter().filter(|c| c["status"] == 429).count();
+    assert_eq!(
+        throttled, 0,
+        "the restarted client took its budget from Azure's first answer, not from a full bucket"
+    );
+}

@@ -94,6 +94,7 @@ fn parse_fault(body: &[u8]) -> Result<Fault, ArmError> {
         status: status as u16,
         retry_after_seconds: u("retryAfterSeconds").map(|s| s.min(86_400)),
         latency_ms: u("latencyMs").unwrap_or(100).min(600_000),
+        jitter_ms: u("jitterMs").unwrap_or(0).min(600_000),
         count: u("count"),
         until: u("durationSeconds")
             .map(|d| super::clock::now() + Duration::seconds(d.min(10 * 365 * 86_400) as i64)),

@@ -501,7 +501,14 @@ pub fn pre_checks(
             *c = c.saturating_sub(1);
         }
         match f.kind.as_str() {
-            "latency" => latency_ms = f.latency_ms,
+            "latency" => {
+                let jitter = if f.jitter_ms > 0 {
+                    (uuid::Uuid::new_v4().as_u128() % (u128::from(f.jitter_ms) + 1)) as u64
+                } else {
+                    0
+                };
+                latency_ms = f.latency_ms + jitter;
+            }
             "reset" => return Pre::Reset,
             "throttle" => {
                 let secs = f.retry_after_seconds.unwrap_or(5).max(1);

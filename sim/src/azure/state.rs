@@ -607,6 +607,8 @@ pub struct Fault {
     pub status: u16,
     pub retry_after_seconds: Option<u64>,
     pub latency_ms: u64,
+    /// Up to this much more latency, uniformly at random per call.
+    pub jitter_ms: u64,
     pub count: Option<u64>,
     pub until: Option<DateTime<Utc>>,
 }
