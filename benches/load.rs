@@ -1944,6 +1944,22 @@ async fn burst(b: &mut Bench) -> Result<(), BoxError> {
         secs(t0, t_all_active),
         n as f64 / secs(t0, t_all_active).max(0.001)
     );
+    {
+        let mut tta: Vec<f64> = lock(&tracks)
+            .values()
+            .filter_map(|t| Some(secs(t.create_sent?, t.active_seen?) * 1000.0))
+            .collect();
+        if !tta.is_empty() {
+            let p50 = percentile(&mut tta, 50.0);
+            let p99 = percentile(&mut tta, 99.0);
+            println!(
+                "  create sent -> Active seen by the bench's watch: min {:.0} ms  p50 {p50:.0} ms  p99 {p99:.0} ms  max {:.0} ms (azure-sim latency {} ms per ARM call)",
+                tta.first().copied().unwrap_or(0.0),
+                tta.last().copied().unwrap_or(0.0),
+                b.args.latency_ms
+            );
+        }
+    }
     println!("\n== revocations vs. waiting grants");
     {
         let map = lock(&tracks);

@@ -14,6 +14,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
+/// Kubernetes API requests in flight at once (see `run`).
+const KUBE_MAX_IN_FLIGHT: usize = 32;
+
 /// Temporary Azure access (Defender JIT, PIM) declared as Kubernetes objects.
 #[derive(Parser, Debug)]
 #[command(name = "accessgrant-operator", version, about)]
@@ -344,9 +347,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             std::fs::read(f).with_context(|| format!("reading --azure-ca-file {}", f.display()))?,
         );
     }
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to Kubernetes")?;
+    // Requests in flight to the API server are bounded apart from the reconcile slots: slots
+    // are sized for Azure's latency, and each Kubernetes request in flight holds a connection
+    // of its own (HTTP/1.1), which the pool then keeps. A watch holds its permit only until the
+    // API server's headers arrive.
+    let client = kube::client::ClientBuilder::try_from(
+        kube::Config::infer()
+            .await
+            .context("reading the Kubernetes client configuration")?,
+    )
+    .context("connecting to Kubernetes")?
+    .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
+        KUBE_MAX_IN_FLIGHT,
+    ))
+    .build();
     let stamp_key = start_webhook(&args, &client, &metrics, &readiness).await?;
     let arm = Arc::new(
         ArmClient::new(
