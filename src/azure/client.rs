@@ -681,11 +681,12 @@ impl ArmClient {
                 b.tokens = b.tokens.min(rem);
             } else {
                 // The first answer tells what is left of the budget: Azure's count when it took
-                // the probe (no other call was sent meanwhile), refilled since.
+                // the probe (no other call was sent meanwhile), refilled since; never more than
+                // the model, which started full and counted the probe.
                 let now = Instant::now();
+                b.refill(now);
                 let since = now.saturating_duration_since(taken_at).as_secs_f64();
-                b.tokens = (rem + since * b.rate()).clamp(0.0, b.size.capacity);
-                b.last = now;
+                b.tokens = b.tokens.min((rem + since * b.rate()).max(0.0));
             }
         }
         // Any answer tells: a header seeded the bucket, a 429 empties it below, and an answer
