@@ -37,7 +37,8 @@ async fn sim() -> RunningSim {
         .expect("azure-sim starts")
 }
 
-fn client(sim: &RunningSim) -> ArmClient {
+/// The operator's client settings against `sim`.
+fn config(sim: &RunningSim) -> ArmConfig {
     let base = url::Url::parse(&sim.base_url()).expect("url");
     let mut cfg = ArmConfig::new(
         base.clone(),
@@ -49,7 +50,11 @@ fn client(sim: &RunningSim) -> ArmClient {
         },
     );
     cfg.extra_ca_pem = Some(sim.ca_pem().as_bytes().to_vec());
-    ArmClient::new(cfg, None).expect("client")
+    cfg
+}
+
+fn client(sim: &RunningSim) -> ArmClient {
+    ArmClient::new(config(sim), None).expect("client")
 }
 
 fn control(sim: &RunningSim) -> reqwest::Client {
@@ -529,17 +534,7 @@ async fn access_expires_by_wall_clock() {
 #[tokio::test]
 async fn removals_go_before_grants_when_both_wait_for_the_write_budget() {
     let sim = sim().await;
-    let base = url::Url::parse(&sim.base_url()).expect("url");
-    let mut cfg = ArmConfig::new(
-        base.clone(),
-        base,
-        AuthConfig::ClientSecret {
-            tenant_id: TENANT.into(),
-            client_id: OPERATOR_APP.into(),
-            secret: "sandbox-operator-secret".into(),
-        },
-    );
-    cfg.extra_ca_pem = Some(sim.ca_pem().as_bytes().to_vec());
+    let mut cfg = config(&sim);
     // One write in the bucket, then two per second: everything after the first waits.
     cfg.writes.capacity = 1.0;
     cfg.writes.refill_per_sec = 2.0;
@@ -643,17 +638,7 @@ async fn removals_go_before_grants_when_both_wait_for_the_write_budget() {
 
 /// A client sized like ARM's buckets (reads: `burst`, `per_sec`).
 fn client_with_reads(sim: &RunningSim, burst: f64, per_sec: f64) -> ArmClient {
-    let base = url::Url::parse(&sim.base_url()).expect("url");
-    let mut cfg = ArmConfig::new(
-        base.clone(),
-        base,
-        AuthConfig::ClientSecret {
-            tenant_id: TENANT.into(),
-            client_id: OPERATOR_APP.into(),
-            secret: "sandbox-operator-secret".into(),
-        },
-    );
-    cfg.extra_ca_pem = Some(sim.ca_pem().as_bytes().to_vec());
+    let mut cfg = config(sim);
     cfg.reads.capacity = burst;
     cfg.reads.refill_per_sec = per_sec;
     ArmClient::new(cfg, None).expect("client")
