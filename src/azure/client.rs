@@ -225,13 +225,20 @@ struct Probe<'a> {
 
 impl Drop for Probe<'_> {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.client.buckets.lock()
+        let unanswered = if let Ok(mut map) = self.client.buckets.lock()
             && let Some(b) = map.get_mut(&self.key)
             && !b.seeded
         {
             b.probe_since = None;
+            true
+        } else {
+            false
+        };
+        // An answer already woke the waiters (`observe_headers`); without one, the next
+        // waiter probes.
+        if unanswered {
+            self.client.seeded.notify_waiters();
         }
-        self.client.seeded.notify_waiters();
     }
 }
 
@@ -542,23 +549,27 @@ impl ArmClient {
                     seeded: false,
                     probe_since: None,
                 });
-                if !bucket.seeded {
-                    match bucket.probe_since {
-                        None => {
-                            bucket.probe_since = Some(now);
-                            probe = true;
-                        }
-                        Some(t) if now.saturating_duration_since(t) < PROBE_PATIENCE => {
-                            probe_wait = Some(PROBE_PATIENCE - now.saturating_duration_since(t));
-                        }
+                if !bucket.seeded
+                    && let Some(t) = bucket.probe_since
+                {
+                    let waited = now.saturating_duration_since(t);
+                    if waited < PROBE_PATIENCE {
+                        probe_wait = Some(PROBE_PATIENCE - waited);
+                    } else {
                         // The probe is taking too long: go by the model.
-                        Some(_) => bucket.seeded = true,
+                        bucket.seeded = true;
                     }
                 }
                 if let Some(w) = probe_wait {
                     w
                 } else if removal || bucket.removals_waiting == 0 {
-                    bucket.wait(now)
+                    let w = bucket.wait(now);
+                    if w.is_zero() && !bucket.seeded {
+                        // The first call with a token to a bucket Azure has not described yet.
+                        bucket.probe_since = Some(now);
+                        probe = true;
+                    }
+                    w
                 } else {
                     // Removals are waiting for this bucket: let them have the next tokens.
                     bucket.refill(now);
@@ -578,14 +589,6 @@ impl ArmClient {
                     }),
                     at: Instant::now(),
                 });
-            }
-            if probe {
-                // The bucket was blocked (it cannot be: it is new); let the next call probe.
-                if let Ok(mut map) = self.buckets.lock()
-                    && let Some(b) = map.get_mut(&key)
-                {
-                    b.probe_since = None;
-                }
             }
             if removal && waiting.is_none() {
                 waiting = Some(self.removal_waits(&key));
