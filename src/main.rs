@@ -350,17 +350,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Requests in flight to the API server are bounded apart from the reconcile slots: slots
     // are sized for Azure's latency, and each Kubernetes request in flight holds a connection
     // of its own (HTTP/1.1), which the pool then keeps. A watch holds its permit only until the
-    // API server's headers arrive.
-    let client = kube::client::ClientBuilder::try_from(
-        kube::Config::infer()
-            .await
-            .context("reading the Kubernetes client configuration")?,
-    )
-    .context("connecting to Kubernetes")?
-    .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
-        KUBE_MAX_IN_FLIGHT,
-    ))
-    .build();
+    // API server's headers arrive. The leader election has a client of its own, so that a
+    // Lease renewal never queues behind reconcile traffic.
+    let kube_config = kube::Config::infer()
+        .await
+        .context("reading the Kubernetes client configuration")?;
+    let election_client =
+        kube::Client::try_from(kube_config.clone()).context("connecting to Kubernetes")?;
+    let client = kube::client::ClientBuilder::try_from(kube_config)
+        .context("connecting to Kubernetes")?
+        .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
+            KUBE_MAX_IN_FLIGHT,
+        ))
+        .build();
     let stamp_key = start_webhook(&args, &client, &metrics, &readiness).await?;
     let arm = Arc::new(
         ArmClient::new(
@@ -408,7 +410,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             duration("leader-renew-deadline", &args.leader_renew_deadline)?.to_std()?;
         lc.retry_period = duration("leader-retry-period", &args.leader_retry_period)?.to_std()?;
         let leadership = accessgrant_operator::leader::run_election(
-            client.clone(),
+            election_client,
             lc,
             std::future::pending::<()>(),
         )
