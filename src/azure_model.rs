@@ -4,8 +4,9 @@
 //! steps (a crash loses whatever was not yet written).
 
 use crate::api::{AccessGrantSpec, AccessGrantStatus, AccessPolicy, Operation};
+use crate::arm_id::ArmId;
 use crate::azure::error::AzureError;
-use crate::azure::ids::ArmId;
+use crate::azure::models::{is_removal_type, jit_port_closed, pim_class};
 use crate::guard::{GrantContext, guard};
 use crate::lifecycle::{
     AzureWrite, GrantMeta, JitPolicyView, JitRequestPortView, JitRequestView, Need, Observed,
@@ -190,6 +191,10 @@ impl AzureModel {
 
     /// Serves a read the planner asked for.
     pub fn read(&mut self, need: &Need, st: &AccessGrantStatus, now: DateTime<Utc>) -> ReadAnswer {
+        self.read_raw(need, st, now).classified()
+    }
+
+    fn read_raw(&mut self, need: &Need, st: &AccessGrantStatus, now: DateTime<Utc>) -> ReadAnswer {
         self.tick(now);
         self.reads += 1;
         match need {
@@ -236,6 +241,15 @@ impl AzureModel {
 
     /// Serves the policy read before anything is recorded (the target is still in the spec).
     pub fn read_for_spec(
+        &mut self,
+        need: &Need,
+        spec: &AccessGrantSpec,
+        now: DateTime<Utc>,
+    ) -> ReadAnswer {
+        self.read_for_spec_raw(need, spec, now).classified()
+    }
+
+    fn read_for_spec_raw(
         &mut self,
         need: &Need,
         spec: &AccessGrantSpec,
@@ -306,7 +320,7 @@ impl AzureModel {
                 message: "the answer was lost".into(),
             });
         }
-        result
+        result.map(classified_answer)
     }
 
     fn apply(&mut self, w: &AzureWrite, now: DateTime<Utc>) -> Result<WriteAnswer, AzureError> {
@@ -332,7 +346,9 @@ impl AzureModel {
                         "{scope}/providers/Microsoft.Authorization/roleAssignmentScheduleRequests/{name}"
                     )),
                     status: String::new(),
+                    class: Default::default(),
                     request_type: body.request_type.to_string(),
+                    removal: false,
                     start: body.start,
                     end: None,
                     target_schedule_id: None,
@@ -529,6 +545,7 @@ impl AzureModel {
                             prefix: Some(p.allowed_source_address_prefix.clone()),
                             end: Some(p.end_time_utc),
                             status: "Initiated".into(),
+                            closed: false,
                             status_reason: Some("UserRequested".into()),
                         });
                     }
@@ -567,7 +584,43 @@ pub enum ReadAnswer {
     JitPolicy(Read<JitPolicyView>),
 }
 
+/// The model keeps Azure's words; the planner reads what they mean, as the ARM adapter
+/// classifies them (`azure::models`).
+fn classified_pim(mut v: PimRequestView) -> PimRequestView {
+    v.class = pim_class(&v.status);
+    v.removal = is_removal_type(&v.request_type);
+    v
+}
+
+fn classified_jit(mut v: JitRequestView) -> JitRequestView {
+    for p in &mut v.ports {
+        p.closed = jit_port_closed(&p.status);
+    }
+    v
+}
+
+fn classified_answer(a: WriteAnswer) -> WriteAnswer {
+    match a {
+        WriteAnswer::Pim(v) => WriteAnswer::Pim(classified_pim(v)),
+        WriteAnswer::Jit(v) => WriteAnswer::Jit(classified_jit(v)),
+        WriteAnswer::Canceled => WriteAnswer::Canceled,
+    }
+}
+
 impl ReadAnswer {
+    fn classified(self) -> Self {
+        match self {
+            ReadAnswer::PimRequest(Read::Found(v)) => {
+                ReadAnswer::PimRequest(Read::Found(classified_pim(v)))
+            }
+            ReadAnswer::JitPolicy(Read::Found(mut p)) => {
+                p.requests = p.requests.into_iter().map(classified_jit).collect();
+                ReadAnswer::JitPolicy(Read::Found(p))
+            }
+            other => other,
+        }
+    }
+
     /// Stores the answer in an observation.
     pub fn store(self, o: &mut Observed) {
         match self {
@@ -656,7 +709,8 @@ pub fn reconcile(
             now,
             config,
         };
-        let p = plan(&input);
+        let mut p = plan(&input);
+        crate::azure::ops::render_dry_run(&mut p);
         rep.plans.push(p.clone());
         if !p.needs.is_empty() {
             for n in &p.needs {

@@ -2,7 +2,7 @@
 //! selects its namespace allows all of it. Runs in the controller (and in the admission webhook).
 
 use crate::api::{AccessGrantSpec, AccessPolicy, AccessPolicySpec, PimMode};
-use crate::azure::ids::{ArmId, matches_pattern};
+use crate::arm_id::{ArmId, matches_pattern};
 use crate::validate::{InvalidSpec, ValidGrant, ValidTarget, parse_prefix};
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod arm_id;
 pub mod azure;
 pub mod azure_model;
 pub mod clock;

@@ -2,7 +2,7 @@
 //! apiserver can; this catches the rest and never trusts that the apiserver ran them.
 
 use crate::api::{AccessGrantSpec, GrantIdentity, JitTarget, PimMode, PimTarget, TicketSpec};
-use crate::azure::ids::{ArmId, is_guid, is_rg_name};
+use crate::arm_id::{ArmId, is_guid, is_rg_name};
 use chrono::{DateTime, Duration, Utc};
 use ipnet::IpNet;
 use std::net::IpAddr;

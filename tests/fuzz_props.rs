@@ -3,8 +3,8 @@
 //! admission reviews (`FUZZ_CASES`, default 3000 per property).
 
 use accessgrant_operator::api::*;
+use accessgrant_operator::arm_id::{ArmId, matches_pattern};
 use accessgrant_operator::azure::error::classify;
-use accessgrant_operator::azure::ids::{ArmId, matches_pattern};
 use accessgrant_operator::azure::models::{
     JitNetworkAccessPolicy, JitNetworkAccessRequest, PolicyItem, RoleAssignmentScheduleRequest,
     ScheduleItem,

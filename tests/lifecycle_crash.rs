@@ -151,6 +151,7 @@ fn jit_request_already_listed_with_our_marker_is_adopted() {
             number: 22,
             prefix: Some("10.0.0.7".into()),
             status: "Initiated".into(),
+            closed: false,
             status_reason: Some("UserRequested".into()),
             end: Some(t0() + Duration::hours(1)),
         }],

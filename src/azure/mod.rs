@@ -1,7 +1,8 @@
-//! Azure: ARM ids (pure), error classification (pure), and later the ARM client.
+//! The Azure door: ARM's wire format (paths, api-versions, bodies, status words), the
+//! authenticated and throttled ARM client, and error classification. Everything here turns
+//! ARM's answers into the planner's views (`lifecycle::types`) before the planner sees them.
 
 pub mod client;
 pub mod error;
-pub mod ids;
 pub mod models;
 pub mod ops;

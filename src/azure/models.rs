@@ -5,7 +5,7 @@
 
 use crate::lifecycle::{
     JitInitiateVm, JitPolicyPort, JitPolicyView, JitPolicyVm, JitRequestPortView, JitRequestView,
-    PimInstanceView, PimPolicyView, PimRequestBody, PimRequestView,
+    PimClass, PimInstanceView, PimPolicyView, PimRequestBody, PimRequestView,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,32 @@ pub struct List<T> {
 }
 
 // ---------- PIM ----------
+
+/// Classifies a PIM request status (case-insensitive; unknown = in progress).
+pub fn pim_class(status: &str) -> PimClass {
+    match status.to_ascii_lowercase().as_str() {
+        "provisioned" => PimClass::Granted,
+        "pendingapproval" | "pendingapprovalprovisioning" | "pendingadmindecision" => {
+            PimClass::Pending
+        }
+        "revoked" => PimClass::Revoked,
+        "canceled" => PimClass::Canceled,
+        "denied" | "admindenied" => PimClass::Denied,
+        "timedout" | "failed" | "failedasresourceislocked" | "invalid" => PimClass::Failed,
+        _ => PimClass::InProgress,
+    }
+}
+
+/// Whether a PIM `requestType` takes access away.
+pub fn is_removal_type(request_type: &str) -> bool {
+    request_type.eq_ignore_ascii_case("SelfDeactivate")
+        || request_type.eq_ignore_ascii_case("AdminRemove")
+}
+
+/// Whether a JIT port `status` means closed.
+pub fn jit_port_closed(status: &str) -> bool {
+    status.eq_ignore_ascii_case("Revoked")
+}
 
 /// `RoleAssignmentScheduleRequest` (request and response).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -224,7 +250,9 @@ impl RoleAssignmentScheduleRequest {
             name: self.name.clone().unwrap_or_default(),
             id: self.id.clone(),
             status: p.status.clone().unwrap_or_default(),
+            class: pim_class(p.status.as_deref().unwrap_or_default()),
             request_type: p.request_type.clone().unwrap_or_default(),
+            removal: p.request_type.as_deref().is_some_and(is_removal_type),
             start,
             end,
             target_schedule_id: p.target_role_assignment_schedule_id.clone(),
@@ -295,8 +323,8 @@ impl ScheduleItem {
     pub fn matches(&self, scope: &str, role: &str, principal: &str) -> bool {
         let p = &self.properties;
         let same = |a: Option<&str>, b: &str| match (
-            a.and_then(|a| crate::azure::ids::ArmId::parse(a).ok()),
-            crate::azure::ids::ArmId::parse(b).ok(),
+            a.and_then(|a| crate::arm_id::ArmId::parse(a).ok()),
+            crate::arm_id::ArmId::parse(b).ok(),
         ) {
             (Some(x), Some(y)) => x == y,
             _ => a.is_some_and(|a| a.eq_ignore_ascii_case(b)),
@@ -596,6 +624,7 @@ impl JitNetworkAccessRequest {
                         }),
                         end: p.end_time_utc.as_deref().and_then(parse_time),
                         status: p.status.clone().unwrap_or_default(),
+                        closed: p.status.as_deref().is_some_and(jit_port_closed),
                         status_reason: p.status_reason.clone(),
                     })
                 })

@@ -6,7 +6,7 @@ use super::error::AzureError;
 use super::models::*;
 use crate::api::GrantIdentity;
 use crate::lifecycle::{
-    AzureWrite, JitPolicyView, PimInstanceView, PimPolicyView, PimRequestView, WriteAnswer,
+    AzureWrite, JitPolicyView, PimInstanceView, PimPolicyView, PimRequestView, Plan, WriteAnswer,
 };
 use reqwest::Method;
 
@@ -208,13 +208,13 @@ impl ArmClient {
             }
             Err(e) => return Err(e),
         };
-        let role_id = crate::azure::ids::ArmId::parse_role_definition(role).ok();
+        let role_id = crate::arm_id::ArmId::parse_role_definition(role).ok();
         let item = items.iter().find(|i| {
             let r = i
                 .properties
                 .role_definition_id
                 .as_deref()
-                .and_then(|r| crate::azure::ids::ArmId::parse_role_definition(r).ok());
+                .and_then(|r| crate::arm_id::ArmId::parse_role_definition(r).ok());
             match (&r, &role_id) {
                 (Some(a), Some(b)) => a.role_guid() == b.role_guid(),
                 _ => false,
@@ -312,6 +312,15 @@ impl ArmClient {
                 .await
                 .map(WriteAnswer::Jit),
         }
+    }
+}
+
+/// Fills a dry-run plan's `status.dryRun` with the request line and body its write would send.
+pub fn render_dry_run(p: &mut Plan) {
+    if let (Some(w), Some(d)) = (p.dry_run.as_ref(), p.status.dry_run.as_mut()) {
+        let (request, body) = describe(w);
+        d.request = request;
+        d.body = body;
     }
 }
 

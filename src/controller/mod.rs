@@ -550,7 +550,8 @@ async fn reconcile_grant(mut grant: AccessGrant, ctx: &Context) -> Result<Action
             now,
             config: &ctx.cfg.planner,
         };
-        let p = plan(&input);
+        let mut p = plan(&input);
+        crate::azure::ops::render_dry_run(&mut p);
         if !p.needs.is_empty() {
             for n in &p.needs {
                 if read(ctx, &grant, &status, valid.as_ref().ok(), n, &mut observed)

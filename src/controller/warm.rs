@@ -266,7 +266,7 @@ impl Warm {
 
 /// (subscription, resource group, location, name) of a JIT policy id, lower-case.
 pub fn jit_key_of_id(id: &str) -> Option<JitKey> {
-    let parsed = crate::azure::ids::ArmId::parse(id).ok()?;
+    let parsed = crate::arm_id::ArmId::parse(id).ok()?;
     let seg = parsed.lower_segments();
     let sub = parsed.subscription_id()?.to_ascii_lowercase();
     let rg = parsed.resource_group()?.to_ascii_lowercase();
@@ -285,7 +285,7 @@ pub fn jit_key_of_id(id: &str) -> Option<JitKey> {
 /// Snapshot key of a (scope, principal): the scope normalised as ARM ids compare (case,
 /// the two spellings of a subscription scope), the principal lower-case.
 fn pim_key(scope: &str, principal: &str) -> (String, String) {
-    let scope = match crate::azure::ids::ArmId::parse(scope) {
+    let scope = match crate::arm_id::ArmId::parse(scope) {
         Ok(id) => id.lower_segments().join("/"),
         Err(_) => scope.to_ascii_lowercase(),
     };
@@ -294,7 +294,7 @@ fn pim_key(scope: &str, principal: &str) -> (String, String) {
 
 /// The subscription of an ARM scope, lower-case (None for management groups and `/`).
 pub fn subscription_of_scope(scope: &str) -> Option<String> {
-    crate::azure::ids::ArmId::parse(scope)
+    crate::arm_id::ArmId::parse(scope)
         .ok()?
         .subscription_id()
         .map(str::to_ascii_lowercase)

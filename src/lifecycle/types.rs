@@ -1,7 +1,7 @@
 //! Planner inputs and outputs: what was observed, and what to do.
 
+use super::AzureError;
 use crate::api::{AccessGrantStatus, GrantIdentity, Operation, TicketSpec};
-use crate::azure::error::AzureError;
 use chrono::{DateTime, Duration, Utc};
 
 /// The result of a read: not done, done and nothing there, or found.
@@ -30,6 +30,27 @@ impl<T> Read<T> {
     }
 }
 
+/// What a PIM request's status means for the grant (the Azure adapter classifies Azure's
+/// status strings; azure-api.md §4.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PimClass {
+    /// Still being processed (also any status Azure may add later).
+    #[default]
+    InProgress,
+    /// Waiting for an approver.
+    Pending,
+    /// Granted and in force.
+    Granted,
+    /// Removed (success of a removal request).
+    Revoked,
+    /// Canceled.
+    Canceled,
+    /// Denied by an approver.
+    Denied,
+    /// Timed out, failed or invalid.
+    Failed,
+}
+
 /// A PIM role assignment schedule request as Azure reported it.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct PimRequestView {
@@ -37,10 +58,14 @@ pub struct PimRequestView {
     pub name: String,
     /// Full ARM id.
     pub id: Option<String>,
-    /// `properties.status`.
+    /// `properties.status`, Azure's word (recorded in status as it is).
     pub status: String,
-    /// `properties.requestType`.
+    /// What that status means.
+    pub class: PimClass,
+    /// `properties.requestType`, Azure's word.
     pub request_type: String,
+    /// The request takes access away (`SelfDeactivate`, `AdminRemove`).
+    pub removal: bool,
     /// Start of the schedule asked for / granted.
     pub start: Option<DateTime<Utc>>,
     /// End of the schedule (start + duration), when known.
@@ -132,8 +157,10 @@ pub struct JitRequestPortView {
     pub prefix: Option<String>,
     /// `endTimeUtc`.
     pub end: Option<DateTime<Utc>>,
-    /// `status` (`Initiated`, `Revoked`, or off-enum like `Initiating`).
+    /// `status`, Azure's word (`Initiated`, `Revoked`, or off-enum like `Initiating`).
     pub status: String,
+    /// The port is closed (`Revoked`): expired, superseded or closed by hand.
+    pub closed: bool,
     /// `statusReason`.
     pub status_reason: Option<String>,
 }
@@ -309,6 +336,9 @@ pub struct Plan {
     pub wake_at: Option<DateTime<Utc>>,
     /// Reads needed before deciding; when non-empty, read and plan again.
     pub needs: Vec<Need>,
+    /// The write a dry run would send: the executor renders it into `status.dryRun` (request
+    /// line and body) before the status is written.
+    pub dry_run: Option<AzureWrite>,
 }
 
 impl Plan {

@@ -1,0 +1,63 @@
+//! Removal: taking access away when it is no longer wanted, or recording why none is held.
+
+use super::{Ctx, Unwanted};
+use crate::api::Phase;
+use crate::constants::reason;
+use crate::guard::Verdict;
+
+impl Ctx<'_> {
+    pub(super) fn take_away(&mut self, why: Unwanted) {
+        if self.may_hold() {
+            if let Some(until) = self.st.retry.as_ref().map(|r| r.not_before)
+                && until > self.now()
+            {
+                self.wake_at(until);
+                return;
+            }
+            if self.meta().deleting && !self.meta().has_finalizer {
+                // Cannot happen by construction (finalizer before any write); nothing we may do.
+                return;
+            }
+            if self.input.covered_by_other
+                && matches!(self.st.phase, Phase::Active | Phase::Renewing)
+            {
+                self.transition(Phase::Revoked, reason::HANDED_OVER, "another live AccessGrant covers the same access; left it in place for that grant".into());
+                self.access_gone_done();
+                return;
+            }
+            if self.is_jit() {
+                self.take_away_jit();
+            } else {
+                self.take_away_pim();
+            }
+            return;
+        }
+        // Holds nothing.
+        match why {
+            Unwanted::Deleted => {}
+            Unwanted::Suspended => {
+                if !self.st.phase.is_terminal() || self.generation_moved() {
+                    self.transition(
+                        Phase::Revoked,
+                        reason::SUSPENDED,
+                        "suspended before access was granted".into(),
+                    );
+                }
+            }
+            Unwanted::Invalid => {
+                if let Err(e) = self.input.spec {
+                    let msg = format!("{}: {}", e.field, e.reason);
+                    self.transition(Phase::Failed, reason::INVALID_SPEC, msg);
+                }
+            }
+            Unwanted::Denied => {
+                if let Some(Verdict::Denied { rule, message }) = self.input.verdict {
+                    self.st.status_reason = Some(rule.clone());
+                    self.transition(Phase::Denied, reason::POLICY_DENIED, message.clone());
+                }
+            }
+            Unwanted::DryRun => {}
+        }
+        self.access_gone_done();
+    }
+}
