@@ -2,12 +2,12 @@
 //! Run: `cargo bench --bench planner`. Prints figures; asserts nothing about time.
 
 use accessgrant_operator::api::*;
-use accessgrant_operator::azure_model::{AzureModel, ModelGrant, reconcile};
 use accessgrant_operator::guard::{GrantContext, guard};
 use accessgrant_operator::lifecycle::{
     GrantMeta, JitPolicyPort, JitPolicyView, JitPolicyVm, Observed, PlanInput, PlannerConfig, plan,
 };
 use accessgrant_operator::validate::validate;
+use accessgrant_testkit::{AzureModel, ModelGrant, reconcile};
 use chrono::{Duration, TimeZone, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::BTreeMap;

@@ -7,11 +7,11 @@
 pub mod api;
 pub mod arm_id;
 pub mod azure;
-pub mod azure_model;
 pub mod clock;
 pub mod constants;
 pub mod controller;
 pub mod crashpoint;
+pub mod executor;
 pub mod guard;
 pub mod leader;
 pub mod lifecycle;

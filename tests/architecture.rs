@@ -158,6 +158,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("api", &["api", "constants", "arm_id"]),
     ("rules", &["validate", "guard", "stamp"]),
     ("lifecycle", &["lifecycle"]),
+    ("executor", &["executor"]),
     (
         "doors",
         &[

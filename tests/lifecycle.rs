@@ -232,7 +232,7 @@ fn role_assignment_exists_is_adopted() {
     let mut w = World::new(pim_spec(PimMode::Activate));
     w.model.instances.insert(
         pim_key(),
-        accessgrant_operator::azure_model::ModelInstance {
+        accessgrant_testkit::ModelInstance {
             id: "pre".into(),
             start: t0() - Duration::minutes(10),
             end: Some(t0() + Duration::minutes(50)),
@@ -928,7 +928,7 @@ fn a_client_side_token_wait_does_not_grow_the_backoff() {
 /// Runs one reconcile of `w` that stops after `side_effects` side effects (finalizer, intent,
 /// Azure write, ...): replica A, whose Azure write is still on its way.
 fn record_intent_only(w: &mut World, side_effects: usize) -> Intent {
-    let r = accessgrant_operator::azure_model::reconcile(
+    let r = accessgrant_testkit::reconcile(
         &mut w.grant,
         &mut w.model,
         &w.policies,

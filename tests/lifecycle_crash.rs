@@ -6,11 +6,11 @@ mod support;
 
 use accessgrant_operator::api::*;
 use accessgrant_operator::azure::error::AzureError;
-use accessgrant_operator::azure_model::reconcile;
 use accessgrant_operator::guard::{GrantContext, guard};
 use accessgrant_operator::lifecycle::{JitRequestPortView, JitRequestView, jit_marker};
 use accessgrant_operator::lifecycle::{Need, Observed, PlanInput, Read, WriteResult, plan};
 use accessgrant_operator::validate::validate;
+use accessgrant_testkit::reconcile;
 use chrono::Duration;
 use std::collections::BTreeMap;
 use support::*;

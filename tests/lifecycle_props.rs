@@ -5,8 +5,8 @@ mod support;
 
 use accessgrant_operator::api::*;
 use accessgrant_operator::azure::error::AzureError;
-use accessgrant_operator::azure_model::{ReconcileReport, reconcile};
 use accessgrant_operator::lifecycle::PimPolicyView;
+use accessgrant_testkit::{ReconcileReport, reconcile};
 use chrono::Duration;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};

@@ -5,17 +5,18 @@
 //! Azure throttled until its Retry-After elapsed, and a concurrency limit. Tokens never reach a
 //! log line or an error.
 
+use super::auth::GrantAssertion;
+pub use super::auth::{AssertionSource, AuthConfig};
 use super::error::{AzureError, classify};
+pub use super::http::{ArmClientError, http_client, parse, redact, subscription_of};
+use super::http::{backoff, client_options, retry_after_secs};
 use crate::api::GrantIdentity;
 use azure_core::credentials::{Secret, TokenCredential};
-use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_identity::{
-    ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
-    ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
-    ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
-    WorkloadIdentityCredentialOptions,
+    ClientAssertionCredential, ClientAssertionCredentialOptions, ClientSecretCredential,
+    ClientSecretCredentialOptions, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
+    UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
-use rand::RngExt;
 use reqwest::Method;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -28,63 +29,12 @@ use tracing::Instrument;
 /// Default bound on ARM calls in flight (see `ArmConfig::max_in_flight`).
 pub const DEFAULT_MAX_IN_FLIGHT: u16 = 1024;
 
-/// Idle connections kept per host after a burst.
-const POOL_MAX_IDLE: usize = 32;
-
 /// How long calls wait for the first answer of a bucket that has none yet (its probe) before
 /// they go by the model alone.
 const PROBE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The ARM token scope.
 pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
-
-/// How the operator authenticates to Azure.
-#[derive(Clone)]
-pub enum AuthConfig {
-    /// AKS workload identity (federated token file).
-    WorkloadIdentity {
-        /// Tenant id.
-        tenant_id: String,
-        /// Client id.
-        client_id: String,
-        /// Token file.
-        token_file: std::path::PathBuf,
-    },
-    /// Managed identity (IMDS or App Service endpoint).
-    ManagedIdentity {
-        /// User-assigned client id, or system-assigned when None.
-        client_id: Option<String>,
-    },
-    /// Client secret.
-    ClientSecret {
-        /// Tenant id.
-        tenant_id: String,
-        /// Client id.
-        client_id: String,
-        /// Secret (never logged).
-        secret: String,
-    },
-}
-
-impl std::fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AuthConfig::WorkloadIdentity {
-                tenant_id,
-                client_id,
-                ..
-            } => write!(f, "WorkloadIdentity({tenant_id}/{client_id})"),
-            AuthConfig::ManagedIdentity { client_id } => {
-                write!(f, "ManagedIdentity({client_id:?})")
-            }
-            AuthConfig::ClientSecret {
-                tenant_id,
-                client_id,
-                ..
-            } => write!(f, "ClientSecret({tenant_id}/{client_id}, secret redacted)"),
-        }
-    }
-}
 
 /// Token bucket sizes per operation class (ARM defaults: azure-api.md §2.7).
 #[derive(Clone, Copy, Debug)]
@@ -149,35 +99,6 @@ impl ArmConfig {
                 refill_per_sec: 10.0,
             },
         }
-    }
-}
-
-/// Supplies a client assertion (e.g. a ServiceAccount token) for a grant's workload identity.
-#[async_trait::async_trait]
-pub trait AssertionSource: Send + Sync + std::fmt::Debug {
-    /// A fresh assertion JWT for `identity` of `namespace`.
-    async fn assertion(&self, namespace: &str, identity: &GrantIdentity) -> Result<String, String>;
-}
-
-#[derive(Debug)]
-struct GrantAssertion {
-    source: Arc<dyn AssertionSource>,
-    namespace: String,
-    identity: GrantIdentity,
-}
-
-#[async_trait::async_trait]
-impl ClientAssertion for GrantAssertion {
-    async fn secret(
-        &self,
-        _options: Option<azure_core::http::ClientMethodOptions<'_>>,
-    ) -> azure_core::Result<String> {
-        self.source
-            .assertion(&self.namespace, &self.identity)
-            .await
-            .map_err(|e| {
-                azure_core::Error::with_message(azure_core::error::ErrorKind::Credential, e)
-            })
     }
 }
 
@@ -358,53 +279,6 @@ impl std::fmt::Debug for ArmClient {
             .field("auth", &self.cfg.auth)
             .finish_non_exhaustive()
     }
-}
-
-/// Client construction errors.
-#[derive(Debug, thiserror::Error)]
-pub enum ArmClientError {
-    /// TLS or HTTP client setup.
-    #[error("HTTP client: {0}")]
-    Http(String),
-    /// Credential setup.
-    #[error("credential: {0}")]
-    Credential(String),
-}
-
-/// Builds a reqwest client trusting the platform roots plus `extra_ca_pem`, with rustls + ring.
-pub fn http_client(
-    extra_ca_pem: Option<&[u8]>,
-    timeout: Duration,
-) -> Result<reqwest::Client, ArmClientError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for c in native.certs {
-        let _ = roots.add(c);
-    }
-    if let Some(pem) = extra_ca_pem {
-        use rustls::pki_types::pem::PemObject as _;
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| ArmClientError::Http(format!("bad CA file: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| ArmClientError::Http(format!("bad CA certificate: {e}")))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ArmClientError::Http(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(timeout)
-        // A burst at real latency opens a connection per call in flight (HTTP/1.1, ~50 KB
-        // each with its buffers); keep enough for the steady state, not all of them.
-        .pool_max_idle_per_host(POOL_MAX_IDLE)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| ArmClientError::Http(e.to_string()))
 }
 
 impl ArmClient {
@@ -907,68 +781,4 @@ impl ArmClient {
         }
         Ok(out)
     }
-}
-
-fn client_options(http: &reqwest::Client, authority: &url::Url) -> ClientOptions {
-    let mut custom = azure_core::cloud::CustomConfiguration::default();
-    custom.authority_host = authority.as_str().trim_end_matches('/').to_string();
-    ClientOptions {
-        // One retry loop only: ours (ArmClient::call) retries token failures too.
-        retry: RetryOptions::none(),
-        transport: Some(Transport::new(Arc::new(http.clone()))),
-        cloud: Some(Arc::new(custom.into())),
-        ..Default::default()
-    }
-}
-
-/// Parses a JSON body into `T`, as an `Invalid` error when it does not fit.
-pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AzureError> {
-    serde_json::from_slice(body).map_err(|e| AzureError::Invalid {
-        status: 0,
-        code: "UnparseableResponse".into(),
-        message: e.to_string(),
-    })
-}
-
-/// The subscription a path belongs to (lower case), or `tenant` for tenant-level paths.
-pub fn subscription_of(path: &str) -> String {
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    segs.windows(2)
-        .find(|w| w[0].eq_ignore_ascii_case("subscriptions"))
-        .map(|w| w[1].to_ascii_lowercase())
-        .unwrap_or_else(|| "tenant".into())
-}
-
-fn retry_after_secs(h: &reqwest::header::HeaderMap) -> Option<u64> {
-    if let Some(ms) = h
-        .get("retry-after-ms")
-        .or_else(|| h.get("x-ms-retry-after-ms"))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        return Some(ms.div_ceil(1000));
-    }
-    h.get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-}
-
-fn backoff(attempt: u32) -> Duration {
-    let base = 200u64.saturating_mul(1u64 << attempt.min(8));
-    let jitter = rand::rng().random_range(0..=base / 2);
-    Duration::from_millis(base + jitter)
-}
-
-/// Removes anything that looks like a bearer token or secret from an error message.
-pub fn redact(s: &str) -> String {
-    s.split_whitespace()
-        .map(|w| {
-            if w.len() > 60 && w.chars().filter(|c| *c == '.').count() >= 2 {
-                "[redacted]"
-            } else {
-                w
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -6,7 +6,7 @@ use super::error::AzureError;
 use super::models::*;
 use crate::api::GrantIdentity;
 use crate::lifecycle::{
-    AzureWrite, JitPolicyView, PimInstanceView, PimPolicyView, PimRequestView, Plan, WriteAnswer,
+    AzureWrite, JitPolicyView, PimInstanceView, PimPolicyView, PimRequestView, WriteAnswer,
 };
 use reqwest::Method;
 
@@ -312,15 +312,6 @@ impl ArmClient {
                 .await
                 .map(WriteAnswer::Jit),
         }
-    }
-}
-
-/// Fills a dry-run plan's `status.dryRun` with the request line and body its write would send.
-pub fn render_dry_run(p: &mut Plan) {
-    if let (Some(w), Some(d)) = (p.dry_run.as_ref(), p.status.dry_run.as_mut()) {
-        let (request, body) = describe(w);
-        d.request = request;
-        d.body = body;
     }
 }
 

@@ -3,10 +3,10 @@
 #![allow(dead_code)]
 
 use accessgrant_operator::api::*;
-use accessgrant_operator::azure_model::{AzureModel, ModelGrant, ReconcileReport, reconcile};
 use accessgrant_operator::lifecycle::{
     GrantMeta, JitPolicyPort, JitPolicyView, JitPolicyVm, PlannerConfig,
 };
+use accessgrant_testkit::{AzureModel, ModelGrant, ReconcileReport, reconcile};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::BTreeMap;

@@ -1,19 +1,24 @@
-//! A pure in-memory model of Azure's JIT and PIM behaviour (not an HTTP mock), plus a
-//! reconcile driver that executes plans against it exactly as the controller does. Tests and
+//! A pure in-memory model of Azure's JIT and PIM behaviour (not an HTTP mock), and the doors
+//! through which the operator's own executor runs against it. Tests and
 //! benchmarks run plan -> apply -> observe -> plan loops with it, including crashes between
 //! steps (a crash loses whatever was not yet written).
 
-use crate::api::{AccessGrantSpec, AccessGrantStatus, AccessPolicy, Operation};
-use crate::arm_id::ArmId;
-use crate::azure::error::AzureError;
-use crate::azure::models::{is_removal_type, jit_port_closed, pim_class};
-use crate::guard::{GrantContext, guard};
-use crate::lifecycle::{
-    AzureWrite, GrantMeta, JitPolicyView, JitRequestPortView, JitRequestView, Need, Observed,
-    PimInstanceView, PimPolicyView, PimRequestView, Plan, PlanInput, PlannerConfig, Read, Step,
-    WriteAnswer, WriteResult, plan,
+use accessgrant_operator::api::{
+    AccessGrantSpec, AccessGrantStatus, AccessPolicy, Intent, Operation,
 };
-use crate::validate::validate;
+use accessgrant_operator::arm_id::ArmId;
+use accessgrant_operator::azure::error::AzureError;
+use accessgrant_operator::azure::models::{is_removal_type, jit_port_closed, pim_class};
+use accessgrant_operator::executor::{
+    AzureDoor, ExecError, GrantDoor, Judged, Outcome, Stored, execute,
+};
+use accessgrant_operator::guard::{GrantContext, guard};
+use accessgrant_operator::lifecycle::{
+    AzureWrite, GrantMeta, JitPolicyView, JitRequestPortView, JitRequestView, Need, Observed,
+    PimInstanceView, PimPolicyView, PimRequestView, Plan, PlannedEvent, PlannerConfig, Read,
+    WriteAnswer,
+};
+use accessgrant_operator::validate::validate;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -662,9 +667,164 @@ pub struct ReconcileReport {
     pub violations: Vec<String>,
 }
 
-/// Runs one reconcile of `g` against `model`, as the controller does: observe on demand, plan,
-/// execute steps in order, plan again after each Azure write, write status at the end.
-/// `crash_after` stops after that many side effects (0 = before the first).
+/// The model's crash: the process stopped after its budget of side effects.
+#[derive(Debug)]
+pub struct Crashed;
+
+/// The executor's doors over a model grant and the Azure model.
+struct ModelPass<'a> {
+    g: &'a mut ModelGrant,
+    model: &'a mut AzureModel,
+    rep: &'a mut ReconcileReport,
+    covered_by_other: bool,
+    now: DateTime<Utc>,
+    crash_after: Option<usize>,
+}
+
+impl ModelPass<'_> {
+    fn budget_ok(&self) -> bool {
+        self.crash_after.is_none_or(|n| self.rep.side_effects < n)
+    }
+}
+
+impl GrantDoor for ModelPass<'_> {
+    type Error = Crashed;
+
+    fn meta(&self) -> GrantMeta {
+        self.g.meta.clone()
+    }
+
+    fn status(&self) -> AccessGrantStatus {
+        self.g.status.clone()
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.now
+    }
+
+    async fn add_finalizer(&mut self) -> Result<(), Stored<Crashed>> {
+        self.g.meta.has_finalizer = true;
+        Ok(())
+    }
+
+    async fn record_intent(&mut self, st: &AccessGrantStatus) -> Result<(), Stored<Crashed>> {
+        self.g.status = st.clone();
+        Ok(())
+    }
+
+    async fn write_status(&mut self, st: &AccessGrantStatus) -> Result<(), Stored<Crashed>> {
+        if !self.g.gone {
+            self.rep.side_effects += 1;
+            self.g.status = st.clone();
+        }
+        Ok(())
+    }
+
+    async fn remove_finalizer(&mut self) -> Result<(), Stored<Crashed>> {
+        let ours = self
+            .g
+            .status
+            .pim
+            .as_ref()
+            .and_then(|p| p.request_name.clone());
+        if self.model.instances.values().any(|i| {
+            i.request_name
+                .as_deref()
+                .is_some_and(|n| ours.as_deref() == Some(n))
+        }) && !self.covered_by_other
+        {
+            self.rep
+                .violations
+                .push("finalizer removed while our PIM access is live".into());
+        }
+        self.g.meta.has_finalizer = false;
+        if self.g.meta.deleting {
+            self.g.gone = true;
+        }
+        Ok(())
+    }
+
+    async fn reread(&mut self) -> Result<bool, Crashed> {
+        // The model's grant never changes under a pass: no write conflicts.
+        Ok(true)
+    }
+
+    async fn publish(&mut self, _events: &[PlannedEvent]) {}
+
+    fn transition(&mut self, _before: &AccessGrantStatus, _after: &AccessGrantStatus) {}
+
+    fn planned(&mut self, plan: &Plan) {
+        self.rep.plans.push(plan.clone());
+    }
+
+    fn before_step(&mut self) -> Result<(), Crashed> {
+        if !self.budget_ok() {
+            return Err(Crashed);
+        }
+        self.rep.side_effects += 1;
+        Ok(())
+    }
+
+    fn before_settle(&mut self) -> Result<(), Crashed> {
+        if self.budget_ok() {
+            Ok(())
+        } else {
+            Err(Crashed)
+        }
+    }
+}
+
+impl AzureDoor for ModelPass<'_> {
+    async fn observe(
+        &mut self,
+        need: &Need,
+        _status: &AccessGrantStatus,
+        observed: &mut Observed,
+    ) -> Result<(), AzureError> {
+        let ans = if self.g.status.target.is_none()
+            && matches!(need, Need::PimPolicy | Need::JitPolicy)
+        {
+            self.model.read_for_spec(need, &self.g.spec, self.now)
+        } else {
+            self.model.read(need, &self.g.status, self.now)
+        };
+        ans.store(observed);
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        w: &AzureWrite,
+        intent: Option<&Intent>,
+        _deadline: DateTime<Utc>,
+    ) -> Result<WriteAnswer, AzureError> {
+        if !self.g.meta.has_finalizer {
+            self.rep
+                .violations
+                .push("Azure write without the finalizer".into());
+        }
+        let intent_ok = intent.is_some_and(|i| match w {
+            AzureWrite::Pim { name, .. } | AzureWrite::PimCancel { name, .. } => {
+                &i.request_id == name
+            }
+            AzureWrite::JitInitiate { justification, .. } => justification.contains(&i.request_id),
+        });
+        if !intent_ok {
+            self.rep
+                .violations
+                .push("Azure write without a recorded intent".into());
+        }
+        self.model.write(w, self.now)
+    }
+
+    fn describe(&self, w: &AzureWrite) -> (String, String) {
+        accessgrant_operator::azure::ops::describe(w)
+    }
+}
+
+/// Runs one reconcile of `g` against `model` through the operator's executor: observe on
+/// demand, plan, execute steps in order, plan again after each Azure write, write status at the
+/// end. `crash_after` stops after that many side effects (0 = before the first).
 #[allow(clippy::too_many_arguments)] // mirrors what the controller passes; a test driver
 pub fn reconcile(
     g: &mut ModelGrant,
@@ -681,127 +841,45 @@ pub fn reconcile(
         return rep;
     }
     let valid = validate(&g.spec);
-    let ctx = GrantContext {
-        namespace: g.meta.namespace.clone(),
-        namespace_labels: ns_labels.clone(),
-        created: g.created,
-        requester: g
-            .meta
-            .requested_by
-            .as_ref()
-            .map(|u| crate::guard::Requester {
-                username: u.clone(),
-                groups: vec![],
+    let ctx =
+        GrantContext {
+            namespace: g.meta.namespace.clone(),
+            namespace_labels: ns_labels.clone(),
+            created: g.created,
+            requester: g.meta.requested_by.as_ref().map(|u| {
+                accessgrant_operator::guard::Requester {
+                    username: u.clone(),
+                    groups: vec![],
+                }
             }),
-    };
-    let verdict = valid.as_ref().ok().map(|v| guard(v, policies, &ctx));
-    let mut observed = Observed::default();
-    let budget_ok = |rep: &ReconcileReport| crash_after.is_none_or(|n| rep.side_effects < n);
-    for _ in 0..12 {
-        let input = PlanInput {
-            meta: &g.meta,
-            spec: valid.as_ref(),
-            suspend: g.spec.suspend.unwrap_or(false),
-            status: &g.status,
-            verdict: verdict.as_ref(),
-            observed: &observed,
-            covered_by_other,
-            now,
-            config,
         };
-        let mut p = plan(&input);
-        crate::azure::ops::render_dry_run(&mut p);
-        rep.plans.push(p.clone());
-        if !p.needs.is_empty() {
-            for n in &p.needs {
-                let ans = if g.status.target.is_none()
-                    && matches!(n, Need::PimPolicy | Need::JitPolicy)
-                {
-                    model.read_for_spec(n, &g.spec, now)
-                } else {
-                    model.read(n, &g.status, now)
-                };
-                ans.store(&mut observed);
-            }
-            continue;
-        }
-        let mut wrote = false;
-        for step in &p.steps {
-            if !budget_ok(&rep) {
-                rep.crashed = true;
-                return rep;
-            }
-            rep.side_effects += 1;
-            match step {
-                Step::AddFinalizer => g.meta.has_finalizer = true,
-                Step::RecordIntent(st) => g.status = (**st).clone(),
-                Step::RemoveFinalizer => {
-                    if model.instances.values().any(|i| {
-                        i.request_name.as_deref().is_some_and(|n| {
-                            g.status
-                                .pim
-                                .as_ref()
-                                .and_then(|p| p.request_name.as_deref())
-                                == Some(n)
-                        })
-                    }) && !covered_by_other
-                    {
-                        rep.violations
-                            .push("finalizer removed while our PIM access is live".into());
-                    }
-                    g.meta.has_finalizer = false;
-                    if g.meta.deleting {
-                        g.gone = true;
-                    }
-                }
-                Step::Azure(w) => {
-                    if !g.meta.has_finalizer {
-                        rep.violations
-                            .push("Azure write without the finalizer".into());
-                    }
-                    let intent_ok = g.status.intent.as_ref().is_some_and(|i| match w {
-                        AzureWrite::Pim { name, .. } | AzureWrite::PimCancel { name, .. } => {
-                            &i.request_id == name
-                        }
-                        AzureWrite::JitInitiate { justification, .. } => {
-                            justification.contains(&i.request_id)
-                        }
-                    });
-                    if !intent_ok {
-                        rep.violations
-                            .push("Azure write without a recorded intent".into());
-                    }
-                    let intent = g.status.intent.clone();
-                    let outcome = model.write(w, now);
-                    observed = Observed {
-                        last_write: intent.map(|i| WriteResult {
-                            operation: i.operation,
-                            request_id: i.request_id,
-                            outcome,
-                        }),
-                        ..Default::default()
-                    };
-                    wrote = true;
-                    break;
-                }
-            }
-        }
-        if wrote {
-            continue;
-        }
-        if !budget_ok(&rep) {
-            rep.crashed = true;
-            return rep;
-        }
-        if g.status != p.status && !g.gone {
-            rep.side_effects += 1;
-            g.status = p.status.clone();
-        }
-        rep.wake_at = p.wake_at;
-        return rep;
+    let verdict = valid.as_ref().ok().map(|v| guard(v, policies, &ctx));
+    let judged = Judged {
+        spec: valid.as_ref(),
+        suspend: g.spec.suspend.unwrap_or(false),
+        verdict: verdict.as_ref(),
+        covered_by_other,
+        config,
+    };
+    let mut pass = ModelPass {
+        g,
+        model,
+        rep: &mut rep,
+        covered_by_other,
+        now,
+        crash_after,
+    };
+    let outcome = futures::executor::block_on(execute(&mut pass, &judged));
+    match outcome {
+        Ok(Outcome::Settled { wake_at }) => rep.wake_at = wake_at,
+        Ok(Outcome::Released | Outcome::Changed) => {}
+        Ok(Outcome::Unsettled) => rep
+            .violations
+            .push("reconcile did not settle within 12 plans".into()),
+        Err(ExecError::Grant(Crashed)) => rep.crashed = true,
+        Err(ExecError::AzureRead(e)) => rep.violations.push(format!("model read failed: {e}")),
+        Err(ExecError::NotLeader) => rep.violations.push("not the leader".into()),
     }
-    rep.violations
-        .push("reconcile did not settle within 12 plans".into());
     rep
 }
 
