@@ -2,7 +2,7 @@
 virtualenv of scripts/packaging-check.sh) against the cluster of a kubeconfig.
 
 usage: python helm-upgrade.py install|upgrade KUBECONFIG CHART   (a directory or a .tgz)
-Prints the release's revision and chart version as JSON. tests/packaging.rs runs it against
+Prints the release's revision and chart version as JSON. tests/e2e/packaging.rs runs it against
 kube-sim to show that `helm upgrade` from the previous chart version updates the CRDs.
 """
 import json

@@ -8,14 +8,14 @@
 #   - every rendered object with `kubernetes-validate --strict` against Kubernetes
 #     $KUBERNETES_VERSION. Kinds with no upstream schema (only the ServiceMonitor CRD kind of
 #     prometheus-operator) are listed in SKIP_KINDS, reported as skipped, and checked by
-#     tests/packaging.rs instead; any other "couldn't find schema" fails the run.
+#     tests/e2e/packaging.rs instead; any other "couldn't find schema" fails the run.
 #
 # usage: scripts/packaging-check.sh OUT_DIR
 # OUT_DIR receives helm-default.yaml, helm-full.yaml (every option on), helm-client-secret.yaml,
 # helm-managed-identity.yaml and helm-no-crds.yaml (`crds.enabled: false`; the CRDs are
 # templates, so `helm upgrade` updates them),
 # kustomize.yaml, helm-lint.json and validated.tsv (file, apiVersion, kind, namespace, name,
-# "validated" or "skipped"). tests/packaging.rs runs this script.
+# "validated" or "skipped"). tests/e2e/packaging.rs runs this script.
 #
 # Needs python3 (with venv) and network access to PyPI on first use; the virtualenv lives in
 # target/packaging-venv and is reused. kubectl: $KUBECTL, else kubectl on PATH, else Debian's

@@ -1,8 +1,8 @@
 //! ARM resource ids and scopes: parsing, normalisation and containment (pure).
 //!
 //! ARM ids are case-insensitive and have two spellings of a subscription scope
-//! (`/subscriptions/{id}` and `/providers/Microsoft.Subscription/subscriptions/{id}`,
-//! azure-api.md §2.3). Anything that could smuggle a different scope past a string comparison
+//! (`/subscriptions/{id}` and `/providers/Microsoft.Subscription/subscriptions/{id}`).
+//! Anything that could smuggle a different scope past a string comparison
 //! (`..`, `.`, empty segments, trailing slashes, percent-encoding, backslashes, whitespace) is
 //! refused rather than "cleaned up": a security boundary should not guess.
 

@@ -51,7 +51,6 @@ pub struct GrantContext {
 pub struct Requester {
     /// User name.
     pub username: String,
-    /// Groups.
     pub groups: Vec<String>,
 }
 

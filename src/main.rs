@@ -70,14 +70,19 @@ struct RunArgs {
     managed_identity: bool,
     /// JIT has no revoke API: on delete/suspend supersede our request with a window this long
     /// (ISO 8601), or `none` to let the ports close at their end time.
-    #[arg(long, env = "JIT_EARLY_CLOSE", default_value = "PT1M")]
-    jit_early_close: String,
+    #[arg(long, env = "JIT_EARLY_CLOSE", default_value = "PT1M", value_parser = duration_or_none)]
+    jit_early_close: Switch<chrono::Duration>,
     /// PIM's minimum active time before deactivation (Azure: 5 minutes).
-    #[arg(long, env = "PIM_DEACTIVATION_FLOOR", default_value = "PT5M")]
-    deactivation_floor: String,
+    #[arg(long, env = "PIM_DEACTIVATION_FLOOR", default_value = "PT5M", value_parser = duration)]
+    deactivation_floor: chrono::Duration,
     /// How often active grants are checked for out-of-band changes.
-    #[arg(long, env = "DRIFT_CHECK_INTERVAL", default_value = "PT5M")]
-    drift_check: String,
+    #[arg(long, env = "DRIFT_CHECK_INTERVAL", default_value = "PT5M", value_parser = duration)]
+    drift_check: chrono::Duration,
+    /// How long one ARM call may take. The write deadline (after which the operator stops
+    /// waiting for a write it recorded) is the same value, and the shutdown grace is a little
+    /// longer, so that a write in flight at shutdown is answered or abandoned, never cut off.
+    #[arg(long, env = "ARM_REQUEST_TIMEOUT", default_value = "PT30S", value_parser = duration)]
+    arm_request_timeout: chrono::Duration,
     /// Concurrent reconciles. A reconcile keeps its slot while its ARM calls are answered
     /// (100 ms to seconds each), so the slots must cover ARM's budget at that latency: what
     /// paces calls is each subscription's token buckets, not this number.
@@ -98,19 +103,19 @@ struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     leader_election_id: Option<String>,
     /// Lease duration, renew deadline (shorter) and retry period (ISO 8601).
-    #[arg(long, env = "LEADER_LEASE_DURATION", default_value = "PT15S")]
-    leader_lease_duration: String,
+    #[arg(long, env = "LEADER_LEASE_DURATION", default_value = "PT15S", value_parser = std_duration)]
+    leader_lease_duration: std::time::Duration,
     /// How long the leader keeps writing without a successful renew (< lease duration).
-    #[arg(long, env = "LEADER_RENEW_DEADLINE", default_value = "PT10S")]
-    leader_renew_deadline: String,
+    #[arg(long, env = "LEADER_RENEW_DEADLINE", default_value = "PT10S", value_parser = std_duration)]
+    leader_renew_deadline: std::time::Duration,
     /// How often the Lease is renewed or retried.
-    #[arg(long, env = "LEADER_RETRY_PERIOD", default_value = "PT2S")]
-    leader_retry_period: String,
+    #[arg(long, env = "LEADER_RETRY_PERIOD", default_value = "PT2S", value_parser = std_duration)]
+    leader_retry_period: std::time::Duration,
     /// Admin server (`/metrics`, `/livez`, `/readyz`, `/loglevel`) listen address.
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     admin_addr: std::net::SocketAddr,
     /// Log format: `text` or `json` (logs go to stderr; audit lines to stdout).
-    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     /// Hold an AccessPolicy's deletion (a finalizer) while live grants rely on it, so that
     /// deleting or pruning a policy does not silently withdraw them; per policy, the annotation
@@ -119,8 +124,8 @@ struct RunArgs {
     policy_deletion_guard: bool,
     /// Admission webhook listen address (HTTPS), or `none` to run without the webhook (grants
     /// then carry no verified requester).
-    #[arg(long, env = "WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
-    webhook_addr: String,
+    #[arg(long, env = "WEBHOOK_ADDR", default_value = "0.0.0.0:9443", value_parser = addr_or_none)]
+    webhook_addr: Switch<std::net::SocketAddr>,
     /// Directory with `tls.crt` and `tls.key` for the webhook (a mounted Secret, e.g. from
     /// cert-manager). Without it the operator generates a CA and certificate once, keeps them
     /// in `--webhook-secret` and patches the CA into the webhook configurations.
@@ -171,7 +176,7 @@ async fn start_webhook(
 ) -> anyhow::Result<Option<accessgrant_operator::stamp::StampKey>> {
     use accessgrant_operator::webhook::{self, certs};
     let ns = args.leader_election_namespace.as_str();
-    if args.webhook_addr.eq_ignore_ascii_case("none") {
+    let Switch::On(addr) = args.webhook_addr.clone() else {
         tracing::warn!("admission webhook disabled: grants will carry no verified requester");
         return match &args.stamp_key_file {
             Some(f) => Ok(Some(
@@ -179,11 +184,7 @@ async fn start_webhook(
             )),
             None => Ok(None),
         };
-    }
-    let addr: std::net::SocketAddr = args
-        .webhook_addr
-        .parse()
-        .with_context(|| format!("--webhook-addr {:?}", args.webhook_addr))?;
+    };
     let key = certs::stamp_key(
         client,
         args.stamp_key_file.as_deref(),
@@ -258,10 +259,39 @@ async fn start_webhook(
     Ok(Some(key))
 }
 
-fn duration(flag: &str, v: &str) -> anyhow::Result<chrono::Duration> {
-    IsoDuration::new(v)
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--{flag} {e}"))
+/// A setting that can be turned off with `none`.
+#[derive(Clone, Debug, PartialEq)]
+enum Switch<T> {
+    /// `none`.
+    Off,
+    /// A value.
+    On(T),
+}
+
+/// An ISO 8601 duration (clap value parser: bad values stop the process before anything binds
+/// a port).
+fn duration(v: &str) -> Result<chrono::Duration, String> {
+    IsoDuration::new(v).parse().map_err(|e| e.to_string())
+}
+
+fn std_duration(v: &str) -> Result<std::time::Duration, String> {
+    duration(v)?.to_std().map_err(|e| e.to_string())
+}
+
+fn duration_or_none(v: &str) -> Result<Switch<chrono::Duration>, String> {
+    if v.eq_ignore_ascii_case("none") {
+        return Ok(Switch::Off);
+    }
+    duration(v).map(Switch::On)
+}
+
+fn addr_or_none(v: &str) -> Result<Switch<std::net::SocketAddr>, String> {
+    if v.eq_ignore_ascii_case("none") {
+        return Ok(Switch::Off);
+    }
+    v.parse()
+        .map(Switch::On)
+        .map_err(|e| format!("{e}: expected host:port, or none"))
 }
 
 /// Resolves on SIGTERM or SIGINT. If the handlers cannot be installed it never resolves (the
@@ -340,8 +370,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "no Azure identity: set AZURE_CLIENT_SECRET, AZURE_FEDERATED_TOKEN_FILE or --managed-identity"
         ),
     };
+    let timeouts = controller::Timeouts::from_arm_request_timeout(args.arm_request_timeout);
     let mut cfg = ArmConfig::new(args.arm_endpoint.clone(), args.authority_host.clone(), auth);
     cfg.max_in_flight = usize::from(args.arm_max_in_flight);
+    cfg.request_timeout = timeouts.arm_request;
     if let Some(f) = &args.azure_ca_file {
         cfg.extra_ca_pem = Some(
             std::fs::read(f).with_context(|| format!("reading --azure-ca-file {}", f.display()))?,
@@ -384,13 +416,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
     let planner = PlannerConfig {
-        jit_early_close: if args.jit_early_close.eq_ignore_ascii_case("none") {
-            None
-        } else {
-            Some(duration("jit-early-close", &args.jit_early_close)?)
+        jit_early_close: match args.jit_early_close {
+            Switch::Off => None,
+            Switch::On(d) => Some(d),
         },
-        deactivation_floor: duration("deactivation-floor", &args.deactivation_floor)?,
-        drift_check: duration("drift-check", &args.drift_check)?,
+        deactivation_floor: args.deactivation_floor,
+        drift_check: args.drift_check,
+        write_deadline: timeouts.write_deadline,
         ..PlannerConfig::default()
     };
     tracing::info!(arm = %args.arm_endpoint, authority = %args.authority_host, "accessgrant-operator starting");
@@ -404,11 +436,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "accessgrant-operator",
             identity.clone(),
         );
-        lc.lease_duration =
-            duration("leader-lease-duration", &args.leader_lease_duration)?.to_std()?;
-        lc.renew_deadline =
-            duration("leader-renew-deadline", &args.leader_renew_deadline)?.to_std()?;
-        lc.retry_period = duration("leader-retry-period", &args.leader_retry_period)?.to_std()?;
+        lc.lease_duration = args.leader_lease_duration;
+        lc.renew_deadline = args.leader_renew_deadline;
+        lc.retry_period = args.leader_retry_period;
         let leadership = accessgrant_operator::leader::run_election(
             election_client,
             lc,
@@ -453,6 +483,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             fence,
             stamp_key,
             policy_deletion_guard: args.policy_deletion_guard,
+            shutdown_grace: timeouts.shutdown_grace,
         },
         async move {
             tokio::select! {
@@ -487,5 +518,43 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         super::Cli::command().debug_assert();
+    }
+
+    fn run_args(extra: &[&str]) -> Result<super::RunArgs, clap::Error> {
+        use clap::Parser;
+        let mut argv = vec!["accessgrant-operator", "run"];
+        argv.extend_from_slice(extra);
+        super::Cli::try_parse_from(argv).map(|c| match c.command {
+            super::Command::Run(a) => *a,
+            super::Command::Crd => unreachable!("parsed run"),
+        })
+    }
+
+    #[test]
+    fn durations_and_addresses_are_parsed_by_clap_before_anything_starts() {
+        for bad in [
+            &["--drift-check", "P1X"][..],
+            &["--jit-early-close", "soon"],
+            &["--leader-lease-duration", "15s"],
+            &["--webhook-addr", "localhost"],
+            &["--arm-request-timeout", "-PT1S"],
+            &["--log-format", "yaml"],
+        ] {
+            let e = run_args(bad).expect_err(&format!("{bad:?} must be refused"));
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}: {e}"
+            );
+        }
+        let a = run_args(&["--jit-early-close", "none", "--webhook-addr", "NONE"]).expect("parses");
+        assert_eq!(a.jit_early_close, super::Switch::Off);
+        assert_eq!(a.webhook_addr, super::Switch::Off);
+        let a = run_args(&["--drift-check", "PT90S"]).expect("parses");
+        assert_eq!(a.drift_check, chrono::Duration::seconds(90));
+        assert_eq!(
+            a.jit_early_close,
+            super::Switch::On(chrono::Duration::minutes(1))
+        );
     }
 }

@@ -40,7 +40,6 @@ pub struct ValidGrant {
     pub renewal: Option<ValidRenewal>,
     /// `spec.suspend`.
     pub suspend: bool,
-    /// Ticket.
     pub ticket: Option<TicketSpec>,
     /// Clamp to the Azure policy's maximum instead of failing.
     pub clamp_duration: bool,
@@ -64,9 +63,7 @@ pub struct ValidRenewal {
 /// The Azure target, parsed.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ValidTarget {
-    /// JIT.
     Jit(ValidJit),
-    /// PIM.
     Pim(ValidPim),
 }
 
@@ -90,7 +87,6 @@ pub struct ValidJit {
 pub struct ValidJitVm {
     /// VM id.
     pub id: ArmId,
-    /// Ports.
     pub ports: Vec<ValidJitPort>,
 }
 
@@ -106,9 +102,7 @@ pub struct ValidJitPort {
 /// PIM target.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidPim {
-    /// Mode.
     pub mode: PimMode,
-    /// Scope.
     pub scope: ArmId,
     /// Role definition id.
     pub role_definition_id: ArmId,

@@ -36,7 +36,7 @@ const PROBE_PATIENCE: Duration = Duration::from_secs(5);
 /// The ARM token scope.
 pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
 
-/// Token bucket sizes per operation class (ARM defaults: azure-api.md §2.7).
+/// Token bucket sizes per operation class (defaults: ARM's documented per-subscription limits).
 #[derive(Clone, Copy, Debug)]
 pub struct BucketSize {
     /// Burst.
@@ -109,7 +109,6 @@ pub enum OpClass {
     Read,
     /// PUT/POST/PATCH.
     Write,
-    /// DELETE.
     Delete,
 }
 
@@ -231,7 +230,6 @@ impl Bucket {
 pub struct ArmResponse {
     /// HTTP status.
     pub status: u16,
-    /// Body.
     pub body: bytes::Bytes,
 }
 

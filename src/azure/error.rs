@@ -1,6 +1,6 @@
 //! Azure errors, classified (pure). The ARM client turns every failed call into an
-//! [`AzureError`] (defined with the planner, which decides what each class means for the grant;
-//! azure-api.md §2.6, §4.9); this module holds the wire side: ARM's error envelope.
+//! [`AzureError`] (defined with the planner, which decides what each class means for the
+//! grant); this module holds the wire side: ARM's error envelope.
 
 pub use crate::lifecycle::AzureError;
 use serde::Deserialize;

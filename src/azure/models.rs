@@ -1,4 +1,5 @@
-//! ARM wire models for the calls the operator makes (azure-api.md §3, §4), and conversions to
+//! ARM wire models for the calls the operator makes (JIT 2020-01-01, PIM 2020-10-01; the
+//! OpenAPI specs and Microsoft's examples drive `tests/azure_contract.rs`), and conversions to
 //! the planner's views. camelCase on the wire; tolerant on input: unknown fields ignored,
 //! every optional field may be absent or `null`, enums are strings (Azure models them as
 //! strings and already sends off-enum values such as JIT `Initiating`).

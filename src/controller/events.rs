@@ -35,7 +35,6 @@ pub struct EventSpec {
     pub reason: String,
     /// Human-readable note (at most 1 KB is sent).
     pub note: String,
-    /// Action.
     pub action: String,
 }
 

@@ -40,7 +40,6 @@ pub struct ControllerConfig {
     pub planner: PlannerConfig,
     /// Concurrent reconciles.
     pub concurrency: u16,
-    /// Metrics.
     pub metrics: crate::telemetry::Metrics,
     /// Readiness flags.
     pub readiness: crate::telemetry::Readiness,
@@ -50,6 +49,41 @@ pub struct ControllerConfig {
     pub stamp_key: Option<crate::stamp::StampKey>,
     /// Hold an AccessPolicy's deletion while live grants rely on it (see `policy_guard`).
     pub policy_deletion_guard: bool,
+    /// Longest wait for in-flight reconciles at shutdown (see [`Timeouts`]).
+    pub shutdown_grace: Duration,
+}
+
+/// The timeouts that must agree, derived from one value: the ARM request timeout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timeouts {
+    /// How long one ARM call may take (the HTTP client's timeout).
+    pub arm_request: Duration,
+    /// How long after its intent is recorded a write is waited for (the planner's
+    /// `write_deadline`): the same, so the planner never takes a write as abandoned while the
+    /// client still waits for it.
+    pub write_deadline: chrono::Duration,
+    /// How long shutdown waits for in-flight reconciles: longer than one ARM call, so a write
+    /// in flight is answered or abandoned, never cut off.
+    pub shutdown_grace: Duration,
+}
+
+impl Timeouts {
+    /// Derives every timeout from the ARM request timeout.
+    pub fn from_arm_request_timeout(arm_request: chrono::Duration) -> Self {
+        let arm_request = arm_request.to_std().unwrap_or(Duration::from_secs(30));
+        Self {
+            arm_request,
+            write_deadline: chrono::Duration::from_std(arm_request)
+                .unwrap_or(chrono::Duration::seconds(30)),
+            shutdown_grace: arm_request + Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self::from_arm_request_timeout(chrono::Duration::seconds(30))
+    }
 }
 
 /// Shared state of the reconciler.
@@ -346,7 +380,7 @@ pub async fn run(
         in_flight = ctx.in_flight.load(Ordering::SeqCst),
         "waiting for in-flight reconciles"
     );
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let deadline = tokio::time::Instant::now() + ctx.cfg.shutdown_grace;
     while ctx.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -386,9 +420,6 @@ async fn count_grants(api: &Api<AccessGrant>) -> Result<usize, kube::Error> {
         }
     }
 }
-
-/// Longest wait for in-flight reconciles at shutdown (above the ARM request timeout).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(35);
 
 /// Counts a running reconcile for as long as it lives.
 struct InFlight<'a>(&'a AtomicUsize);

@@ -1,6 +1,6 @@
 //! What went wrong with an Azure call, in the planner's terms. The Azure adapter
 //! (`azure::error::classify`) turns ARM's answers into these classes; the planner decides what
-//! each class means for the grant (azure-api.md §2.6, §4.9).
+//! each class means for the grant (`lifecycle::failure`).
 
 /// A failed Azure call, classified.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -20,7 +20,6 @@ pub enum AzureError {
         status: Option<u16>,
         /// Error code or a short description.
         code: String,
-        /// Message.
         message: String,
     },
     /// 400 `RoleAssignmentRequestPolicyValidationFailed`: the named rules failed.
@@ -66,7 +65,6 @@ pub enum AzureError {
     NotFound {
         /// Error code.
         code: String,
-        /// Message.
         message: String,
     },
     /// 403.
@@ -74,7 +72,6 @@ pub enum AzureError {
     Forbidden {
         /// Error code.
         code: String,
-        /// Message.
         message: String,
     },
     /// 401 or a token failure.
@@ -82,7 +79,6 @@ pub enum AzureError {
     Auth {
         /// Error code.
         code: String,
-        /// Message.
         message: String,
     },
     /// Any other 4xx: the request as sent is wrong.
@@ -92,7 +88,6 @@ pub enum AzureError {
         status: u16,
         /// Error code.
         code: String,
-        /// Message.
         message: String,
     },
 }

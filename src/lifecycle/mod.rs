@@ -1,4 +1,4 @@
-//! The pure lifecycle planner (design.md §4): `plan(input) -> Plan`.
+//! The pure lifecycle planner: `plan(input) -> Plan` (see ARCHITECTURE.md for its files).
 //!
 //! No I/O, no clock reads, no randomness. Everything the planner remembers between passes is in
 //! `status`; everything it knows about Azure is in `Observed`. A crash anywhere is handled by
@@ -73,9 +73,7 @@ impl Default for PlannerConfig {
 pub struct GrantMeta {
     /// `metadata.uid`.
     pub uid: String,
-    /// Namespace.
     pub namespace: String,
-    /// Name.
     pub name: String,
     /// `metadata.generation`.
     pub generation: i64,
@@ -108,7 +106,6 @@ pub struct PlanInput<'a> {
     pub observed: &'a Observed,
     /// Another live grant covers the same access (overlap-aware revocation).
     pub covered_by_other: bool,
-    /// Now.
     pub now: DateTime<Utc>,
     /// Settings.
     pub config: &'a PlannerConfig,

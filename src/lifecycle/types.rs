@@ -31,7 +31,7 @@ impl<T> Read<T> {
 }
 
 /// What a PIM request's status means for the grant (the Azure adapter classifies Azure's
-/// status strings; azure-api.md §4.4).
+/// status strings: `azure::models::pim_class`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PimClass {
     /// Still being processed (also any status Azure may add later).
@@ -43,7 +43,6 @@ pub enum PimClass {
     Granted,
     /// Removed (success of a removal request).
     Revoked,
-    /// Canceled.
     Canceled,
     /// Denied by an approver.
     Denied,
@@ -142,7 +141,6 @@ pub struct JitRequestView {
     pub start: Option<DateTime<Utc>>,
     /// `requestor`.
     pub requestor: Option<String>,
-    /// Ports.
     pub ports: Vec<JitRequestPortView>,
 }
 
@@ -179,7 +177,6 @@ pub enum WriteAnswer {
 /// The outcome of the Azure write executed in this pass.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WriteResult {
-    /// Operation.
     pub operation: Operation,
     /// Request id (PIM name or JIT marker).
     pub request_id: String,
@@ -232,9 +229,7 @@ pub struct PimRequestBody {
     pub start: Option<DateTime<Utc>>,
     /// `scheduleInfo.expiration` as `AfterDuration`.
     pub duration: Option<Duration>,
-    /// Justification.
     pub justification: Option<String>,
-    /// Ticket.
     pub ticket: Option<TicketSpec>,
 }
 
@@ -254,7 +249,6 @@ pub struct JitInitiatePort {
 pub struct JitInitiateVm {
     /// VM id.
     pub id: String,
-    /// Ports.
     pub ports: Vec<JitInitiatePort>,
 }
 
@@ -263,18 +257,15 @@ pub struct JitInitiateVm {
 pub enum AzureWrite {
     /// PUT a role assignment schedule request.
     Pim {
-        /// Scope.
         scope: String,
         /// Request name (deterministic GUID).
         name: String,
-        /// Body.
         body: PimRequestBody,
         /// Act as this workload identity (SelfActivate/SelfDeactivate), else the operator.
         identity: Option<GrantIdentity>,
     },
     /// POST .../roleAssignmentScheduleRequests/{name}/cancel.
     PimCancel {
-        /// Scope.
         scope: String,
         /// Request name.
         name: String,
@@ -287,7 +278,6 @@ pub enum AzureWrite {
         subscription_id: String,
         /// Resource group.
         resource_group: String,
-        /// Location.
         location: String,
         /// Policy name.
         policy_name: String,
@@ -319,7 +309,6 @@ pub struct PlannedEvent {
     pub warning: bool,
     /// PascalCase reason.
     pub reason: String,
-    /// Note.
     pub note: String,
 }
 

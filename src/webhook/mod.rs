@@ -331,7 +331,6 @@ pub struct WebhookState {
     pub client: kube::Client,
     /// AccessPolicies.
     pub policies: kube::runtime::reflector::Store<AccessPolicy>,
-    /// Metrics.
     pub metrics: crate::telemetry::Metrics,
 }
 
