@@ -57,139 +57,91 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 // ---------------------------------------------------------------- flags
 
-#[derive(Clone, Debug)]
+/// Load benchmark of the operator binary against kube-sim and azure-sim (see benches/load.rs).
+/// Prints figures; asserts nothing about time.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "load", about)]
 struct Args {
+    /// load: throttling off, N grants to Active, expiry, revoke sample. burst: azure-sim
+    /// enforces ARM buckets; budget use, 429s, priority. restart: N grants Active, the operator
+    /// restarted (SIGTERM, start): time to every grant reconciled, ARM calls after the restart,
+    /// and a sample expiring after it (its timers were re-armed).
+    #[arg(long, value_enum, default_value = "load")]
     scenario: Scenario,
+    /// Grants to create.
+    #[arg(long, default_value_t = 10_000, value_parser = positive)]
     grants: usize,
+    /// Subscriptions in the world (load: N/200 rounded up, so each stays inside ARM's write
+    /// burst; burst: 10).
+    #[arg(long)]
     subscriptions: Option<usize>,
+    /// load: duration of the expiring grants in seconds (default max(120, N/50)).
+    #[arg(long)]
     expire_after: Option<u64>,
+    /// load: durations spread over this many extra seconds.
+    #[arg(long, default_value_t = 60)]
     expiry_spread: u64,
+    /// Grants deleted to measure revoke lag (load: min(1000, N/10); burst: 100).
+    #[arg(long)]
     revoke_sample: Option<usize>,
+    /// burst: delete the sample this many seconds after the first create.
+    #[arg(long, default_value_t = 30)]
     revoke_at: u64,
+    /// load: send the deletes at R per second instead of all at once.
+    #[arg(long)]
     revoke_rate: Option<f64>,
+    /// Operator --concurrency (default: the operator's own).
+    #[arg(long)]
     concurrency: Option<u16>,
+    /// Concurrent creates/deletes by the bench.
+    #[arg(long, default_value_t = 64, value_parser = positive)]
     create_concurrency: usize,
+    /// Operator binary (default: the one cargo built for this bench).
+    #[arg(long, default_value = env!("CARGO_BIN_EXE_accessgrant-operator"))]
     operator: PathBuf,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// kube-sim watch history (default max(100000, 8N)).
+    #[arg(long)]
     watch_history: Option<usize>,
+    /// Keep operator logs, world and kubeconfig in DIR.
+    #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
+    /// Extra environment for the operator, K=V (repeatable), e.g. MALLOC_ARENA_MAX=2.
+    #[arg(long, value_parser = key_value)]
     operator_env: Vec<(String, String)>,
+    /// azure-sim answers every ARM call this many ms late, as Azure does in 100 ms to seconds;
+    /// token requests are not delayed.
+    #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// And up to this many ms more, uniformly per call.
+    #[arg(long, default_value_t = 0)]
     jitter_ms: u64,
+    /// Passed by `cargo bench` to benches without the libtest harness.
+    #[arg(long, hide = true)]
+    bench: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
 enum Scenario {
     Load,
     Burst,
     Restart,
 }
 
-const HELP: &str = "load benchmark (see benches/load.rs)
-
-  --scenario load|burst|restart
-                             load: throttling off, N grants to Active, expiry, revoke sample
-                             burst: azure-sim enforces ARM buckets; budget use, 429s, priority
-                             restart: N grants Active, the operator restarted (SIGTERM, start):
-                             time to every grant reconciled, ARM calls after the restart, and a
-                             sample expiring after it (its timers were re-armed)
-  --grants N                 grants to create (default 10000)
-  --subscriptions S          subscriptions in the world (load: N/200 rounded up, so each stays
-                             inside ARM's write burst; burst: 10)
-  --expire-after SECS        load: duration of the expiring grants (default max(120, N/50))
-  --expiry-spread SECS       load: durations spread over this many extra seconds (default 60)
-  --revoke-sample M          grants deleted to measure revoke lag (load: min(1000, N/10);
-                             burst: 100)
-  --revoke-at SECS           burst: delete the sample this long after the first create (30)
-  --revoke-rate R            load: send the deletes at R per second instead of all at once
-  --concurrency C            operator --concurrency (default: the operator's own, 16)
-  --create-concurrency K     concurrent creates/deletes by the bench (default 64)
-  --operator PATH            operator binary (default: the one cargo built for this bench)
-  --timeout SECS             give up after this long (default 3600)
-  --watch-history E          kube-sim watch history (default max(100000, 8N))
-  --keep DIR                 keep operator logs, world and kubeconfig in DIR
-  --operator-env K=V         extra environment for the operator (repeatable), e.g.
-                             MALLOC_ARENA_MAX=2
-  --latency-ms L             azure-sim answers every ARM call L ms late (default 0), as Azure
-                             does in 100 ms to seconds; token requests are not delayed
-  --jitter-ms J              and up to J ms more, uniformly per call (default 0)
-";
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        scenario: Scenario::Load,
-        grants: 10_000,
-        subscriptions: None,
-        expire_after: None,
-        expiry_spread: 60,
-        revoke_sample: None,
-        revoke_at: 30,
-        revoke_rate: None,
-        concurrency: None,
-        create_concurrency: 64,
-        operator: PathBuf::from(env!("CARGO_BIN_EXE_accessgrant-operator")),
-        timeout: 3600,
-        watch_history: None,
-        keep: None,
-        operator_env: Vec::new(),
-        latency_ms: 0,
-        jitter_ms: 0,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        // cargo bench passes --bench to harness=false benches.
-        if flag == "--bench" {
-            continue;
-        }
-        if flag == "--help" || flag == "-h" {
-            print!("{HELP}");
-            std::process::exit(0);
-        }
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
-            v.parse().map_err(|_| format!("{flag}: not a number: {v}"))
-        }
-        match flag.as_str() {
-            "--scenario" => {
-                a.scenario = match value()?.as_str() {
-                    "load" => Scenario::Load,
-                    "burst" => Scenario::Burst,
-                    "restart" => Scenario::Restart,
-                    other => {
-                        return Err(format!("--scenario: load, burst or restart, not {other}"));
-                    }
-                }
-            }
-            "--grants" => a.grants = num(&flag, value()?)?,
-            "--subscriptions" => a.subscriptions = Some(num(&flag, value()?)?),
-            "--expire-after" => a.expire_after = Some(num(&flag, value()?)?),
-            "--expiry-spread" => a.expiry_spread = num(&flag, value()?)?,
-            "--revoke-sample" => a.revoke_sample = Some(num(&flag, value()?)?),
-            "--revoke-at" => a.revoke_at = num(&flag, value()?)?,
-            "--revoke-rate" => a.revoke_rate = Some(num(&flag, value()?)?),
-            "--concurrency" => a.concurrency = Some(num(&flag, value()?)?),
-            "--create-concurrency" => a.create_concurrency = num(&flag, value()?)?,
-            "--operator" => a.operator = PathBuf::from(value()?),
-            "--timeout" => a.timeout = num(&flag, value()?)?,
-            "--watch-history" => a.watch_history = Some(num(&flag, value()?)?),
-            "--keep" => a.keep = Some(PathBuf::from(value()?)),
-            "--latency-ms" => a.latency_ms = num(&flag, value()?)?,
-            "--jitter-ms" => a.jitter_ms = num(&flag, value()?)?,
-            "--operator-env" => {
-                let v = value()?;
-                let (k, val) = v
-                    .split_once('=')
-                    .ok_or_else(|| format!("--operator-env: K=V, not {v}"))?;
-                a.operator_env.push((k.to_string(), val.to_string()));
-            }
-            other => return Err(format!("unknown flag {other} (--help lists them)")),
-        }
+fn positive(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
-    if a.grants == 0 {
-        return Err("--grants must be at least 1".into());
-    }
-    a.create_concurrency = a.create_concurrency.max(1);
-    Ok(a)
+}
+
+fn key_value(v: &str) -> Result<(String, String), String> {
+    v.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("K=V, not {v}"))
 }
 
 // ---------------------------------------------------------------- the generated world
@@ -1100,13 +1052,7 @@ fn print_cpu(label: &str, d: &BTreeMap<String, f64>, operator_cpu: f64, wall: f6
 // ---------------------------------------------------------------- main
 
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("load bench: {e}\n\n{HELP}");
-            std::process::exit(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     let build = |name: &str, threads: usize| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)

@@ -76,12 +76,12 @@ struct RunArgs {
     #[arg(long, env = "PIM_DEACTIVATION_FLOOR", default_value = "PT5M", value_parser = duration)]
     deactivation_floor: chrono::Duration,
     /// How often active grants are checked for out-of-band changes.
-    #[arg(long, env = "DRIFT_CHECK_INTERVAL", default_value = "PT5M", value_parser = duration)]
+    #[arg(long, env = "DRIFT_CHECK_INTERVAL", default_value = "PT5M", value_parser = positive_duration)]
     drift_check: chrono::Duration,
     /// How long one ARM call may take. The write deadline (after which the operator stops
     /// waiting for a write it recorded) is the same value, and the shutdown grace is a little
     /// longer, so that a write in flight at shutdown is answered or abandoned, never cut off.
-    #[arg(long, env = "ARM_REQUEST_TIMEOUT", default_value = "PT30S", value_parser = duration)]
+    #[arg(long, env = "ARM_REQUEST_TIMEOUT", default_value = "PT30S", value_parser = positive_duration)]
     arm_request_timeout: chrono::Duration,
     /// Concurrent reconciles. A reconcile keeps its slot while its ARM calls are answered
     /// (100 ms to seconds each), so the slots must cover ARM's budget at that latency: what
@@ -274,8 +274,17 @@ fn duration(v: &str) -> Result<chrono::Duration, String> {
     IsoDuration::new(v).parse().map_err(|e| e.to_string())
 }
 
+/// A duration longer than zero (a zero timeout or interval would fail or spin).
+fn positive_duration(v: &str) -> Result<chrono::Duration, String> {
+    let d = duration(v)?;
+    if d <= chrono::Duration::zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
 fn std_duration(v: &str) -> Result<std::time::Duration, String> {
-    duration(v)?.to_std().map_err(|e| e.to_string())
+    positive_duration(v)?.to_std().map_err(|e| e.to_string())
 }
 
 fn duration_or_none(v: &str) -> Result<Switch<chrono::Duration>, String> {
@@ -537,13 +546,16 @@ mod tests {
             &["--jit-early-close", "soon"],
             &["--leader-lease-duration", "15s"],
             &["--webhook-addr", "localhost"],
-            &["--arm-request-timeout", "-PT1S"],
+            &["--arm-request-timeout", "PT0S"],
+            &["--drift-check", "PT0S"],
             &["--log-format", "yaml"],
         ] {
             let e = run_args(bad).expect_err(&format!("{bad:?} must be refused"));
-            assert_eq!(
-                e.kind(),
-                clap::error::ErrorKind::ValueValidation,
+            assert!(
+                matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+                ),
                 "{bad:?}: {e}"
             );
         }
