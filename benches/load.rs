@@ -37,13 +37,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const TENANT: &str = "3c0a2b4e-7d1f-4c6a-9e8b-1f2a3b4c5d6e";
-const OPERATOR_OID: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e01";
-const OPERATOR_APP: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4ea1";
+use accessgrant_sim::harness::{OPERATOR_APP, OPERATOR_OID, TENANT};
 const OPERATOR_SECRET: &str = "bench-operator-secret";
 /// Roles the operator is eligible for at every resource group (distinct Activate targets).
 const ROLES: usize = 10;
@@ -782,23 +780,24 @@ impl Bench {
         std::fs::write(&ca, self.azure.ca_pem())?;
         let out = std::fs::File::create(self.dir.join("operator.out"))?;
         let err = std::fs::File::create(self.dir.join("operator.err"))?;
-        let mut cmd = Command::new(&self.args.operator);
-        cmd.arg("run")
-            .env("KUBECONFIG", self.dir.join("kubeconfig"))
-            .env("ARM_ENDPOINT", self.azure.base_url())
-            .env("AZURE_AUTHORITY_HOST", self.azure.base_url())
-            .env("AZURE_CA_FILE", &ca)
-            .env("AZURE_TENANT_ID", TENANT)
-            .env("AZURE_CLIENT_ID", OPERATOR_APP)
-            .env("AZURE_CLIENT_SECRET", OPERATOR_SECRET)
-            // azure-sim's floor is PT1S in the bench world; the operator must agree.
-            .env("PIM_DEACTIVATION_FLOOR", "PT1S")
-            .env("ADMIN_ADDR", self.admin.to_string())
-            // No webhook is registered in the bench; a fixed port could collide with another
-            // run on the machine.
-            .env("WEBHOOK_ADDR", "127.0.0.1:0")
+        let kubeconfig = self.dir.join("kubeconfig");
+        let azure_url = self.azure.base_url();
+        let mut cmd = accessgrant_sim::harness::operator_command(
+            &self.args.operator,
+            &accessgrant_sim::harness::OperatorSetup {
+                kubeconfig: &kubeconfig,
+                azure_url: &azure_url,
+                azure_ca: &ca,
+                client_secret: OPERATOR_SECRET,
+                admin: self.admin,
+                // No webhook is registered in the bench; a fixed port could collide with
+                // another run on the machine.
+                webhook: "127.0.0.1:0",
+            },
+        );
+        // azure-sim's floor is PT1S in the bench world; the operator must agree.
+        cmd.env("PIM_DEACTIVATION_FLOOR", "PT1S")
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
         if let Some(c) = self.args.concurrency {
@@ -816,26 +815,11 @@ impl Bench {
     }
 
     async fn wait_ready(&self) -> bool {
-        let url = format!("http://{}/readyz", self.admin);
-        let http = self.http.clone();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(120) {
-            if let Ok(r) = http.get(&url).send().await
-                && r.status().is_success()
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
+        accessgrant_sim::harness::wait_ready(self.admin, Duration::from_secs(120)).await
     }
 
     async fn metrics(&self) -> String {
-        let url = format!("http://{}/metrics", self.admin);
-        match self.http.get(&url).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
+        accessgrant_sim::harness::metrics(self.admin).await
     }
 
     async fn stop_operator(&mut self) {

@@ -5,12 +5,15 @@
 //! - [`kube`]: kube-sim, an HTTP server speaking the subset of the Kubernetes API the operator
 //!   and kubectl use.
 //! - [`examples`]: where Microsoft's ARM examples (the contract fixtures) are found.
+//! - [`harness`]: what every launcher of the operator shares (identity, command line,
+//!   readiness, metrics).
 //! - [`sandbox`]: both simulators and the operator, with the examples applied.
 //! - [`service`]: a Service stand-in (a TCP proxy to the ready replicas).
 #![forbid(unsafe_code)]
 
 pub mod azure;
 pub mod examples;
+pub mod harness;
 pub mod kube;
 pub mod sandbox;
 pub mod service;

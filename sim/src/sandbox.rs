@@ -8,6 +8,7 @@
 //! operator or a simulator stops, the sandbox stops at once with an error carrying the last
 //! lines of the operator's log.
 
+use crate::harness::{self, OPERATOR_NAMESPACE};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -46,9 +47,6 @@ pub struct Config {
 
 /// The sandbox's requester (an on-call engineer).
 const REQUESTER: &str = "alice@example.com";
-
-/// The operator's namespace, as the chart installs it.
-const OPERATOR_NAMESPACE: &str = "accessgrant-system";
 
 /// How many lines of the operator's log a failure shows.
 const LOG_TAIL_LINES: usize = 20;
@@ -320,18 +318,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         log_path.display(),
         audit_path.display()
     );
-    let mut operator = tokio::process::Command::new(&binary)
-        .arg("run")
-        .env("WEBHOOK_ADDR", webhook_addr.to_string())
-        .env("ADMIN_ADDR", admin_addr.to_string())
-        .env("KUBECONFIG", &operator_kubeconfig)
-        .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
-        .env("ARM_ENDPOINT", azure.base_url())
-        .env("AZURE_AUTHORITY_HOST", azure.base_url())
-        .env("AZURE_CA_FILE", &ca)
-        .env("AZURE_TENANT_ID", "3c0a2b4e-7d1f-4c6a-9e8b-1f2a3b4c5d6e")
-        .env("AZURE_CLIENT_ID", "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4ea1")
-        .env("AZURE_CLIENT_SECRET", "sandbox-operator-secret")
+    let azure_url = azure.base_url();
+    let webhook = webhook_addr.to_string();
+    let setup = harness::OperatorSetup {
+        kubeconfig: &operator_kubeconfig,
+        azure_url: &azure_url,
+        azure_ca: &ca,
+        client_secret: harness::OPERATOR_SECRET,
+        admin: admin_addr,
+        webhook: &webhook,
+    };
+    let mut operator = tokio::process::Command::from(harness::operator_command(&binary, &setup))
         .env("PIM_DEACTIVATION_FLOOR", &cfg.deactivation_floor)
         .env("JIT_EARLY_CLOSE", "PT1M")
         .stdin(Stdio::null())

@@ -15,10 +15,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub const TENANT: &str = "3c0a2b4e-7d1f-4c6a-9e8b-1f2a3b4c5d6e";
-pub const OPERATOR_APP: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4ea1";
-pub const OPERATOR_OID: &str = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e01";
-pub const OPERATOR_SECRET: &str = "sandbox-operator-secret";
+/// The sandbox world's operator identity and namespace (shared by every launcher).
+#[allow(unused_imports)] // not every binary that includes these helpers uses each of them
+pub use accessgrant_sim::harness::{
+    OPERATOR_APP, OPERATOR_NAMESPACE, OPERATOR_OID, OPERATOR_SECRET, OPERATOR_SERVICE_ACCOUNT,
+    TENANT, metric,
+};
 pub const SUB: &str = "5f1e7a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
 pub const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
 pub const TICKET_ROLE: &str = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c";
@@ -77,10 +79,6 @@ impl Drop for Env {
         }
     }
 }
-
-/// The operator's namespace and ServiceAccount, as the chart installs them.
-pub const OPERATOR_NAMESPACE: &str = "accessgrant-system";
-pub const OPERATOR_SERVICE_ACCOUNT: &str = "accessgrant-operator";
 
 impl Env {
     /// Starts both sims (the sandbox world with a short PIM deactivation floor) and the operator.
@@ -251,19 +249,21 @@ impl Env {
             .expect("stdout file");
         let stderr = std::fs::File::create(self.dir.path().join(format!("operator-{n}.err")))
             .expect("stderr file");
-        let mut cmd = Command::new(operator_bin());
-        cmd.arg("run");
-        // The admission webhook on a free port (tests that register it pass their own).
-        cmd.env("WEBHOOK_ADDR", "127.0.0.1:0");
-        cmd.env("KUBECONFIG", self.dir.path().join("operator-kubeconfig"))
-            .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
-            .env("ARM_ENDPOINT", self.azure.base_url())
-            .env("AZURE_AUTHORITY_HOST", self.azure.base_url())
-            .env("AZURE_CA_FILE", &ca)
-            .env("AZURE_TENANT_ID", TENANT)
-            .env("AZURE_CLIENT_ID", OPERATOR_APP)
-            .env("AZURE_CLIENT_SECRET", OPERATOR_SECRET)
-            .env("PIM_DEACTIVATION_FLOOR", "PT5S")
+        let kubeconfig = self.dir.path().join("operator-kubeconfig");
+        let azure_url = self.azure.base_url();
+        let mut cmd = accessgrant_sim::harness::operator_command(
+            &operator_bin(),
+            &accessgrant_sim::harness::OperatorSetup {
+                kubeconfig: &kubeconfig,
+                azure_url: &azure_url,
+                azure_ca: &ca,
+                client_secret: OPERATOR_SECRET,
+                admin,
+                // The admission webhook on a free port (tests that register it pass their own).
+                webhook: "127.0.0.1:0",
+            },
+        );
+        cmd.env("PIM_DEACTIVATION_FLOOR", "PT5S")
             .env("JIT_EARLY_CLOSE", "PT3S")
             .env("DRIFT_CHECK_INTERVAL", "PT2S")
             .env("ADMIN_ADDR", admin.to_string())
@@ -525,19 +525,6 @@ impl Env {
             .expect("admin call");
         (r.status().as_u16(), r.text().await.expect("body"))
     }
-}
-
-/// The value of the first sample line of `family` whose labels include every `labels` pair.
-pub fn metric(text: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 // ----- Crash-injection and storm helpers (tests/crash.rs, benches/crash_soak.rs) -----
