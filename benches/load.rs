@@ -58,7 +58,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Load benchmark of the operator binary against kube-sim and azure-sim (see benches/load.rs).
 /// Prints figures; asserts nothing about time.
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "load", about)]
+#[command(
+    name = "load",
+    about = "Load benchmark of the operator binary against kube-sim and azure-sim"
+)]
 struct Args {
     /// load: throttling off, N grants to Active, expiry, revoke sample. burst: azure-sim
     /// enforces ARM buckets; budget use, 429s, priority. restart: N grants Active, the operator
@@ -793,6 +796,8 @@ impl Bench {
                 // No webhook is registered in the bench; a fixed port could collide with
                 // another run on the machine.
                 webhook: "127.0.0.1:0",
+                // The bench world has no operator namespace: its Secrets go to `default`.
+                namespace: "default",
             },
         );
         // azure-sim's floor is PT1S in the bench world; the operator must agree.

@@ -34,6 +34,8 @@ pub struct OperatorSetup<'a> {
     pub admin: SocketAddr,
     /// Webhook address (a free port, or `none`).
     pub webhook: &'a str,
+    /// The operator's namespace (its Lease, stamp key and webhook Secrets), which must exist.
+    pub namespace: &'a str,
 }
 
 /// `accessgrant-operator run` against both simulators (callers add their own settings after it,
@@ -42,7 +44,7 @@ pub fn operator_command(binary: &Path, s: &OperatorSetup<'_>) -> std::process::C
     let mut cmd = std::process::Command::new(binary);
     cmd.arg("run")
         .env("KUBECONFIG", s.kubeconfig)
-        .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
+        .env("POD_NAMESPACE", s.namespace)
         .env("ARM_ENDPOINT", s.azure_url)
         .env("AZURE_AUTHORITY_HOST", s.azure_url)
         .env("AZURE_CA_FILE", s.azure_ca)

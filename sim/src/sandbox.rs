@@ -327,6 +327,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         client_secret: harness::OPERATOR_SECRET,
         admin: admin_addr,
         webhook: &webhook,
+        namespace: OPERATOR_NAMESPACE,
     };
     let mut operator = tokio::process::Command::from(harness::operator_command(&binary, &setup))
         .env("PIM_DEACTIVATION_FLOOR", &cfg.deactivation_floor)

@@ -261,6 +261,7 @@ impl Env {
                 admin,
                 // The admission webhook on a free port (tests that register it pass their own).
                 webhook: "127.0.0.1:0",
+                namespace: OPERATOR_NAMESPACE,
             },
         );
         cmd.env("PIM_DEACTIVATION_FLOOR", "PT5S")
