@@ -563,6 +563,7 @@ async fn crash_pim_adopt_existing_request() {
 /// `cargo bench --bench crash_soak`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sigkills_under_a_mixed_workload() {
+    let _heavy = crate::one_heavy_at_a_time().await;
     let seed = soak::seed();
     println!("random SIGKILLs: seed {seed} (replay with CRASH_SEED={seed})");
     let kills = 60;

@@ -99,6 +99,7 @@ fn grant(i: usize) -> AccessGrant {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admission_survives_a_killed_leader_and_a_rolling_restart() {
+    let _heavy = crate::one_heavy_at_a_time().await;
     let mut env = Env::start_bare_with(|w| roomy_world(w, GRANTS, 0)).await;
     env.namespace_with_policy(
         "ha",

@@ -16,3 +16,12 @@ mod sandbox;
 mod storm;
 #[path = "../wait/mod.rs"]
 mod wait;
+
+/// Tests that run several operators at once (two replicas, two sandboxes, a throttling storm, a
+/// SIGKILL soak) hold this, so that no two of them share the machine at the same time: each
+/// ran alone in a binary of its own before the e2e tests became one binary, and two of them
+/// together on two cores starved a replica's start past its 60 s wait.
+pub async fn one_heavy_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}

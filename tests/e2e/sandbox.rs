@@ -62,6 +62,7 @@ async fn active_grant(dir: &Path, name: Option<&str>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_sandboxes_side_by_side_on_a_busy_machine_and_a_dead_operator_is_reported() {
+    let _heavy = crate::one_heavy_at_a_time().await;
     // Someone else holds the ports the operator used to bind by default (admin 8080, webhook
     // 9443). When a bind fails here, another program already holds the port: busy either way.
     let _admin = std::net::TcpListener::bind("0.0.0.0:8080");

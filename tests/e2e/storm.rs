@@ -9,6 +9,7 @@ use e2e_support::storm;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_of_429s_on_one_subscription() {
+    let _heavy = crate::one_heavy_at_a_time().await;
     let r = storm::run(60, 5).await;
     println!(
         "storm: {}s of 429 (Retry-After {}s) on one subscription: {} calls reached it ({} answered 429), \
