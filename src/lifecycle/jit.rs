@@ -33,14 +33,7 @@ impl Ctx<'_> {
 
     pub(super) fn take_away_jit(&mut self) {
         let Some(t) = self.st.target.as_ref().and_then(|t| t.jit.clone()) else {
-            self.st.intent = None;
-            self.transition(
-                Phase::Revoked,
-                self.revoke_reason(),
-                "no access had been requested".into(),
-            );
-            self.access_gone_done();
-            return;
+            return self.nothing_requested();
         };
         let pol = match &self.input.observed.jit_policy {
             Read::NotRead => return self.need(Need::JitPolicy),

@@ -155,15 +155,7 @@ impl Ctx<'_> {
 
     pub(super) fn take_away_pim(&mut self) {
         let Some(t) = self.st.target.as_ref().and_then(|t| t.pim.clone()) else {
-            // Nothing recorded: nothing was ever sent.
-            self.st.intent = None;
-            self.transition(
-                Phase::Revoked,
-                self.revoke_reason(),
-                "no access had been requested".into(),
-            );
-            self.access_gone_done();
-            return;
+            return self.nothing_requested();
         };
         let attempt = self.st.attempt.max(1);
         // A request still waiting (approval or processing) must be canceled first, whatever

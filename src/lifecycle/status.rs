@@ -67,6 +67,17 @@ impl Ctx<'_> {
         }
     }
 
+    /// Taking away a grant whose target was never recorded: nothing was ever sent.
+    pub(super) fn nothing_requested(&mut self) {
+        self.st.intent = None;
+        self.transition(
+            Phase::Revoked,
+            self.revoke_reason(),
+            "no access had been requested".into(),
+        );
+        self.access_gone_done();
+    }
+
     pub(super) fn access_gone_done(&mut self) {
         if self.meta().deleting && self.meta().has_finalizer {
             self.steps.push(Step::RemoveFinalizer);
