@@ -30,50 +30,83 @@ mod wait;
 
 use e2e_support::soak;
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
+/// The 1,000-kill crash soak (flags are checked: a bad value is an error, not the default).
+#[derive(clap::Parser, Debug)]
+#[command(name = "crash_soak")]
+struct Args {
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// SIGKILLs to perform.
+    #[arg(long, default_value_t = 1000)]
+    kills: usize,
+    /// RNG seed (printed; the same seed replays the workload choices and kill gaps).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Milliseconds between a restart and the next kill: uniform in MIN-MAX.
+    #[arg(long, value_name = "MIN-MAX", default_value = "100-1200", value_parser = gap)]
+    gap_ms: (u64, u64),
+    /// JIT slots (one VM port each).
+    #[arg(long, default_value_t = 8)]
+    jit_slots: usize,
+    /// Resource groups; each gives an Activate and an Assign slot.
+    #[arg(long, default_value_t = 4)]
+    pim_rgs: usize,
+    /// The operator's RUST_LOG.
+    #[arg(long, default_value = "warn")]
+    operator_log: String,
+    /// More operators alongside, all without leader election (never killed).
+    #[arg(long, default_value_t = 0)]
+    extra_operators: usize,
+    /// With no kills: how long new lives keep starting (seconds).
+    #[arg(long, default_value_t = 0)]
+    window_secs: u64,
+    /// Only this life (to chase one flow).
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Only {
+    Expire,
+    Renew,
+    Delete,
+    DeleteEarly,
+    Suspend,
+}
+
+fn gap(v: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{v:?} is not MIN-MAX milliseconds (e.g. 100-1200)");
+    let (a, b) = v.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u64, u64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if a > b {
+        return Err(format!("{v:?}: MIN is more than MAX"));
+    }
+    Ok((a, b))
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let num = |name: &str, default: u64| {
-        arg(&args, name)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(default)
-    };
-    let seed = arg(&args, "--seed")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(soak::seed);
-    let gap_ms = arg(&args, "--gap-ms")
-        .and_then(|v| {
-            let (a, b) = v.split_once('-')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
-        })
-        .unwrap_or((100, 1200));
+    use clap::Parser;
+    let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(soak::seed);
+    let gap_ms = args.gap_ms;
     let cfg = soak::SoakConfig {
         seed,
-        kills: num("--kills", 1000) as usize,
-        jit_slots: num("--jit-slots", 8) as usize,
-        pim_rgs: num("--pim-rgs", 4) as usize,
+        kills: args.kills,
+        jit_slots: args.jit_slots,
+        pim_rgs: args.pim_rgs,
         gap_ms,
         step_secs: 600,
-        operator_env: vec![(
-            "RUST_LOG".into(),
-            arg(&args, "--operator-log").unwrap_or_else(|| "warn".into()),
-        )],
-        extra_operators: num("--extra-operators", 0) as usize,
-        window_secs: num("--window-secs", 0),
-        only: match arg(&args, "--only").as_deref() {
-            Some("expire") => Some(soak::Life::Expire),
-            Some("renew") => Some(soak::Life::Renew),
-            Some("delete") => Some(soak::Life::DeleteActive),
-            Some("delete-early") => Some(soak::Life::DeleteEarly),
-            Some("suspend") => Some(soak::Life::Suspend),
-            _ => None,
-        },
+        operator_env: vec![("RUST_LOG".into(), args.operator_log.clone())],
+        extra_operators: args.extra_operators,
+        window_secs: args.window_secs,
+        only: args.only.map(|o| match o {
+            Only::Expire => soak::Life::Expire,
+            Only::Renew => soak::Life::Renew,
+            Only::Delete => soak::Life::DeleteActive,
+            Only::DeleteEarly => soak::Life::DeleteEarly,
+            Only::Suspend => soak::Life::Suspend,
+        }),
     };
     println!(
         "crash soak: seed {seed} (replay: --seed {seed}), {} kills, gaps {}-{} ms, {} JIT slots, {} PIM resource groups",

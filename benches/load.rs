@@ -1108,21 +1108,25 @@ async fn run(
     }
     let history = args.watch_history.unwrap_or((8 * n).max(100_000));
     let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-    let kubeconfig = dir.join("kubeconfig");
-    let kube = kube_rt.spawn(accessgrant_sim::kube::serve(
-        accessgrant_sim::kube::SimConfig {
-            crds_dir: Some(crds),
-            kubeconfig: Some(kubeconfig),
-            watch_history: history,
-            ..Default::default()
+    let sims = accessgrant_sim::harness::Sims::start_on(
+        kube_rt.handle(),
+        azure_rt.handle(),
+        accessgrant_sim::harness::SimsSetup {
+            dir: dir.clone(),
+            kube: accessgrant_sim::kube::SimConfig {
+                crds_dir: Some(crds),
+                watch_history: history,
+                ..Default::default()
+            },
+            world,
+            // The bench's operator acts as the admin (its world has no operator namespace).
+            operator_identity: None,
+            manifests: vec![],
         },
-    ));
-    let kube = kube.await?.map_err(|e| format!("kube-sim: {e}"))?;
-    let azure = azure_rt
-        .spawn(accessgrant_sim::azure::serve(
-            accessgrant_sim::azure::SimConfig::new(world),
-        ))
-        .await??;
+    )
+    .await
+    .map_err(|e| format!("simulators: {e:#}"))?;
+    let (kube, azure) = (sims.kube, sims.azure);
     let client = kube
         .client()
         .await

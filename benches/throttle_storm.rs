@@ -12,17 +12,28 @@ mod e2e_support;
 #[path = "../tests/wait/mod.rs"]
 mod wait;
 
+/// A throttling storm of minutes (flags are checked: a bad value is an error).
+#[derive(clap::Parser, Debug)]
+#[command(name = "throttle_storm")]
+struct Args {
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// How long azure-sim answers the throttled subscription with 429 (seconds).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    storm_secs: u64,
+    /// The Retry-After azure-sim sends (seconds).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    retry_after: u64,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let num = |name: &str, default: u64| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(default)
-    };
-    let storm_secs = num("--storm-secs", 300);
-    let retry_after = num("--retry-after", 5);
+    use clap::Parser;
+    let Args {
+        storm_secs,
+        retry_after,
+        ..
+    } = Args::parse();
     println!(
         "throttle storm: {storm_secs} s of 429 with Retry-After {retry_after} s on one subscription"
     );

@@ -1,9 +1,11 @@
-//! What every launcher of the operator shares (the sandbox, the e2e tests and the benches): the
-//! sandbox world's operator identity, the operator's command line against both simulators,
-//! waiting for readiness, and reading its metrics.
+//! What every launcher of the operator shares (the sandbox, the e2e tests and the benches):
+//! starting both simulators with their kubeconfigs, the sandbox world's operator identity, the
+//! operator's command line against both simulators, waiting for readiness, reading its
+//! metrics, and a typed view of azure-sim's state ([`crate::azure::view`]).
 
+use anyhow::Context;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Entra tenant of the sandbox world.
@@ -18,6 +20,109 @@ pub const OPERATOR_SECRET: &str = "sandbox-operator-secret";
 pub const OPERATOR_NAMESPACE: &str = "accessgrant-system";
 /// The operator's ServiceAccount.
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "accessgrant-operator";
+
+/// What [`Sims::start`] starts.
+pub struct SimsSetup {
+    /// Where the kubeconfigs and azure-sim's CA are written.
+    pub dir: PathBuf,
+    /// kube-sim's settings (its `kubeconfig` is set to `{dir}/kubeconfig`).
+    pub kube: crate::kube::SimConfig,
+    /// The world azure-sim serves.
+    pub world: crate::azure::World,
+    /// `Some(seconds)`: the operator acts as its ServiceAccount
+    /// (`OPERATOR_NAMESPACE/OPERATOR_SERVICE_ACCOUNT`, a token valid that long, written to
+    /// `{dir}/operator-kubeconfig`), and Entra trusts kube-sim's OIDC discovery for federated
+    /// tokens; `None`: the operator uses the admin kubeconfig.
+    pub operator_identity: Option<u64>,
+    /// Manifests applied (as `applied_by`) once the operator's identity exists: the chart's
+    /// roles for people and for the operator.
+    pub manifests: Vec<PathBuf>,
+}
+
+/// Both simulators running, with the files a kube client, kubectl and the operator need.
+pub struct Sims {
+    pub kube: crate::kube::RunningSim,
+    pub azure: crate::azure::RunningSim,
+    /// The admin kubeconfig (kubectl, tests).
+    pub kubeconfig: PathBuf,
+    /// The kubeconfig the operator uses.
+    pub operator_kubeconfig: PathBuf,
+    /// azure-sim's CA (PEM).
+    pub azure_ca: PathBuf,
+}
+
+impl Sims {
+    /// Starts both simulators on the current runtime.
+    pub async fn start(setup: SimsSetup) -> anyhow::Result<Sims> {
+        let here = tokio::runtime::Handle::current();
+        Sims::start_on(&here, &here, setup).await
+    }
+
+    /// Starts kube-sim on `kube_rt` and azure-sim on `azure_rt` (a bench keeps them off its own
+    /// runtime so that its measuring does not slow them down).
+    pub async fn start_on(
+        kube_rt: &tokio::runtime::Handle,
+        azure_rt: &tokio::runtime::Handle,
+        setup: SimsSetup,
+    ) -> anyhow::Result<Sims> {
+        crate::azure::install_crypto_provider();
+        let SimsSetup {
+            dir,
+            kube: mut kube_cfg,
+            world,
+            operator_identity,
+            manifests,
+        } = setup;
+        let kubeconfig = dir.join("kubeconfig");
+        kube_cfg.kubeconfig = Some(kubeconfig.clone());
+        let kube = kube_rt
+            .spawn(crate::kube::serve(kube_cfg))
+            .await?
+            .context("starting kube-sim (run from the repository root)")?;
+        let operator_kubeconfig = match operator_identity {
+            Some(secs) => {
+                let path = dir.join("operator-kubeconfig");
+                kube.service_account_kubeconfig(
+                    OPERATOR_NAMESPACE,
+                    OPERATOR_SERVICE_ACCOUNT,
+                    secs,
+                    &path,
+                )
+                .await
+                .context("the operator's ServiceAccount")?;
+                path
+            }
+            None => kubeconfig.clone(),
+        };
+        for m in &manifests {
+            kube.apply_manifests(m, "harness")
+                .await
+                .with_context(|| format!("applying {}", m.display()))?;
+        }
+        let mut azure_cfg = crate::azure::SimConfig::new(world);
+        if operator_identity.is_some() {
+            // Entra verifies federated ServiceAccount tokens with the cluster's OIDC discovery.
+            azure_cfg.oidc_discovery = vec![(
+                "https://kubernetes.default.svc.cluster.local".into(),
+                kube.base_url(),
+            )];
+        }
+        let azure = azure_rt
+            .spawn(crate::azure::serve(azure_cfg))
+            .await?
+            .context("starting azure-sim")?;
+        let azure_ca = dir.join("azure-sim-ca.pem");
+        std::fs::write(&azure_ca, azure.ca_pem())
+            .with_context(|| format!("writing {}", azure_ca.display()))?;
+        Ok(Sims {
+            kube,
+            azure,
+            kubeconfig,
+            operator_kubeconfig,
+            azure_ca,
+        })
+    }
+}
 
 /// Where the operator finds the simulators and its own endpoints.
 #[derive(Clone, Debug)]

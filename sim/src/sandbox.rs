@@ -261,47 +261,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let kubeconfig = cfg.dir.join("kubeconfig");
     let log_path = cfg.dir.join("operator.log");
     let audit_path = cfg.dir.join("audit.jsonl");
-    crate::azure::install_crypto_provider();
 
-    let mut kube = crate::kube::serve(crate::kube::SimConfig {
-        crds_dir: Some(cfg.crds.clone()),
-        kubeconfig: Some(kubeconfig.clone()),
-        ..Default::default()
-    })
-    .await
-    .context("starting kube-sim (run from the repository root)")?;
-    println!("kube-sim listening on {}", kube.base_url());
-    let operator_kubeconfig = cfg.dir.join("operator-kubeconfig");
-    // A year: the sandbox runs until stopped.
-    kube.service_account_kubeconfig(
-        OPERATOR_NAMESPACE,
-        "accessgrant-operator",
-        365 * 24 * 3600,
-        &operator_kubeconfig,
-    )
-    .await?;
-    for rbac in [&cfg.user_roles, &cfg.operator_rbac] {
-        kube.apply_manifests(rbac, "sandbox")
-            .await
-            .with_context(|| format!("applying {}", rbac.display()))?;
-    }
-    kube.bind_cluster_role(REQUESTER, "accessgrant-requester", "sandbox")
-        .await?;
     let mut world = crate::azure::World::from_file(&cfg.world)
         .with_context(|| format!("loading {}", cfg.world.display()))?;
     world.settings.deactivation_floor = cfg.deactivation_floor.clone();
-    let mut azure_cfg = crate::azure::SimConfig::new(world);
-    // Entra verifies federated ServiceAccount tokens through the cluster's OIDC discovery.
-    azure_cfg.oidc_discovery = vec![(
-        "https://kubernetes.default.svc.cluster.local".into(),
-        kube.base_url(),
-    )];
-    let mut azure = crate::azure::serve(azure_cfg)
-        .await
-        .context("starting azure-sim")?;
+    let harness::Sims {
+        mut kube,
+        mut azure,
+        operator_kubeconfig,
+        azure_ca: ca,
+        ..
+    } = harness::Sims::start(harness::SimsSetup {
+        dir: cfg.dir.clone(),
+        kube: crate::kube::SimConfig {
+            crds_dir: Some(cfg.crds.clone()),
+            ..Default::default()
+        },
+        world,
+        // A year: the sandbox runs until stopped.
+        operator_identity: Some(365 * 24 * 3600),
+        manifests: vec![cfg.user_roles.clone(), cfg.operator_rbac.clone()],
+    })
+    .await?;
+    println!("kube-sim listening on {}", kube.base_url());
     println!("azure-sim listening on {}", azure.base_url());
-    let ca = cfg.dir.join("azure-sim-ca.pem");
-    std::fs::write(&ca, azure.ca_pem())?;
+    kube.bind_cluster_role(REQUESTER, "accessgrant-requester", "sandbox")
+        .await?;
 
     let binary = match &cfg.operator {
         Some(b) => b.clone(),

@@ -52,20 +52,12 @@ async fn pim_activate_then_delete_revokes_before_the_finalizer_goes() {
         .filter(|o| *o == "RoleAssignmentScheduleRequests_Create")
         .collect();
     assert_eq!(ops.len(), 2, "one activation, one deactivation: {calls:?}");
-    let state = env
-        .control(reqwest::Method::GET, "/_sim/state", None)
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .expect("state");
-    let live = state["roleAssignmentScheduleInstances"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|i| i["properties"]["principalId"] == OPERATOR_OID)
-                .count()
-        })
-        .unwrap_or(0);
+    let state = env.state().await;
+    let live = state
+        .role_assignment_schedule_instances
+        .iter()
+        .filter(|i| i.properties.principal_id == OPERATOR_OID)
+        .count();
     assert_eq!(live, 0, "no access left after delete");
     assert!(
         env.operator_output()
@@ -408,15 +400,13 @@ async fn jit_renewal_policy_refusal_and_a_throttling_storm() {
     })
     .await;
     assert_eq!(g.status.and_then(|s| s.reason), Some("Renewed".into()));
-    let state = env
-        .control(reqwest::Method::GET, "/_sim/state", None)
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .expect("state");
-    let text = state.to_string();
+    let state = env.state().await;
     assert!(
-        text.contains("NewerRequestInitiated"),
+        state.jit_requests().any(|(_, r)| r
+            .virtual_machines
+            .iter()
+            .flat_map(|v| &v.ports)
+            .any(|p| p.status_reason.as_deref() == Some("NewerRequestInitiated"))),
         "the renewed request superseded the first"
     );
 
@@ -613,32 +603,24 @@ async fn delete_closes_jit_early_and_removes_an_admin_assignment() {
     // until Azure shows the ports closed.
     wait_gone(&api, "rdp", 60).await;
     wait_gone(&api, "assigned", 60).await;
-    let state = env
-        .control(reqwest::Method::GET, "/_sim/state", None)
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .expect("state");
-    let text = state.to_string();
-    assert!(text.contains("closing early"), "a close request was sent");
+    let state = env.state().await;
+    assert!(
+        state.jit_requests().any(|(_, r)| r
+            .justification
+            .as_deref()
+            .is_some_and(|j| j.contains("closing early"))),
+        "a close request was sent"
+    );
     let mut open_prefixes = Vec::new();
-    for pol in state["jitPolicies"].as_array().into_iter().flatten() {
-        for req in pol["properties"]["requests"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            for vm in req["virtualMachines"].as_array().into_iter().flatten() {
-                for port in vm["ports"].as_array().into_iter().flatten() {
-                    if port["status"] != "Revoked" {
-                        open_prefixes.push(port["allowedSourceAddressPrefix"].clone());
-                    }
-                }
+    for (_, req) in state.jit_requests() {
+        for port in req.virtual_machines.iter().flat_map(|v| &v.ports) {
+            if port.status != "Revoked" {
+                open_prefixes.push(port.allowed_source_address_prefix.clone());
             }
         }
     }
     assert!(
-        !open_prefixes.contains(&serde_json::json!("10.4.4.4")),
+        !open_prefixes.contains(&Some("10.4.4.4".to_string())),
         "port still open after delete: {open_prefixes:?}"
     );
     let calls = env.calls().await;
@@ -646,14 +628,11 @@ async fn delete_closes_jit_early_and_removes_an_admin_assignment() {
         count(&calls, "RoleAssignmentScheduleRequests_Create") >= 2,
         "AdminAssign then AdminRemove"
     );
-    let live = state["roleAssignmentScheduleInstances"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|i| i["properties"]["principalId"] == DEPLOYER_OID)
-                .count()
-        })
-        .unwrap_or(0);
+    let live = state
+        .role_assignment_schedule_instances
+        .iter()
+        .filter(|i| i.properties.principal_id == DEPLOYER_OID)
+        .count();
     assert_eq!(live, 0, "assignment removed");
 }
 
@@ -1027,19 +1006,14 @@ async fn deletions_are_revoked_ahead_of_grants_waiting_for_the_write_budget() {
         Vec<chrono::DateTime<chrono::Utc>>,
         std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     );
-    let times = |state: &serde_json::Value| -> Times {
+    let times = |state: &accessgrant_sim::azure::view::SimState| -> Times {
         let mut opened = Vec::new();
         let mut closed = std::collections::BTreeMap::new();
-        for pol in state["jitPolicies"].as_array().into_iter().flatten() {
-            for r in pol["properties"]["requests"]
-                .as_array()
-                .into_iter()
-                .flatten()
+        for (_, r) in state.jit_requests() {
             {
-                let j = r["justification"].as_str().unwrap_or_default();
-                let Some(at) = r["startTimeUtc"]
-                    .as_str()
-                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                let j = r.justification.as_deref().unwrap_or_default();
+                let Some(at) = chrono::DateTime::parse_from_rfc3339(&r.start_time_utc)
+                    .ok()
                     .map(|t| t.with_timezone(&chrono::Utc))
                 else {
                     continue;

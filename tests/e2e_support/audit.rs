@@ -6,8 +6,8 @@
 
 use accessgrant_operator::api::{AccessGrant, Operation, Phase};
 use accessgrant_operator::lifecycle::request_name;
+use accessgrant_sim::azure::view::SimState;
 use kube::ResourceExt;
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// A grant a test created; kept after the object is gone (its uid names its requests).
@@ -139,9 +139,8 @@ fn marker_attempt(marker: &str) -> Option<u32> {
     after.split('.').next()?.parse().ok()
 }
 
-fn t(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
-    v.as_str()
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+fn t(v: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    v.and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
         .map(|d| d.with_timezone(&chrono::Utc))
 }
 
@@ -158,7 +157,7 @@ const END_SLACK: chrono::Duration = chrono::Duration::seconds(2);
 /// and assignments are the operator's to account for. With `settled`, only Active/Renewing
 /// grants may hold access; otherwise grants in flight (Requesting, Revoking, ...) may too.
 pub fn audit(
-    state: &Value,
+    state: &SimState,
     tracked: &[Tracked],
     live: &[AccessGrant],
     principals: &[&str],
@@ -196,18 +195,14 @@ pub fn audit(
 
     // ----- JIT -----
     let mut per_marker: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for pol in state["jitPolicies"].as_array().into_iter().flatten() {
-        for req in pol["properties"]["requests"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    for (_, req) in state.jit_requests() {
         {
-            let just = req["justification"].as_str().unwrap_or_default();
+            let just = req.justification.as_deref().unwrap_or_default();
             let ms = markers(just);
             let Some(m) = ms.last().cloned() else {
                 continue;
             };
-            let start = req["startTimeUtc"].as_str().unwrap_or_default().to_string();
+            let start = req.start_time_utc.clone();
             per_marker.entry(m.clone()).or_default().push(start.clone());
             let owner = by_marker(&m);
             match owner {
@@ -221,17 +216,16 @@ pub fn audit(
                     "JIT request {m} (started {start}) belongs to no grant the test made"
                 )),
             }
-            for vm in req["virtualMachines"].as_array().into_iter().flatten() {
-                for port in vm["ports"].as_array().into_iter().flatten() {
-                    let status = port["status"].as_str().unwrap_or_default();
-                    if !matches!(status, "Initiated" | "Initiating") {
+            for vm in &req.virtual_machines {
+                for port in &vm.ports {
+                    if !port.open() {
                         continue;
                     }
                     let what = format!(
                         "JIT port {}:{} open until {} by {m}",
-                        guid_tail(vm["id"].as_str().unwrap_or_default()),
-                        port["number"],
-                        port["endTimeUtc"].as_str().unwrap_or("?")
+                        guid_tail(&vm.id),
+                        port.number,
+                        port.end_time_utc.as_deref().unwrap_or("?")
                     );
                     let Some(g) = owner else {
                         a.orphans.push(format!("{what}: no grant"));
@@ -248,7 +242,7 @@ pub fn audit(
                         )),
                         Some(l) => {
                             let status_end = l.status.as_ref().and_then(|s| s.end_time);
-                            let open_end = t(&port["endTimeUtc"]);
+                            let open_end = t(port.end_time_utc.as_deref());
                             let closing = just.contains("closing early");
                             if settled
                                 && !closing
@@ -284,23 +278,19 @@ pub fn audit(
             }
         }
     }
-    let ours = |p: &Value| {
-        let p = p.as_str().unwrap_or_default();
+    let ours = |p: Option<&str>| {
+        let p = p.unwrap_or_default();
         principals.iter().any(|x| x.eq_ignore_ascii_case(p))
     };
     let mut per_attempt: BTreeMap<(usize, u32), Vec<Operation>> = BTreeMap::new();
-    for r in state["roleAssignmentScheduleRequests"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let p = &r["properties"];
-        if !ours(&p["principalId"]) && !ours(&p["requestorId"]) {
+    for r in &state.role_assignment_schedule_requests {
+        let p = &r.properties;
+        if !ours(Some(&p.principal_id)) && !ours(p.requestor_id.as_deref()) {
             continue;
         }
-        let name = r["name"].as_str().unwrap_or_default().to_ascii_lowercase();
-        let request_type = p["requestType"].as_str().unwrap_or_default().to_string();
-        let status = p["status"].as_str().unwrap_or_default().to_string();
+        let name = r.name.to_ascii_lowercase();
+        let request_type = p.request_type.clone();
+        let status = p.status.clone();
         match names.get(&name) {
             None => a.double_grants.push(format!(
                 "PIM {request_type} request {name} ({status}) is no grant attempt's deterministic name"
@@ -331,22 +321,18 @@ pub fn audit(
             ));
         }
     }
-    for inst in state["roleAssignmentScheduleInstances"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let p = &inst["properties"];
-        if !ours(&p["principalId"]) {
+    for inst in &state.role_assignment_schedule_instances {
+        let p = &inst.properties;
+        if !ours(Some(&p.principal_id)) {
             continue;
         }
-        let scope = p["scope"].as_str().unwrap_or_default();
-        let role = guid_tail(p["roleDefinitionId"].as_str().unwrap_or_default());
-        let principal = p["principalId"].as_str().unwrap_or_default();
+        let scope = p.scope.as_str();
+        let role = guid_tail(&p.role_definition_id);
+        let principal = p.principal_id.as_str();
         let what = format!(
             "PIM assignment of role {role} to {principal} at {scope} ({}) until {}",
-            p["assignmentType"].as_str().unwrap_or("?"),
-            p["endDateTime"].as_str().unwrap_or("never")
+            p.assignment_type.as_deref().unwrap_or("?"),
+            p.end_date_time.as_deref().unwrap_or("never")
         );
         let owners: Vec<&AccessGrant> = live
             .iter()
@@ -374,7 +360,7 @@ pub fn audit(
             Some(l) => {
                 let status_end = l.status.as_ref().and_then(|s| s.end_time);
                 if settled
-                    && let (Some(se), Some(oe)) = (status_end, t(&p["endDateTime"]))
+                    && let (Some(se), Some(oe)) = (status_end, t(p.end_date_time.as_deref()))
                     && oe > se + END_SLACK
                 {
                     a.orphans.push(format!(
@@ -390,15 +376,11 @@ pub fn audit(
 
 /// Access Azure shows for one grant: open JIT ports of requests carrying its markers, and
 /// active PIM assignments on its target `(principal, role, scope)`.
-pub fn access_of(state: &Value, g: &Tracked, pim: Option<(&str, &str, &str)>) -> Vec<String> {
+pub fn access_of(state: &SimState, g: &Tracked, pim: Option<(&str, &str, &str)>) -> Vec<String> {
     let mut out = vec![];
-    for pol in state["jitPolicies"].as_array().into_iter().flatten() {
-        for req in pol["properties"]["requests"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    for (_, req) in state.jit_requests() {
         {
-            let just = req["justification"].as_str().unwrap_or_default();
+            let just = req.justification.as_deref().unwrap_or_default();
             let Some(m) = markers(just).last().cloned() else {
                 continue;
             };
@@ -406,17 +388,14 @@ pub fn access_of(state: &Value, g: &Tracked, pim: Option<(&str, &str, &str)>) ->
             if !(m.starts_with(&g.marker_prefix()) && m.ends_with(&format!(".{uid8}]"))) {
                 continue;
             }
-            for vm in req["virtualMachines"].as_array().into_iter().flatten() {
-                for port in vm["ports"].as_array().into_iter().flatten() {
-                    if matches!(
-                        port["status"].as_str(),
-                        Some("Initiated") | Some("Initiating")
-                    ) {
+            for vm in &req.virtual_machines {
+                for port in &vm.ports {
+                    if port.open() {
                         out.push(format!(
                             "JIT port {}:{} open until {} by {m}",
-                            guid_tail(vm["id"].as_str().unwrap_or_default()),
-                            port["number"],
-                            port["endTimeUtc"].as_str().unwrap_or("?")
+                            guid_tail(&vm.id),
+                            port.number,
+                            port.end_time_utc.as_deref().unwrap_or("?")
                         ));
                     }
                 }
@@ -424,23 +403,15 @@ pub fn access_of(state: &Value, g: &Tracked, pim: Option<(&str, &str, &str)>) ->
         }
     }
     if let Some((principal, role, scope)) = pim {
-        for inst in state["roleAssignmentScheduleInstances"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            let p = &inst["properties"];
-            if p["principalId"]
-                .as_str()
-                .is_some_and(|x| x.eq_ignore_ascii_case(principal))
-                && p["scope"]
-                    .as_str()
-                    .is_some_and(|x| x.eq_ignore_ascii_case(scope))
-                && guid_tail(p["roleDefinitionId"].as_str().unwrap_or_default()) == guid_tail(role)
+        for inst in &state.role_assignment_schedule_instances {
+            let p = &inst.properties;
+            if p.principal_id.eq_ignore_ascii_case(principal)
+                && p.scope.eq_ignore_ascii_case(scope)
+                && guid_tail(&p.role_definition_id) == guid_tail(role)
             {
                 out.push(format!(
                     "PIM assignment of {role} to {principal} at {scope} until {}",
-                    p["endDateTime"].as_str().unwrap_or("never")
+                    p.end_date_time.as_deref().unwrap_or("never")
                 ));
             }
         }

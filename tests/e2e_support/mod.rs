@@ -96,54 +96,38 @@ impl Env {
     /// Both simulators, no operator; `tweak` changes the azure-sim world (the sandbox world with
     /// a PT5S deactivation floor) before azure-sim starts.
     pub async fn start_bare_with(tweak: impl FnOnce(&mut accessgrant_sim::azure::World)) -> Env {
-        accessgrant_sim::azure::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let kubeconfig = dir.path().join("kubeconfig");
-        let kube = accessgrant_sim::kube::serve(accessgrant_sim::kube::SimConfig {
-            crds_dir: Some(root.join("crds")),
-            kubeconfig: Some(kubeconfig.clone()),
-            bookmark_interval: Duration::from_secs(2),
-            ..Default::default()
-        })
-        .await
-        .expect("kube-sim");
         let mut world =
             accessgrant_sim::azure::World::from_file(&root.join("sim/worlds/sandbox.yaml"))
                 .expect("world");
         world.settings.deactivation_floor = "PT5S".into();
         tweak(&mut world);
-        let mut azure_cfg = accessgrant_sim::azure::SimConfig::new(world);
-        // Entra verifies federated ServiceAccount tokens with the cluster's OIDC discovery.
-        azure_cfg.oidc_discovery = vec![(
-            "https://kubernetes.default.svc.cluster.local".into(),
-            kube.base_url(),
-        )];
-        let azure = accessgrant_sim::azure::serve(azure_cfg)
-            .await
-            .expect("azure-sim");
-        let client = kube.client().await.expect("kube client");
-        // The chart's roles for people (accessgrant-viewer/-requester/-admin), as the
-        // kustomize base ships them; client_as binds its user to accessgrant-requester.
-        kube.apply_manifests(&root.join("deploy/rbac-users.yaml"), "e2e")
-            .await
-            .expect("user roles");
-        // The operator runs as its ServiceAccount, bound by the very RBAC objects the chart
-        // renders (the kustomize base holds them; tests/packaging.rs shows the two equal).
-        kube.service_account_kubeconfig(
-            OPERATOR_NAMESPACE,
-            OPERATOR_SERVICE_ACCOUNT,
-            86400,
-            &dir.path().join("operator-kubeconfig"),
-        )
+        let sims = accessgrant_sim::harness::Sims::start(accessgrant_sim::harness::SimsSetup {
+            dir: dir.path().to_path_buf(),
+            kube: accessgrant_sim::kube::SimConfig {
+                crds_dir: Some(root.join("crds")),
+                bookmark_interval: Duration::from_secs(2),
+                ..Default::default()
+            },
+            world,
+            // The operator runs as its ServiceAccount, bound by the very RBAC objects the chart
+            // renders (the kustomize base holds them; tests/packaging.rs shows the two equal).
+            operator_identity: Some(86400),
+            // The chart's roles for people (accessgrant-viewer/-requester/-admin), as the
+            // kustomize base ships them (client_as binds its user to accessgrant-requester),
+            // and the operator's own.
+            manifests: vec![
+                root.join("deploy/rbac-users.yaml"),
+                root.join("deploy/rbac.yaml"),
+            ],
+        })
         .await
-        .expect("operator identity");
-        kube.apply_manifests(&root.join("deploy/rbac.yaml"), "e2e")
-            .await
-            .expect("operator RBAC");
+        .expect("simulators");
+        let client = sims.kube.client().await.expect("kube client");
         Env {
-            kube,
-            azure,
+            kube: sims.kube,
+            azure: sims.azure,
             client,
             dir,
             operator: None,
@@ -240,8 +224,8 @@ impl Env {
         let admin = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port");
-        let ca = self.dir.path().join("azure-ca.pem");
-        std::fs::write(&ca, self.azure.ca_pem()).expect("write CA");
+        // Written by Sims::start.
+        let ca = self.dir.path().join("azure-sim-ca.pem");
         let n = std::fs::read_dir(self.dir.path())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -595,8 +579,8 @@ impl Env {
             .unwrap_or_default()
     }
 
-    /// azure-sim's whole state (`GET /_sim/state`).
-    pub async fn state(&self) -> Value {
+    /// azure-sim's state (`GET /_sim/state`), typed.
+    pub async fn state(&self) -> accessgrant_sim::azure::view::SimState {
         self.control(reqwest::Method::GET, "/_sim/state", None)
             .await
             .json()
@@ -686,7 +670,7 @@ pub struct AzureSimHandle {
 }
 
 impl AzureSimHandle {
-    async fn get(&self, path: &str) -> Value {
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         let c = accessgrant_operator::azure::client::http_client(
             Some(self.ca.as_bytes()),
             Duration::from_secs(10),
@@ -701,17 +685,14 @@ impl AzureSimHandle {
             .expect("json")
     }
 
-    /// `GET /_sim/state`.
-    pub async fn state(&self) -> Value {
+    /// `GET /_sim/state`, typed.
+    pub async fn state(&self) -> accessgrant_sim::azure::view::SimState {
         self.get("/_sim/state").await
     }
 
     /// `GET /_sim/calls`.
     pub async fn calls(&self) -> Vec<Value> {
-        match self.get("/_sim/calls").await {
-            Value::Array(a) => a,
-            other => panic!("calls: {other}"),
-        }
+        self.get("/_sim/calls").await
     }
 }
 

@@ -12,6 +12,7 @@ pub mod state;
 pub mod time;
 pub mod tls;
 pub mod token;
+pub mod view;
 pub mod world;
 
 use std::net::SocketAddr;
