@@ -93,4 +93,8 @@ pub mod reason {
     pub const STAMP_MISSING: &str = "StampMissing";
     /// A requester stamp that fails verification (forged, altered, copied, stale).
     pub const STAMP_INVALID: &str = "StampInvalid";
+    /// Our finalizer was missing from a grant that may hold access, and was put back.
+    pub const FINALIZER_RESTORED: &str = "FinalizerRestored";
+    /// The recorded status said no access was held, but Azure showed it in force.
+    pub const STATUS_CONTRADICTED: &str = "StatusContradicted";
 }

@@ -165,6 +165,11 @@ struct RunArgs {
         default_value = "accessgrant-operator-stamp-key"
     )]
     stamp_key_secret: String,
+    /// The operator's own Kubernetes user name, the only one the webhook lets write grant
+    /// status or remove the finalizer of a grant that may hold access. Default: asked from the
+    /// API server (SelfSubjectReview, Kubernetes 1.28+).
+    #[arg(long, env = "OPERATOR_USER")]
+    operator_user: Option<String>,
 }
 
 /// Starts the admission webhook (TLS) and returns the stamp key it signs with.
@@ -238,11 +243,23 @@ async fn start_webhook(
             stream.for_each(|_| async {}).await;
         });
     }
+    let operator = match &args.operator_user {
+        Some(u) => u.clone(),
+        None => webhook::whoami(client)
+            .await
+            .ok()
+            .filter(|u| !u.is_empty())
+            .context(
+                "asking the API server who the operator is (SelfSubjectReview) failed; set --operator-user to name it",
+            )?,
+    };
+    tracing::info!(user = %operator, "only this identity may write grant status or release grant finalizers");
     let state = webhook::WebhookState {
         key: key.clone(),
         client: client.clone(),
         policies: policies.clone(),
         metrics: metrics.clone(),
+        operator,
     };
     let readiness = readiness.clone();
     tokio::spawn(async move {

@@ -1,7 +1,16 @@
 //! The requester stamp: the admission webhook records who created (or changed the spec of) a
 //! grant in two annotations and signs them with the operator's key (HMAC-SHA256); the
-//! controller trusts a requester only when the signature, the object's namespace and name and a
-//! digest of the current spec all check out. Pure: no I/O, `now` is a parameter.
+//! controller trusts a requester only when the signature, the object's namespace and name, a
+//! digest of the current spec and the object instance all check out. Pure: no I/O, `now` is a
+//! parameter.
+//!
+//! **The instance.** A stamp made on a spec change (UPDATE) names the object's uid. On CREATE
+//! the API server assigns the uid only after mutating admission, so a create stamp cannot name
+//! it; instead it must not be older than the object: its time may precede the object's
+//! `creationTimestamp` by at most [`CREATE_WINDOW`] (the most a mutating webhook call may take).
+//! A stamp copied onto a re-created object of the same name (delete, then create with the old
+//! annotations while the webhooks are bypassed) is therefore refused: its uid is another
+//! object's, or it is older than the object.
 
 use crate::api::{AccessGrantSpec, Provenance};
 use base64::Engine as _;
@@ -36,6 +45,33 @@ pub struct Stamp {
     /// GitOps provenance present on the object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,
+    /// The object's uid, when it had one (stamps made on UPDATE; see the module docs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+/// How much older than the object's `creationTimestamp` a create stamp may be: the longest a
+/// mutating webhook call may take (`timeoutSeconds` is at most 30), plus a second for
+/// `creationTimestamp`'s whole-second precision.
+pub const CREATE_WINDOW: chrono::Duration = chrono::Duration::seconds(31);
+
+/// The object a stamp is checked against, once it exists.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Instance<'a> {
+    pub uid: Option<&'a str>,
+    pub created: Option<DateTime<Utc>>,
+}
+
+impl<'a> Instance<'a> {
+    pub fn of(meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        Instance {
+            uid: meta.uid.as_deref().filter(|u| !u.is_empty()),
+            created: meta
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0)),
+        }
+    }
 }
 
 /// The operator's signing key (shared by all replicas through a Secret or a mounted file).
@@ -105,11 +141,24 @@ pub enum StampCheck {
     Valid(Stamp),
 }
 
-/// Checks the stamp annotations of an object against its namespace, name and current spec.
+/// Checks the stamp annotations of an object against its namespace, name and current spec
+/// (before the object exists: no instance check).
 pub fn verify(
     key: &StampKey,
     namespace: &str,
     name: &str,
+    spec: &AccessGrantSpec,
+    annotations: &BTreeMap<String, String>,
+) -> StampCheck {
+    verify_instance(key, namespace, name, Instance::default(), spec, annotations)
+}
+
+/// [`verify`], and the stamp must have been made for this object instance.
+pub fn verify_instance(
+    key: &StampKey,
+    namespace: &str,
+    name: &str,
+    instance: Instance<'_>,
     spec: &AccessGrantSpec,
     annotations: &BTreeMap<String, String>,
 ) -> StampCheck {
@@ -156,6 +205,25 @@ pub fn verify(
             "the spec changed after the requester stamp was made (the admission webhook did not see the change)"
                 .into(),
         );
+    }
+    match (&stamp.uid, instance.uid) {
+        (Some(made_for), Some(uid)) if made_for != uid => {
+            return StampCheck::Invalid(format!(
+                "the requester stamp was made for another object named {name:?} (uid {made_for}, this one is {uid}): it was copied onto a re-created grant"
+            ));
+        }
+        (None, _) => {
+            if let Some(created) = instance.created
+                && stamp.at < created - CREATE_WINDOW
+            {
+                return StampCheck::Invalid(format!(
+                    "the requester stamp ({}) is older than the object (created {}): it was copied from an earlier grant of that name",
+                    stamp.at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    created.format("%Y-%m-%dT%H:%M:%SZ")
+                ));
+            }
+        }
+        _ => {}
     }
     StampCheck::Valid(stamp)
 }
@@ -238,6 +306,7 @@ pub fn make_stamp(
             meta.labels.as_ref().unwrap_or(&empty),
             meta.annotations.as_ref().unwrap_or(&empty),
         ),
+        uid: meta.uid.clone().filter(|u| !u.is_empty()),
     }
 }
 
@@ -260,7 +329,14 @@ pub fn check_grant(key: Option<&StampKey>, g: &crate::api::AccessGrant) -> Verif
     let ns = g.metadata.namespace.as_deref().unwrap_or_default();
     let name = g.metadata.name.as_deref().unwrap_or_default();
     let check = match key {
-        Some(k) => verify(k, ns, name, &g.spec, annotations),
+        Some(k) => verify_instance(
+            k,
+            ns,
+            name,
+            Instance::of(&g.metadata),
+            &g.spec,
+            annotations,
+        ),
         None if annotations.contains_key(REQUESTER_ANNOTATION)
             || annotations.contains_key(SIGNATURE_ANNOTATION) =>
         {

@@ -115,6 +115,12 @@ async fn register_webhooks(
     ] {
         let gvk = GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
         let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
+        // As deploy/webhook.yaml: the validating webhook also sees status writes.
+        let resources = if path == "validate" {
+            serde_json::json!(["accessgrants", "accessgrants/status"])
+        } else {
+            serde_json::json!(["accessgrants"])
+        };
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         let v = serde_json::json!({
             "apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
@@ -122,7 +128,7 @@ async fn register_webhooks(
             "webhooks": [{
                 "name": name,
                 "clientConfig": {"url": format!("https://{addr}/{path}")},
-                "rules": [{"apiGroups": ["accessgrant.io"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"], "resources": ["accessgrants"], "scope": "Namespaced"}],
+                "rules": [{"apiGroups": ["accessgrant.io"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"], "resources": resources, "scope": "Namespaced"}],
                 "failurePolicy": "Fail", "sideEffects": "None", "admissionReviewVersions": ["v1"], "timeoutSeconds": 10
             }]
         });

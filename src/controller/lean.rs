@@ -4,7 +4,8 @@
 //! operator's memory per grant. The full `AccessGrant` is 1,880 bytes inline (an `ObjectMeta`,
 //! the spec and a status struct with every field) before any of its strings; what the cache is
 //! used for needs far less:
-//! - the controller's triggers: name, namespace, generation, deletion (metadata);
+//! - the controller's triggers: name, namespace, generation, deletion (metadata), and a
+//!   finalizer removed by someone else (`unguarded`);
 //! - the phase gauge: the phase;
 //! - the start-up reads (`warm`): whether the grant is Active and its target's subscription;
 //! - the removal lane (`turns`): whether the grant is suspended.
@@ -15,6 +16,7 @@
 
 use crate::api::{AccessGrant, Phase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,9 @@ pub struct LeanGrant {
     pub unreadable: bool,
     /// `spec.suspend` is true.
     pub suspended: bool,
+    /// Our finalizer is missing although the phase says access may exist (someone removed
+    /// it): a trigger, so that the controller puts it back at once.
+    pub unguarded: bool,
 }
 
 impl LeanGrant {
@@ -84,6 +89,22 @@ impl From<DeserializeGuard<AccessGrant>> for LeanGrant {
     fn from(g: DeserializeGuard<AccessGrant>) -> Self {
         match g.0 {
             Ok(g) => LeanGrant {
+                unguarded: g.metadata.deletion_timestamp.is_none()
+                    && !g
+                        .finalizers()
+                        .iter()
+                        .any(|f| f == crate::constants::FINALIZER)
+                    && g.status.as_ref().is_some_and(|s| {
+                        s.intent.is_some()
+                            || matches!(
+                                s.phase,
+                                Phase::Requesting
+                                    | Phase::PendingApproval
+                                    | Phase::Active
+                                    | Phase::Renewing
+                                    | Phase::Revoking
+                            )
+                    }),
                 phase: g.status.as_ref().map(|s| s.phase),
                 jit_subscription: g
                     .spec

@@ -158,16 +158,41 @@ pub async fn run(
     // Namespace labels select policies: kept from a watch instead of a GET per reconcile (a
     // namespace missing from this cache, e.g. just created, is read directly).
     let (namespaces, ns_writer) = reflector::store();
+    // A namespace whose labels change (or that goes away) has its grants judged again at
+    // once: a policy that selected it by a label may no longer allow them. The reflector
+    // has the new labels before the namespace's name is sent.
+    let (relabelled_tx, relabelled_rx) = futures::channel::mpsc::unbounded::<String>();
     let ns_stream = watcher(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff()
     .modify(|n: &mut Namespace| n.managed_fields_mut().clear())
-    .reflect(ns_writer)
-    .touched_objects();
+    .reflect(ns_writer);
     let ns_task = tokio::spawn(async move {
-        ns_stream.for_each(|_| async {}).await;
+        let mut seen: std::collections::HashMap<String, (BTreeMap<String, String>, bool)> =
+            Default::default();
+        let mut ns_stream = std::pin::pin!(ns_stream);
+        while let Some(ev) = ns_stream.next().await {
+            let (n, gone) = match ev {
+                Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => (n, false),
+                Ok(watcher::Event::Delete(n)) => (n, true),
+                _ => continue,
+            };
+            let name = n.name_any();
+            let now = (
+                n.labels().clone(),
+                gone || n.metadata.deletion_timestamp.is_some(),
+            );
+            let before = if gone {
+                seen.remove(&name)
+            } else {
+                seen.insert(name.clone(), now.clone())
+            };
+            if before.is_some_and(|b| b != now) {
+                let _ = relabelled_tx.unbounded_send(name);
+            }
+        }
     });
     // Both CRDs are served (the policy watch listed; a grants list answers too).
     grants_api
@@ -213,7 +238,25 @@ pub async fn run(
             }
         })
         .predicate_filter(trigger_hash, Default::default());
-    let controller = Controller::for_stream(grant_events, grants.clone());
+    let relabelled = {
+        let store = grants.clone();
+        relabelled_rx.flat_map(move |ns: String| {
+            let in_ns: Vec<Result<lean::LeanGrant, watcher::Error>> = store
+                .state()
+                .into_iter()
+                .filter(|g| g.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .map(|g| Ok((*g).clone()))
+                .collect();
+            if !in_ns.is_empty() {
+                tracing::info!(namespace = %ns, grants = in_ns.len(), "namespace labels changed; judging its grants again");
+            }
+            futures::stream::iter(in_ns)
+        })
+    };
+    let controller = Controller::for_stream(
+        futures::stream::select(grant_events, relabelled),
+        grants.clone(),
+    );
     // The removal lane: its own queue and slots for grants being deleted or suspended. In the
     // main queue a deletion waits behind every grant whose retry is due (kube's scheduler
     // serves due requests in hash order, not by age or kind), and while ARM's write budget is
@@ -397,6 +440,7 @@ fn trigger_hash(g: &lean::LeanGrant) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     g.meta().generation.hash(&mut h);
     g.meta().deletion_timestamp.is_some().hash(&mut h);
+    g.unguarded.hash(&mut h);
     Some(h.finish())
 }
 

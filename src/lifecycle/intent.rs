@@ -64,9 +64,7 @@ impl Ctx<'_> {
             self.history(reason::BREAK_GLASS, note.clone());
             self.event(true, reason::BREAK_GLASS, note);
         }
-        if !self.meta().has_finalizer {
-            self.steps.push(Step::AddFinalizer);
-        }
+        self.ensure_finalizer();
         self.st.attempt = attempt;
         self.st.observed_generation = Some(self.meta().generation);
         self.st.intent = Some(Intent {

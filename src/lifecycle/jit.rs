@@ -31,6 +31,31 @@ impl Ctx<'_> {
         });
     }
 
+    /// Whether Azure shows a port open by this grant's requests; None until the JIT policy is
+    /// read (the need is pushed).
+    pub(super) fn jit_open_in_azure(&mut self) -> Option<bool> {
+        let Some(marker) = self.st.jit.as_ref().and_then(|j| j.marker.clone()) else {
+            return Some(false);
+        };
+        match &self.input.observed.jit_policy {
+            Read::NotRead => {
+                self.need(Need::JitPolicy);
+                None
+            }
+            Read::Missing => Some(false),
+            // Our own close requests keep a port open for the early-close window: not access.
+            Read::Found(p) => Some(p.requests.iter().any(|r| {
+                r.justification.as_deref().is_some_and(|j| {
+                    (j.contains(&marker) || jit_same_grant(j, &marker))
+                        && !j.contains(JIT_CLOSE_WORDS)
+                }) && r
+                    .ports
+                    .iter()
+                    .any(|p| !p.closed && p.end.is_some_and(|e| e > self.now()))
+            })),
+        }
+    }
+
     pub(super) fn take_away_jit(&mut self) {
         let Some(t) = self.st.target.as_ref().and_then(|t| t.jit.clone()) else {
             return self.nothing_requested();
@@ -216,9 +241,7 @@ impl Ctx<'_> {
             })
             .cloned()
         {
-            if !self.meta().has_finalizer {
-                self.steps.push(Step::AddFinalizer);
-            }
+            self.ensure_finalizer();
             self.st.attempt = attempt;
             self.st.observed_generation = Some(self.meta().generation);
             if renewing {

@@ -21,7 +21,7 @@ pub use status::{kstatus_conditions, set_condition};
 pub use types::*;
 
 use crate::api::{AccessGrantStatus, Intent, Operation, Phase};
-use crate::constants::{condition as cond, reason};
+use crate::constants::{FINALIZER, condition as cond, reason};
 use crate::guard::Verdict;
 use crate::validate::{InvalidSpec, ValidGrant, ValidTarget};
 use chrono::{DateTime, Duration, Utc};
@@ -183,6 +183,16 @@ impl Ctx<'_> {
         }
         if let Ok(g) = self.input.spec {
             self.st.summary = Some(summary(g));
+        }
+        if !self.meta().deleting && !self.meta().has_finalizer && self.may_hold() {
+            // Removed by hand (with the webhook that refuses it bypassed): without it a delete
+            // would leave the access in Azure.
+            let note = format!(
+                "finalizer {FINALIZER} was removed while the grant may hold access; put back (to end access: delete the grant or set spec.suspend: true)"
+            );
+            self.history(reason::FINALIZER_RESTORED, note.clone());
+            self.event(true, reason::FINALIZER_RESTORED, note);
+            self.ensure_finalizer();
         }
         if let Some(w) = self.input.observed.last_write.clone() {
             self.apply_write_result(&w);

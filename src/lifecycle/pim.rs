@@ -153,6 +153,24 @@ impl Ctx<'_> {
         }
     }
 
+    /// Whether this grant's last recorded PIM request is a grant Azure provisioned and whose
+    /// schedule has not ended; None until it is read (the need is pushed).
+    pub(super) fn pim_grant_in_force_in_azure(&mut self) -> Option<bool> {
+        let Some(name) = self.st.pim.as_ref().and_then(|p| p.request_name.clone()) else {
+            return Some(false);
+        };
+        match &self.input.observed.pim_request {
+            Read::NotRead => {
+                self.need(Need::PimRequest(name));
+                None
+            }
+            Read::Missing => Some(false),
+            Read::Found(r) => Some(
+                !r.removal && r.class == PimClass::Granted && r.end.is_none_or(|e| e > self.now()),
+            ),
+        }
+    }
+
     pub(super) fn take_away_pim(&mut self) {
         let Some(t) = self.st.target.as_ref().and_then(|t| t.pim.clone()) else {
             return self.nothing_requested();

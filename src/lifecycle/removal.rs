@@ -32,6 +32,37 @@ impl Ctx<'_> {
             }
             return;
         }
+        // The recorded phase says nothing is held. Before the finalizer goes, Azure has the last
+        // word (one read): a status written by someone else must not hide open access.
+        if matches!(why, Unwanted::Deleted)
+            && self.meta().has_finalizer
+            && self.st.target.is_some()
+            && !self.input.covered_by_other
+        {
+            let open = if self.is_jit() {
+                self.jit_open_in_azure()
+            } else {
+                self.pim_grant_in_force_in_azure()
+            };
+            match open {
+                None => return,
+                Some(true) => {
+                    let note = format!(
+                        "status says {:?}, but Azure shows this grant's access still in force; taking it away before the grant goes",
+                        self.st.phase
+                    );
+                    self.history(reason::STATUS_CONTRADICTED, note.clone());
+                    self.event(true, reason::STATUS_CONTRADICTED, note);
+                    if self.is_jit() {
+                        self.take_away_jit();
+                    } else {
+                        self.take_away_pim();
+                    }
+                    return;
+                }
+                Some(false) => {}
+            }
+        }
         // Holds nothing.
         match why {
             Unwanted::Deleted => {}

@@ -21,6 +21,13 @@ impl Ctx<'_> {
         }
     }
 
+    /// Our finalizer before anything that may leave access in Azure (added once per plan).
+    pub(super) fn ensure_finalizer(&mut self) {
+        if !self.meta().has_finalizer && !self.steps.contains(&Step::AddFinalizer) {
+            self.steps.push(Step::AddFinalizer);
+        }
+    }
+
     pub(super) fn history(&mut self, event: &str, detail: String) {
         self.st.history.push(HistoryEntry {
             time: self.now(),

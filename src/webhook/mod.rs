@@ -13,6 +13,7 @@
 //! the property tests can compare them with the controller's [`crate::controller::judge`].
 
 pub mod certs;
+pub mod protect;
 
 use crate::api::{AccessGrant, AccessPolicy};
 use crate::guard::{GrantContext, Requester, decide};
@@ -248,10 +249,11 @@ pub fn validate(
     } else {
         req.name.clone()
     };
-    let stamp_problem = match crate::stamp::verify(
+    let stamp_problem = match crate::stamp::verify_instance(
         key,
         &ns,
         &name,
+        crate::stamp::Instance::of(&grant.metadata),
         &grant.spec,
         grant.metadata.annotations.as_ref().unwrap_or(&empty),
     ) {
@@ -332,6 +334,25 @@ pub struct WebhookState {
     /// AccessPolicies.
     pub policies: kube::runtime::reflector::Store<AccessPolicy>,
     pub metrics: crate::telemetry::Metrics,
+    /// The operator's own Kubernetes user name (from a SelfSubjectReview at start): the only
+    /// identity that may write status or remove the finalizer of a grant that may hold access.
+    pub operator: String,
+}
+
+/// This process's own Kubernetes user name, as the API server sees it (SelfSubjectReview).
+pub async fn whoami(client: &kube::Client) -> Result<String, kube::Error> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
+    let r = api
+        .create(
+            &kube::api::PostParams::default(),
+            &SelfSubjectReview::default(),
+        )
+        .await?;
+    Ok(r.status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .unwrap_or_default())
 }
 
 /// `/mutate` and `/validate`.
@@ -383,6 +404,12 @@ async fn handle_validate(
     axum::Json(review): Review,
 ) -> axum::Json<serde_json::Value> {
     let resp = match request_of(review) {
+        Ok(req) if let Some(r) = protect::refusal(&req, &s.operator) => {
+            log_review("validate", &req, &r);
+            r
+        }
+        // Status writes are the operator's own (anyone else's is refused above).
+        Ok(req) if req.sub_resource.as_deref() == Some("status") => AdmissionResponse::from(&req),
         Ok(req) => {
             let labels = match req.namespace.as_deref() {
                 Some(ns) => {

@@ -5,6 +5,7 @@ mod crash;
 mod e2e;
 mod e2e_admission;
 mod e2e_ha;
+mod e2e_ledger;
 mod e2e_policy_guard;
 mod e2e_rbac;
 #[path = "../e2e_support/mod.rs"]

@@ -723,10 +723,12 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
             assert_eq!(w["clientConfig"]["service"]["name"], NAME);
             assert_eq!(w["clientConfig"]["service"]["namespace"], NAMESPACE);
             assert_eq!(w["sideEffects"], "None");
-            assert_eq!(
-                w["rules"][0]["resources"],
+            let resources = if kind == "ValidatingWebhookConfiguration" {
+                serde_json::json!(["accessgrants", "accessgrants/status"])
+            } else {
                 serde_json::json!(["accessgrants"])
-            );
+            };
+            assert_eq!(w["rules"][0]["resources"], resources);
         }
     }
     let sa = find(&full, "ServiceAccount", NAME);

@@ -147,10 +147,16 @@ impl Env {
             MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
         };
         let hook = |path: &str, name: &str| {
+            // As deploy/webhook.yaml: the validating webhook also sees status writes.
+            let resources = if path == "validate" {
+                serde_json::json!(["accessgrants", "accessgrants/status"])
+            } else {
+                serde_json::json!(["accessgrants"])
+            };
             serde_json::json!({
                 "name": name,
                 "clientConfig": {"url": format!("https://{addr}/{path}")},
-                "rules": [{"apiGroups": ["accessgrant.io"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"], "resources": ["accessgrants"], "scope": "Namespaced"}],
+                "rules": [{"apiGroups": ["accessgrant.io"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"], "resources": resources, "scope": "Namespaced"}],
                 "failurePolicy": "Fail",
                 "sideEffects": "None",
                 "admissionReviewVersions": ["v1"],
@@ -702,6 +708,77 @@ impl Env {
         AzureSimHandle {
             base: self.azure.base_url(),
             ca: self.azure.ca_pem().to_string(),
+        }
+    }
+}
+
+/// The real kubectl (installed by `sim/tests/fixtures/kube/ensure-kubectl.sh` when missing).
+pub fn kubectl_bin() -> String {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("sim/tests/fixtures/kube/ensure-kubectl.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "ensure-kubectl.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+    .clone()
+}
+
+/// What a kubectl run printed.
+#[derive(Debug)]
+pub struct Kubectl {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Env {
+    /// Runs the real kubectl against kube-sim, as `user` (impersonated, `--as`/`--as-group`)
+    /// or as the admin (`None`); `stdin` is piped in (e.g. a manifest for `apply -f -`).
+    pub async fn kubectl(
+        &self,
+        user: Option<(&str, &[&str])>,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Kubectl {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = tokio::process::Command::new(kubectl_bin());
+        cmd.arg("--kubeconfig")
+            .arg(self.dir.path().join("kubeconfig"))
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kubectl-cache"));
+        if let Some((u, groups)) = user {
+            cmd.arg(format!("--as={u}"));
+            for g in groups {
+                cmd.arg(format!("--as-group={g}"));
+            }
+        }
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl runs");
+        if let Some(mut pipe) = child.stdin.take() {
+            if let Some(text) = stdin {
+                pipe.write_all(text.as_bytes())
+                    .await
+                    .expect("kubectl stdin");
+            }
+            drop(pipe);
+        }
+        let out = child.wait_with_output().await.expect("kubectl output");
+        Kubectl {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
 }

@@ -250,6 +250,79 @@ fn a_client_cannot_supply_or_change_the_stamp() {
     }
 }
 
+/// A stamp is bound to the object instance: a create stamp may not be older than the object
+/// (by more than the webhook's window), an update stamp names the object's uid. Copying either
+/// onto a re-created grant of the same name (issue: stamp replay) makes it untrusted.
+#[test]
+fn a_stamp_copied_onto_a_re_created_grant_is_refused() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let (created, _) = admit(
+        "alice",
+        &[],
+        &grant("g1", pim_spec(PimMode::Activate)),
+        &[allow_all_policy()],
+    );
+    let a = annotations(&created);
+    let at = |secs: i64| {
+        let t = t0() + chrono::Duration::seconds(secs);
+        Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).expect("time"),
+        ))
+    };
+    let check = |uid: &str, created_secs: i64, ann: &BTreeMap<String, String>| {
+        let mut meta = created.metadata.clone();
+        meta.uid = Some(uid.into());
+        meta.creation_timestamp = at(created_secs);
+        stamp::verify_instance(
+            &key(),
+            NS,
+            "g1",
+            stamp::Instance::of(&meta),
+            &created.spec,
+            ann,
+        )
+    };
+    // The object the stamp was made for: created within the window after the stamp.
+    assert!(matches!(check("uid-1", 0, &a), StampCheck::Valid(_)));
+    assert!(matches!(check("uid-1", 30, &a), StampCheck::Valid(_)));
+    // Re-created later under the same name with the copied annotations.
+    match check("uid-2", 120, &a) {
+        StampCheck::Invalid(p) => assert!(p.contains("older than the object"), "{p}"),
+        other => panic!("a replayed create stamp was accepted: {other:?}"),
+    }
+    // A stamp made on a spec change names the uid: valid for that object only.
+    let mut first = created.clone();
+    first.metadata.uid = Some("uid-1".into());
+    first.metadata.creation_timestamp = at(0);
+    let mut respec = first.clone();
+    respec.spec.duration = IsoDuration::new("PT2H");
+    let m = webhook::mutate(
+        &review("UPDATE", "bob", &[], &respec, Some(&first)),
+        &key(),
+        t0() + chrono::Duration::seconds(600),
+    );
+    let restamped = apply(&respec, &m);
+    let b = annotations(&restamped);
+    let check2 = |uid: &str, created_secs: i64| {
+        let mut meta = restamped.metadata.clone();
+        meta.uid = Some(uid.into());
+        meta.creation_timestamp = at(created_secs);
+        stamp::verify_instance(
+            &key(),
+            NS,
+            "g1",
+            stamp::Instance::of(&meta),
+            &restamped.spec,
+            &b,
+        )
+    };
+    assert!(matches!(check2("uid-1", 0), StampCheck::Valid(s) if s.user == "bob"));
+    match check2("uid-2", 610) {
+        StampCheck::Invalid(p) => assert!(p.contains("another object"), "{p}"),
+        other => panic!("a replayed update stamp was accepted: {other:?}"),
+    }
+}
+
 #[test]
 fn validating_refuses_target_edits_and_unstamped_objects() {
     let (stamped, v) = admit(
