@@ -462,7 +462,9 @@ async fn with_the_webhook_bypassed_the_controller_still_revokes() {
 async fn a_namespace_label_change_takes_access_away_within_five_seconds() {
     let mut env = Env::start_bare().await;
     env.namespace_with_policy(NS, policy_spec()).await;
-    env.start_operator();
+    // The default drift check (PT5M), not the e2e one (PT2S): the label path must act on its
+    // own, not wait for the next look at Azure.
+    env.start_operator_with(&[("DRIFT_CHECK_INTERVAL", "PT5M")]);
     let api: Api<AccessGrant> = Api::namespaced(env.client.clone(), NS);
     let grants = vec![
         assign("pim-deployer", READER, DEPLOYER_OID),
