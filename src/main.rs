@@ -122,6 +122,11 @@ struct RunArgs {
     /// `accessgrant.io/on-delete: revoke-grants` opts out.
     #[arg(long, env = "POLICY_DELETION_GUARD", default_value_t = true, action = clap::ArgAction::Set)]
     policy_deletion_guard: bool,
+    /// How often the orphan sweep looks for access this operator made in Azure whose grant is
+    /// gone (deleted with its finalizer removed, or with the webhook bypassed), and removes
+    /// it; `none` turns it off. Three paged lists per subscription each time.
+    #[arg(long, env = "ORPHAN_SWEEP_INTERVAL", default_value = "PT1M", value_parser = positive_duration_or_none)]
+    orphan_sweep_interval: Switch<chrono::Duration>,
     /// Admission webhook listen address (HTTPS), or `none` to run without the webhook (grants
     /// then carry no verified requester).
     #[arg(long, env = "WEBHOOK_ADDR", default_value = "0.0.0.0:9443", value_parser = addr_or_none)]
@@ -309,6 +314,13 @@ fn duration_or_none(v: &str) -> Result<Switch<chrono::Duration>, String> {
         return Ok(Switch::Off);
     }
     duration(v).map(Switch::On)
+}
+
+fn positive_duration_or_none(v: &str) -> Result<Switch<chrono::Duration>, String> {
+    if v.eq_ignore_ascii_case("none") {
+        return Ok(Switch::Off);
+    }
+    positive_duration(v).map(Switch::On)
 }
 
 fn addr_or_none(v: &str) -> Result<Switch<std::net::SocketAddr>, String> {
@@ -509,6 +521,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             fence,
             stamp_key,
             policy_deletion_guard: args.policy_deletion_guard,
+            orphan_sweep: match args.orphan_sweep_interval {
+                Switch::On(d) => d.to_std().ok(),
+                Switch::Off => None,
+            },
             shutdown_grace: timeouts.shutdown_grace,
         },
         async move {

@@ -128,6 +128,7 @@ struct MetricsInner {
     time_to_active: Histogram,
     expiry_lag: Histogram,
     break_glass: Family<KindLabels, Counter>,
+    orphans_removed: Family<KindLabels, Counter>,
     admission: Family<AdmissionLabels, Counter>,
     heap_allocated: Gauge,
     heap_resident: Gauge,
@@ -266,6 +267,17 @@ impl Metrics {
         for kind in ["JIT", "PIM"] {
             break_glass.get_or_create(&KindLabels { kind }).inc_by(0);
         }
+        let orphans_removed = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "orphans_removed",
+            "Access the operator made in Azure that no live grant owned any more, removed by the orphan sweep, by kind",
+            orphans_removed.clone(),
+        );
+        for kind in ["JIT", "PIM"] {
+            orphans_removed
+                .get_or_create(&KindLabels { kind })
+                .inc_by(0);
+        }
         let admission = Family::<AdmissionLabels, Counter>::default();
         registry.register(
             "admission_reviews",
@@ -299,6 +311,7 @@ impl Metrics {
                 time_to_active,
                 expiry_lag,
                 break_glass,
+                orphans_removed,
                 admission,
                 heap_allocated,
                 heap_resident,
@@ -322,6 +335,14 @@ impl Metrics {
     pub fn break_glass(&self, kind: &'static str) {
         self.inner
             .break_glass
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// The orphan sweep removed access of this kind (`JIT` or `PIM`).
+    pub fn orphan_removed(&self, kind: &'static str) {
+        self.inner
+            .orphans_removed
             .get_or_create(&KindLabels { kind })
             .inc();
     }

@@ -151,6 +151,25 @@ impl ArmClient {
         .await
     }
 
+    /// Every role assignment schedule request at, above or below subscription `sub` (one
+    /// paged list): the orphan sweep reads the grant markers in their justifications.
+    pub async fn pim_requests_in_subscription(
+        &self,
+        sub: &str,
+    ) -> Result<Vec<RoleAssignmentScheduleRequest>, AzureError> {
+        self.list_all(
+            "RoleAssignmentScheduleRequests_ListForScope",
+            &pim_path(
+                &format!("/subscriptions/{sub}"),
+                "roleAssignmentScheduleRequests",
+            ),
+            &[],
+            PIM_API_VERSION,
+            &Caller::Operator,
+        )
+        .await
+    }
+
     /// Every JIT network access policy of subscription `sub` (one paged list): the start-up
     /// batch read (see `controller::warm`).
     pub async fn jit_policies_in_subscription(

@@ -59,6 +59,46 @@ fn held(g: &AccessGrant) -> Vec<AccessKey> {
     st.target.as_ref().map(keys).unwrap_or_default()
 }
 
+/// The targets a live grant asks for (from its spec, whatever its phase): whole PIM
+/// assignments `(principal, role, scope)` and JIT VM ports. The orphan sweep never touches
+/// access on a target some live grant of ours asks for.
+pub fn spec_targets(g: &AccessGrant) -> Vec<AccessKey> {
+    let mut out = Vec::new();
+    if let Some(p) = &g.spec.pim {
+        out.push(pim_target_key(
+            &p.principal_id,
+            &p.role_definition_id,
+            &p.scope,
+        ));
+    }
+    if let Some(j) = &g.spec.jit {
+        for vm in &j.virtual_machines {
+            for port in &vm.ports {
+                out.push(jit_port_key(&vm.id, port.number));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The key of a PIM assignment for [`spec_targets`] (role compared by its GUID).
+pub fn pim_target_key(principal: &str, role: &str, scope: &str) -> AccessKey {
+    let role = role.rsplit('/').next().unwrap_or(role);
+    format!(
+        "pim\u{0}{}\u{0}{}\u{0}{}",
+        principal.to_ascii_lowercase(),
+        role.to_ascii_lowercase(),
+        scope.trim_end_matches('/').to_ascii_lowercase()
+    )
+}
+
+/// The key of a JIT VM port for [`spec_targets`].
+pub fn jit_port_key(vm: &str, port: impl std::fmt::Display) -> AccessKey {
+    format!("jitport\u{0}{}\u{0}{port}", vm.to_ascii_lowercase())
+}
+
 #[derive(Default)]
 struct Maps {
     by_uid: HashMap<String, Vec<AccessKey>>,
@@ -79,12 +119,12 @@ impl Maps {
         }
     }
 
-    fn apply(&mut self, g: &AccessGrant) {
+    fn apply(&mut self, g: &AccessGrant, keys_of: fn(&AccessGrant) -> Vec<AccessKey>) {
         let Some(uid) = g.uid() else {
             return;
         };
         self.remove(&uid);
-        let keys = held(g);
+        let keys = keys_of(g);
         if keys.is_empty() {
             return;
         }
@@ -104,6 +144,9 @@ pub struct Coverage {
     live: Mutex<Maps>,
     /// Filled during a re-list, swapped in at its end (so a re-list never shows a gap).
     next: Mutex<Option<Maps>>,
+    /// Every live grant's [`spec_targets`].
+    asked: Mutex<Maps>,
+    next_asked: Mutex<Option<Maps>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -116,32 +159,47 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Coverage {
     /// Applies one watch event.
     pub fn observe(&self, ev: &watcher::Event<DeserializeGuard<AccessGrant>>) {
+        Self::observe_into(ev, &self.live, &self.next, held);
+        Self::observe_into(ev, &self.asked, &self.next_asked, spec_targets);
+    }
+
+    fn observe_into(
+        ev: &watcher::Event<DeserializeGuard<AccessGrant>>,
+        live: &Mutex<Maps>,
+        next: &Mutex<Option<Maps>>,
+        keys_of: fn(&AccessGrant) -> Vec<AccessKey>,
+    ) {
         match ev {
-            watcher::Event::Apply(DeserializeGuard(Ok(g))) => lock(&self.live).apply(g),
+            watcher::Event::Apply(DeserializeGuard(Ok(g))) => lock(live).apply(g, keys_of),
             watcher::Event::Delete(DeserializeGuard(Ok(g))) => {
                 if let Some(uid) = g.uid() {
-                    lock(&self.live).remove(&uid);
+                    lock(live).remove(&uid);
                 }
             }
             watcher::Event::Apply(DeserializeGuard(Err(bad)))
             | watcher::Event::Delete(DeserializeGuard(Err(bad))) => {
                 if let Some(uid) = &bad.metadata.uid {
-                    lock(&self.live).remove(uid);
+                    lock(live).remove(uid);
                 }
             }
-            watcher::Event::Init => *lock(&self.next) = Some(Maps::default()),
+            watcher::Event::Init => *lock(next) = Some(Maps::default()),
             watcher::Event::InitApply(DeserializeGuard(Ok(g))) => {
-                if let Some(next) = lock(&self.next).as_mut() {
-                    next.apply(g);
+                if let Some(next) = lock(next).as_mut() {
+                    next.apply(g, keys_of);
                 }
             }
             watcher::Event::InitApply(DeserializeGuard(Err(_))) => {}
             watcher::Event::InitDone => {
-                if let Some(next) = lock(&self.next).take() {
-                    *lock(&self.live) = next;
+                if let Some(n) = lock(next).take() {
+                    *lock(live) = n;
                 }
             }
         }
+    }
+
+    /// Whether some live grant asks for this target (a [`spec_targets`] key).
+    pub fn asked_for(&self, key: &AccessKey) -> bool {
+        lock(&self.asked).by_key.contains_key(key)
     }
 
     /// Whether another live grant holds every unit of `me`'s recorded target.

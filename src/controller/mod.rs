@@ -9,6 +9,7 @@ pub mod identity;
 pub mod lean;
 mod pass;
 pub mod policy_guard;
+mod sweep;
 pub mod turns;
 pub mod warm;
 
@@ -49,6 +50,8 @@ pub struct ControllerConfig {
     pub stamp_key: Option<crate::stamp::StampKey>,
     /// Hold an AccessPolicy's deletion while live grants rely on it (see `policy_guard`).
     pub policy_deletion_guard: bool,
+    /// Interval of the orphan sweep (`sweep`); None: off.
+    pub orphan_sweep: Option<Duration>,
     /// Longest wait for in-flight reconciles at shutdown (see [`Timeouts`]).
     pub shutdown_grace: Duration,
 }
@@ -374,6 +377,9 @@ pub async fn run(
         ctx.clone(),
         ctx.cfg.policy_deletion_guard,
     ));
+    if let Some(every) = ctx.cfg.orphan_sweep {
+        tokio::spawn(sweep::run(ctx.clone(), every));
+    }
     {
         // The policy cache is synced (waited above); the grant cache is synced once the
         // controller's store has its initial list.

@@ -16,7 +16,7 @@ mod status;
 mod types;
 
 pub use error::AzureError;
-pub use names::{jit_marker, request_name};
+pub use names::{jit_marker, parse_marker, request_name};
 pub use status::{kstatus_conditions, set_condition};
 pub use types::*;
 

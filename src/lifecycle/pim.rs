@@ -3,7 +3,7 @@
 
 use super::AzureError;
 use super::Ctx;
-use super::names::request_name;
+use super::names::{jit_marker, request_name};
 use super::status::fmt_t;
 use super::types::*;
 use crate::api::{Intent, Operation, Phase, PimMode, PimStatus};
@@ -401,7 +401,17 @@ impl Ctx<'_> {
             target_role_assignment_schedule_id: target_schedule,
             start: Some(now),
             duration: Some(dur),
-            justification: self.justification_text(g),
+            // The marker links the access in Azure back to this grant (the orphan sweep finds
+            // access whose grant is gone by it, as for JIT).
+            justification: Some(format!(
+                "{} {}",
+                self.justification_text(g).unwrap_or_else(|| format!(
+                    "accessgrant {}/{}",
+                    self.meta().namespace,
+                    self.meta().name
+                )),
+                jit_marker(self.meta(), attempt)
+            )),
             ticket: g.ticket.clone(),
         };
         let w = AzureWrite::Pim {

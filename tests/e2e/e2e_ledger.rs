@@ -570,3 +570,224 @@ fn closing_only(st: &accessgrant_sim::azure::view::SimState, t: &Tracked) -> boo
                 .all(|p| !p.open())
     })
 }
+
+/// Grants deleted while the operator was stopped, with their finalizers removed by hand (the
+/// webhook bypassed): the orphan sweep removes the access they left in Azure, and leaves alone
+/// (a) access another live grant on the same target owes, (b) a pre-existing assignment a grant
+/// adopted, (c) access the operator never made.
+#[tokio::test]
+async fn the_orphan_sweep_removes_access_whose_grant_is_gone_and_nothing_else() {
+    let mut env = Env::start_bare().await;
+    let mut spec = policy_spec();
+    spec["pim"]["scopes"] = json!([format!("/subscriptions/{SUB}")]);
+    env.namespace_with_policy(NS, spec).await;
+    let sweep_every = [("ORPHAN_SWEEP_INTERVAL", "PT2S")];
+    env.start_operator_with(&sweep_every);
+    let api: Api<AccessGrant> = Api::namespaced(env.client.clone(), NS);
+    let pp = PostParams::default();
+    let sub_scope = format!("/subscriptions/{SUB}");
+
+    // (b) An assignment made by hand before any grant (no marker), then adopted by a grant.
+    let (status, body) = env
+        .arm_as_operator(
+            reqwest::Method::PUT,
+            &format!("{sub_scope}/providers/Microsoft.Authorization/roleAssignmentScheduleRequests/{}?api-version=2020-10-01", uuid::Uuid::new_v4()),
+            Some(json!({"properties": {
+                "principalId": DEPLOYER_OID,
+                "roleDefinitionId": role(READER),
+                "requestType": "AdminAssign",
+                "justification": "made by hand",
+                "scheduleInfo": {"startDateTime": null, "expiration": {"type": "AfterDuration", "duration": "PT1H"}}
+            }})),
+        )
+        .await;
+    assert!(
+        (200..300).contains(&status),
+        "pre-existing assignment: {status} {body}"
+    );
+    // (c) A JIT port opened by hand (no marker).
+    let (status, body) = env
+        .arm_as_operator(
+            reqwest::Method::POST,
+            &format!("/subscriptions/{SUB}/resourceGroups/rg-sandbox/providers/Microsoft.Security/locations/westeurope/jitNetworkAccessPolicies/default/initiate?api-version=2020-01-01"),
+            Some(json!({
+                "virtualMachines": [{"id": vm(2), "ports": [{"number": 3389, "duration": "PT30M", "allowedSourceAddressPrefix": "10.8.0.1"}]}],
+                "justification": "opened by hand"
+            })),
+        )
+        .await;
+    assert!((200..300).contains(&status), "JIT by hand: {status} {body}");
+
+    let mut adopter = assign("adopter", READER, DEPLOYER_OID);
+    adopter.spec.pim.as_mut().expect("pim").scope = sub_scope.clone();
+    let grants = [
+        assign("gone-pim", READER, DEPLOYER_OID),
+        jit_grant("gone-jit", 1, 22, "10.7.0.1", "PT30M"),
+        assign("keeper-a", READER, OPERATOR_OID),
+        adopter,
+    ];
+    for g in &grants {
+        api.create(&pp, g).await.expect("create");
+    }
+    let mut tracked = std::collections::BTreeMap::new();
+    for g in &grants {
+        let n = g.name_any();
+        let live = wait_for(&api, &n, "Active", 60, phase(Phase::Active)).await;
+        tracked.insert(n, Tracked::of(&live));
+    }
+    let adopted = api.get("adopter").await.expect("adopter");
+    assert_eq!(
+        adopted.status.and_then(|s| s.reason).as_deref(),
+        Some("Adopted"),
+        "the hand-made assignment was adopted"
+    );
+    // (a) keeper-b asks for keeper-a's target (and adopts keeper-a's assignment).
+    api.create(&pp, &assign("keeper-b", READER, OPERATOR_OID))
+        .await
+        .expect("create");
+    wait_for(&api, "keeper-b", "Active", 60, phase(Phase::Active)).await;
+
+    // The operator stops; the grants go without it (finalizers removed by hand).
+    env.kill_operator();
+    for n in ["gone-pim", "gone-jit", "keeper-a", "adopter"] {
+        let out = env
+            .kubectl(
+                None,
+                &[
+                    "patch",
+                    &format!("accessgrant/{n}"),
+                    "-n",
+                    NS,
+                    "--type",
+                    "json",
+                    "-p",
+                    r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+                ],
+                None,
+            )
+            .await;
+        assert!(out.ok, "remove finalizer of {n}: {}", out.stderr);
+        let out = env
+            .kubectl(
+                None,
+                &["delete", &format!("accessgrant/{n}"), "-n", NS],
+                None,
+            )
+            .await;
+        assert!(out.ok, "delete {n}: {}", out.stderr);
+    }
+    let before = env.state().await;
+    assert!(
+        !access_of(
+            &before,
+            &tracked["gone-pim"],
+            Some((DEPLOYER_OID, READER, &rg()))
+        )
+        .is_empty()
+            && !access_of(&before, &tracked["gone-jit"], None).is_empty(),
+        "the deleted grants left access behind"
+    );
+    // A crash inside the sweep, just before its first removal: nothing is lost, the next
+    // operator's sweep finds the same orphans again.
+    env.start_operator_with(&[
+        ("ORPHAN_SWEEP_INTERVAL", "PT2S"),
+        ("ACCESSGRANT_CRASH_AT", "sweep-before-remove"),
+    ]);
+    let crashed = env.wait_operator_exit(Duration::from_secs(60)).await;
+    assert!(
+        crashed.is_some_and(|s| !s.success()),
+        "the operator aborted at the crash point: {crashed:?}"
+    );
+    assert!(
+        env.last_operator_stderr()
+            .contains("crashpoint sweep-before-remove"),
+        "{}",
+        env.last_operator_stderr()
+    );
+    let mid = env.state().await;
+    assert!(
+        !access_of(
+            &mid,
+            &tracked["gone-pim"],
+            Some((DEPLOYER_OID, READER, &rg()))
+        )
+        .is_empty(),
+        "the crash came before the removal"
+    );
+    env.start_operator_with(&sweep_every);
+    let rgs = rg();
+    wait_no_access(
+        &env,
+        "gone-pim's assignment swept",
+        &tracked["gone-pim"],
+        Some((DEPLOYER_OID, READER, rgs.as_str())),
+    )
+    .await;
+    wait::eventually(
+        "gone-jit's port swept",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            if closing_only(&env.state().await, &tracked["gone-jit"]) {
+                Ok(())
+            } else {
+                Err("open".to_string())
+            }
+        },
+    )
+    .await;
+    let st = env.state().await;
+    let at = |principal: &str, scope: &str| {
+        st.role_assignment_schedule_instances
+            .iter()
+            .filter(|i| {
+                i.properties.principal_id.eq_ignore_ascii_case(principal)
+                    && i.properties.scope.eq_ignore_ascii_case(scope)
+            })
+            .count()
+    };
+    assert_eq!(at(OPERATOR_OID, &rgs), 1, "(a) keeper-b's access stays");
+    assert_eq!(
+        at(DEPLOYER_OID, &sub_scope),
+        1,
+        "(b) the adopted pre-existing assignment stays"
+    );
+    let by_hand_open = st.jit_requests().any(|(_, r)| {
+        r.justification.as_deref() == Some("opened by hand")
+            && r.virtual_machines
+                .iter()
+                .flat_map(|v| &v.ports)
+                .any(|p| p.open())
+    });
+    assert!(by_hand_open, "(c) the port opened by hand stays open");
+    let text = env.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric(
+            &text,
+            "accessgrant_orphans_removed_total",
+            &[("kind", "PIM")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "accessgrant_orphans_removed_total",
+            &[("kind", "JIT")]
+        ),
+        Some(1.0)
+    );
+    let events = env
+        .kubectl(
+            None,
+            &["get", "events.events.k8s.io", "-n", NS, "-o", "json"],
+            None,
+        )
+        .await;
+    assert!(
+        events.ok && events.stdout.contains("OrphanRemoved") && events.stdout.contains("gone-pim"),
+        "a Warning event on the namespace: {}",
+        events.stderr
+    );
+}
