@@ -301,6 +301,22 @@ pub enum Phase {
     DryRun,
 }
 
+impl AccessGrantStatus {
+    /// Whether Azure access may exist for a grant with this status (or a request is in
+    /// flight): an intent is recorded, or the phase is one that holds or seeks access.
+    pub fn may_hold_access(&self) -> bool {
+        self.intent.is_some()
+            || matches!(
+                self.phase,
+                Phase::Requesting
+                    | Phase::PendingApproval
+                    | Phase::Active
+                    | Phase::Renewing
+                    | Phase::Revoking
+            )
+    }
+}
+
 impl Phase {
     /// Terminal phases are left only when the spec changes (a new generation).
     pub fn is_terminal(self) -> bool {

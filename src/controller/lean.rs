@@ -94,17 +94,9 @@ impl From<DeserializeGuard<AccessGrant>> for LeanGrant {
                         .finalizers()
                         .iter()
                         .any(|f| f == crate::constants::FINALIZER)
-                    && g.status.as_ref().is_some_and(|s| {
-                        s.intent.is_some()
-                            || matches!(
-                                s.phase,
-                                Phase::Requesting
-                                    | Phase::PendingApproval
-                                    | Phase::Active
-                                    | Phase::Renewing
-                                    | Phase::Revoking
-                            )
-                    }),
+                    && g.status
+                        .as_ref()
+                        .is_some_and(crate::api::AccessGrantStatus::may_hold_access),
                 phase: g.status.as_ref().map(|s| s.phase),
                 jit_subscription: g
                     .spec

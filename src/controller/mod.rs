@@ -13,7 +13,7 @@ mod sweep;
 pub mod turns;
 pub mod warm;
 
-use crate::api::{AccessGrant, AccessPolicy, Phase};
+use crate::api::{AccessGrant, AccessGrantStatus, AccessPolicy, Phase};
 use crate::azure::client::ArmClient;
 use crate::azure::error::AzureError;
 use crate::constants::FIELD_MANAGER;
@@ -109,6 +109,8 @@ pub struct Context {
     warm: warm::Warm,
     /// One pass at a time per grant across the main queue and the removal lane.
     turns: turns::Turns,
+    /// Wakes the orphan sweep at once (a grant vanished while it may hold access).
+    sweep_now: Arc<tokio::sync::Notify>,
 }
 
 /// Reconcile errors (kube API failures; Azure failures are part of the plan).
@@ -223,11 +225,22 @@ pub async fn run(
     let (removal_tx, removal_rx) = futures::channel::mpsc::unbounded::<lean::LeanGrant>();
     let coverage = Arc::new(coverage::Coverage::default());
     let index = coverage.clone();
+    let sweep_now = Arc::new(tokio::sync::Notify::new());
+    let vanished = sweep_now.clone();
     let grant_events = watcher(grants_api, watcher::Config::default().any_semantic())
         .default_backoff()
         .inspect(move |ev| {
             if let Ok(ev) = ev {
                 index.observe(ev);
+                // Gone without us letting go (finalizer removed with the webhook bypassed)
+                // while it may hold access: the sweep takes it away now, not at its next tick.
+                if let watcher::Event::Delete(DeserializeGuard(Ok(g))) = ev
+                    && !g.finalizers().iter().any(|f| f == crate::constants::FINALIZER)
+                    && g.status.as_ref().is_some_and(AccessGrantStatus::may_hold_access)
+                {
+                    tracing::warn!(namespace = %g.namespace().unwrap_or_default(), grant = %g.name_any(), "grant deleted without the operator's finalizer while it may hold access; sweeping now");
+                    vanished.notify_one();
+                }
             }
         })
         .map_ok(lean::lean_event)
@@ -300,6 +313,7 @@ pub async fn run(
         pim_policies: cache::ReadCache::new(Duration::from_secs(60)),
         warm: warm::Warm::new(cfg.planner.drift_check.to_std().unwrap_or(warm::VALIDITY)),
         turns: turns::Turns::default(),
+        sweep_now,
     });
     {
         let store = ctx.grants.clone();

@@ -55,16 +55,21 @@ pub(crate) async fn run(ctx: Arc<Context>, interval: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ctx.sweep_now.notified() => {}
+        }
         if !ctx.cfg.readiness.is_ready() {
             continue; // caches not synced: every grant would look gone
         }
+        let started = tokio::time::Instant::now();
         let r = sweep(&ctx).await;
         tracing::info!(
             subscriptions = r.subscriptions,
             reads = r.reads,
             removed = r.removed,
             failed = r.failed,
+            millis = started.elapsed().as_millis() as u64,
             "orphan sweep"
         );
     }

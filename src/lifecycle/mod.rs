@@ -245,15 +245,7 @@ impl Ctx<'_> {
 
     /// Whether Azure access may exist for this grant (or a request is in flight).
     fn may_hold(&self) -> bool {
-        self.st.intent.is_some()
-            || matches!(
-                self.st.phase,
-                Phase::Requesting
-                    | Phase::PendingApproval
-                    | Phase::Active
-                    | Phase::Renewing
-                    | Phase::Revoking
-            )
+        self.st.may_hold_access()
     }
 
     fn is_jit(&self) -> bool {

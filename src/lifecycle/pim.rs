@@ -313,6 +313,15 @@ impl Ctx<'_> {
         };
         let mut dur = end - now;
         let mut note = String::new();
+        let justification_optional = policy.as_ref().is_some_and(|pol| {
+            let enabled = match p.mode {
+                PimMode::Activate => &pol.enduser_enabled_rules,
+                PimMode::Assign => &pol.admin_enabled_rules,
+            };
+            !enabled
+                .iter()
+                .any(|e| e.eq_ignore_ascii_case("Justification"))
+        });
         if let Some(pol) = &policy {
             let (max, enabled, level) = match p.mode {
                 PimMode::Activate => (
@@ -402,16 +411,20 @@ impl Ctx<'_> {
             start: Some(now),
             duration: Some(dur),
             // The marker links the access in Azure back to this grant (the orphan sweep finds
-            // access whose grant is gone by it, as for JIT).
-            justification: Some(format!(
-                "{} {}",
-                self.justification_text(g).unwrap_or_else(|| format!(
-                    "accessgrant {}/{}",
+            // access whose grant is gone by it, as for JIT). It never stands in for a
+            // justification the user did not give: without one, it is sent only where the
+            // role's settings were read and require none (else Azure's JustificationRule
+            // would be satisfied by the operator's words, not a person's).
+            justification: match self.justification_text(g) {
+                Some(text) => Some(format!("{text} {}", jit_marker(self.meta(), attempt))),
+                None if justification_optional => Some(format!(
+                    "accessgrant {}/{} {}",
                     self.meta().namespace,
-                    self.meta().name
+                    self.meta().name,
+                    jit_marker(self.meta(), attempt)
                 )),
-                jit_marker(self.meta(), attempt)
-            )),
+                None => None,
+            },
             ticket: g.ticket.clone(),
         };
         let w = AzureWrite::Pim {

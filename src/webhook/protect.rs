@@ -3,7 +3,7 @@
 //! delete would leave the access in Azure). Pure: the operator's own identity is a parameter.
 
 use super::{deny, parse};
-use crate::api::{AccessGrant, AccessGrantStatus, Phase};
+use crate::api::{AccessGrant, AccessGrantStatus};
 use crate::constants::FINALIZER;
 use kube::api::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
@@ -18,17 +18,7 @@ const HOW_TO_REVOKE: &str = "to end the access, delete the grant (kubectl delete
 
 /// Whether a grant with this status may hold Azure access (or have a request in flight).
 pub fn may_hold_access(status: Option<&AccessGrantStatus>) -> bool {
-    status.is_some_and(|s| {
-        s.intent.is_some()
-            || matches!(
-                s.phase,
-                Phase::Requesting
-                    | Phase::PendingApproval
-                    | Phase::Active
-                    | Phase::Renewing
-                    | Phase::Revoking
-            )
-    })
+    status.is_some_and(AccessGrantStatus::may_hold_access)
 }
 
 fn has_finalizer(g: &AccessGrant) -> bool {

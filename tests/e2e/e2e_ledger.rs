@@ -454,6 +454,61 @@ async fn with_the_webhook_bypassed_the_controller_still_revokes() {
         pim_access(&st, DEPLOYER_OID) + pim_access(&st, OPERATOR_OID),
         0
     );
+
+    // Attack 1, fast: the finalizer removed and the grant deleted at once. Whether the
+    // controller put the finalizer back in between or the grant vanished first (then the
+    // sweep runs at once, not at its next PT1M tick), the port closes within seconds.
+    let out = env
+        .kubectl(
+            alice,
+            &["apply", "-f", "-"],
+            Some(&manifest(&jit_grant(
+                "vanish", 1, 3389, "10.6.6.6", "PT30M",
+            ))),
+        )
+        .await;
+    assert!(out.ok, "create: {}", out.stderr);
+    let g = wait_for(&api, "vanish", "Active", 60, phase(Phase::Active)).await;
+    let vanish = Tracked::of(&g);
+    let out = env
+        .kubectl(
+            alice,
+            &[
+                "patch",
+                "accessgrant/vanish",
+                "-n",
+                NS,
+                "--type",
+                "json",
+                "-p",
+                r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+            ],
+            None,
+        )
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let out = env
+        .kubectl(
+            alice,
+            &["delete", "accessgrant/vanish", "-n", NS, "--wait=false"],
+            None,
+        )
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    wait_gone(&api, "vanish", 60).await;
+    wait::eventually(
+        "the vanished grant's port to close (before the sweep's next PT1M tick)",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            if closing_only(&env.state().await, &vanish) {
+                Ok(())
+            } else {
+                Err("open".to_string())
+            }
+        },
+    )
+    .await;
 }
 
 /// Removing the label through which the only policy selected a namespace takes its grants'

@@ -1207,3 +1207,46 @@ fn a_jit_write_without_an_answer_is_looked_for_once_it_cannot_land() {
     );
     assert_eq!(w.last.wake_at, Some(retry.not_before));
 }
+
+/// PIM grant requests carry the grant's marker (the orphan sweep reads it back), but the marker
+/// never stands in for a justification the user did not give: without one it is sent only
+/// where the role's settings were read and require none.
+#[test]
+fn pim_grant_requests_carry_the_marker_but_never_invent_a_justification() {
+    use accessgrant_operator::lifecycle::{AzureWrite, Step, parse_marker};
+    let sent = |w: &World| -> Option<Option<String>> {
+        w.last
+            .plans
+            .iter()
+            .flat_map(|p| &p.steps)
+            .find_map(|s| match s {
+                Step::Azure(AzureWrite::Pim { body, .. }) => Some(body.justification.clone()),
+                _ => None,
+            })
+    };
+    let mut w = World::new(pim_spec(PimMode::Assign));
+    w.reconcile();
+    let j = sent(&w).flatten().expect("a justification");
+    assert!(j.starts_with("INC-1 investigate"), "{j}");
+    let (ns, name, _, uid8) = parse_marker(&j).expect("marker");
+    assert_eq!((ns.as_str(), name.as_str()), ("team-a", "g1"), "{j}");
+    assert!(w.grant.meta.uid.starts_with(&uid8), "{j}");
+
+    // No justification, role settings readable and not asking for one: the marker alone.
+    let mut spec = pim_spec(PimMode::Assign);
+    spec.justification = None;
+    let mut w = World::new(spec.clone());
+    w.model.pim_policies.insert(
+        (scope().to_ascii_lowercase(), role().to_ascii_lowercase()),
+        PimPolicyView::default(),
+    );
+    w.reconcile();
+    let j = sent(&w).flatten().expect("a marker");
+    assert!(parse_marker(&j).is_some(), "{j}");
+
+    // No justification, role settings unreadable: nothing that could pass for one.
+    let mut w = World::new(spec);
+    w.model.hide_pim_policies = true;
+    w.reconcile();
+    assert_eq!(sent(&w), Some(None), "no invented justification");
+}
