@@ -111,6 +111,43 @@ pub struct Context {
     turns: turns::Turns,
     /// Wakes the orphan sweep at once (a grant vanished while it may hold access).
     sweep_now: Arc<tokio::sync::Notify>,
+    /// Grants whose finalizer this operator removed (Azure confirmed their access gone): their
+    /// delete events are ours, not a vanished grant's.
+    released: Arc<Released>,
+}
+
+/// Uids of grants this operator let go of, until their delete event is seen (bounded: an
+/// event never seen, e.g. across a watch re-list, is dropped with the oldest).
+#[derive(Default)]
+pub(crate) struct Released(std::sync::Mutex<std::collections::VecDeque<String>>);
+
+impl Released {
+    const MAX: usize = 100_000;
+
+    pub(crate) fn note(&self, uid: &str) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= Self::MAX {
+            q.pop_front();
+        }
+        q.push_back(uid.to_string());
+    }
+
+    /// Forgets a release that did not happen.
+    pub(crate) fn take_back(&self, uid: &str) {
+        let _ = self.take(uid);
+    }
+
+    /// Whether `uid` was released by us (and forgets it).
+    fn take(&self, uid: &str) -> bool {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match q.iter().rposition(|u| u == uid) {
+            Some(i) => {
+                q.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Reconcile errors (kube API failures; Azure failures are part of the plan).
@@ -227,6 +264,8 @@ pub async fn run(
     let index = coverage.clone();
     let sweep_now = Arc::new(tokio::sync::Notify::new());
     let vanished = sweep_now.clone();
+    let released = Arc::new(Released::default());
+    let ours = released.clone();
     let grant_events = watcher(grants_api, watcher::Config::default().any_semantic())
         .default_backoff()
         .inspect(move |ev| {
@@ -235,6 +274,7 @@ pub async fn run(
                 // Gone without us letting go (finalizer removed with the webhook bypassed)
                 // while it may hold access: the sweep takes it away now, not at its next tick.
                 if let watcher::Event::Delete(DeserializeGuard(Ok(g))) = ev
+                    && !ours.take(&g.uid().unwrap_or_default())
                     && !g.finalizers().iter().any(|f| f == crate::constants::FINALIZER)
                     && g.status.as_ref().is_some_and(AccessGrantStatus::may_hold_access)
                 {
@@ -314,6 +354,7 @@ pub async fn run(
         warm: warm::Warm::new(cfg.planner.drift_check.to_std().unwrap_or(warm::VALIDITY)),
         turns: turns::Turns::default(),
         sweep_now,
+        released,
     });
     {
         let store = ctx.grants.clone();

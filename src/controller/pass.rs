@@ -151,7 +151,14 @@ impl GrantDoor for Pass<'_> {
     }
 
     async fn remove_finalizer(&mut self) -> Result<(), Stored<kube::Error>> {
-        stored(remove_finalizer(&self.api, &self.grant).await)
+        // Noted before the patch: its delete event may arrive before the answer.
+        let uid = self.grant.uid().unwrap_or_default();
+        self.ctx.released.note(&uid);
+        let r = stored(remove_finalizer(&self.api, &self.grant).await);
+        if r.is_err() {
+            self.ctx.released.take_back(&uid);
+        }
+        r
     }
 
     async fn reread(&mut self) -> Result<bool, kube::Error> {

@@ -41,6 +41,47 @@ async fn status_writer(env: &Env, user: &str) {
     env.bind(user, "accessgrant-requester").await;
 }
 
+/// `kubectl patch accessgrant/NAME --type json` removing the finalizers, as `user`.
+async fn remove_finalizer(env: &Env, user: Option<(&str, &[&str])>, name: &str) -> Kubectl {
+    let target = format!("accessgrant/{name}");
+    env.kubectl(
+        user,
+        &[
+            "patch",
+            &target,
+            "-n",
+            NS,
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+        ],
+        None,
+    )
+    .await
+}
+
+/// `kubectl patch accessgrant/NAME --subresource=status` writing `phase: Revoked`, as `user`.
+async fn forge_revoked(env: &Env, user: Option<(&str, &[&str])>, name: &str) -> Kubectl {
+    let target = format!("accessgrant/{name}");
+    env.kubectl(
+        user,
+        &[
+            "patch",
+            &target,
+            "-n",
+            NS,
+            "--subresource=status",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"status":{"phase":"Revoked"}}"#,
+        ],
+        None,
+    )
+    .await
+}
+
 fn manifest(g: &AccessGrant) -> String {
     let mut v = serde_json::to_value(g).expect("json");
     v["metadata"]["namespace"] = json!(NS);
@@ -166,22 +207,7 @@ async fn the_webhook_refuses_finalizer_removal_and_status_writes_and_a_replayed_
     let pim_target = Some((pim_target.0, pim_target.1, pim_target.2.as_str()));
 
     // Attack 1: the finalizer removed by hand.
-    let out = env
-        .kubectl(
-            alice,
-            &[
-                "patch",
-                "accessgrant/held",
-                "-n",
-                NS,
-                "--type",
-                "json",
-                "-p",
-                r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
-            ],
-            None,
-        )
-        .await;
+    let out = remove_finalizer(&env, alice, "held").await;
     assert!(!out.ok, "finalizer removal was accepted: {}", out.stdout);
     assert!(
         out.stderr.contains("is removed only by the operator")
@@ -191,23 +217,7 @@ async fn the_webhook_refuses_finalizer_removal_and_status_writes_and_a_replayed_
     );
 
     // Attack 2: status written by someone else.
-    let out = env
-        .kubectl(
-            mallory,
-            &[
-                "patch",
-                "accessgrant/held",
-                "-n",
-                NS,
-                "--subresource=status",
-                "--type",
-                "merge",
-                "-p",
-                r#"{"status":{"phase":"Revoked"}}"#,
-            ],
-            None,
-        )
-        .await;
+    let out = forge_revoked(&env, mallory, "held").await;
     assert!(!out.ok, "status write was accepted: {}", out.stdout);
     assert!(
         out.stderr.contains("written only by the operator"),
@@ -343,22 +353,7 @@ async fn with_the_webhook_bypassed_the_controller_still_revokes() {
     }
 
     // Attack 1 without the webhook: the finalizer comes back.
-    let out = env
-        .kubectl(
-            alice,
-            &[
-                "patch",
-                "accessgrant/unguarded",
-                "-n",
-                NS,
-                "--type",
-                "json",
-                "-p",
-                r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
-            ],
-            None,
-        )
-        .await;
+    let out = remove_finalizer(&env, alice, "unguarded").await;
     assert!(out.ok, "no webhook: the patch goes through: {}", out.stderr);
     let api2 = api.clone();
     wait::eventually(
@@ -386,23 +381,7 @@ async fn with_the_webhook_bypassed_the_controller_still_revokes() {
 
     // Attack 2 without the webhook: a forged terminal phase, then delete.
     for n in ["forged-pim", "forged-jit"] {
-        let out = env
-            .kubectl(
-                mallory,
-                &[
-                    "patch",
-                    &format!("accessgrant/{}", n),
-                    "-n",
-                    NS,
-                    "--subresource=status",
-                    "--type",
-                    "merge",
-                    "-p",
-                    r#"{"status":{"phase":"Revoked"}}"#,
-                ],
-                None,
-            )
-            .await;
+        let out = forge_revoked(&env, mallory, n).await;
         assert!(
             out.ok,
             "no webhook: the status write goes through: {}",
@@ -470,22 +449,7 @@ async fn with_the_webhook_bypassed_the_controller_still_revokes() {
     assert!(out.ok, "create: {}", out.stderr);
     let g = wait_for(&api, "vanish", "Active", 60, phase(Phase::Active)).await;
     let vanish = Tracked::of(&g);
-    let out = env
-        .kubectl(
-            alice,
-            &[
-                "patch",
-                "accessgrant/vanish",
-                "-n",
-                NS,
-                "--type",
-                "json",
-                "-p",
-                r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
-            ],
-            None,
-        )
-        .await;
+    let out = remove_finalizer(&env, alice, "vanish").await;
     assert!(out.ok, "{}", out.stderr);
     let out = env
         .kubectl(
@@ -705,22 +669,7 @@ async fn the_orphan_sweep_removes_access_whose_grant_is_gone_and_nothing_else() 
     // The operator stops; the grants go without it (finalizers removed by hand).
     env.kill_operator();
     for n in ["gone-pim", "gone-jit", "keeper-a", "adopter"] {
-        let out = env
-            .kubectl(
-                None,
-                &[
-                    "patch",
-                    &format!("accessgrant/{n}"),
-                    "-n",
-                    NS,
-                    "--type",
-                    "json",
-                    "-p",
-                    r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
-                ],
-                None,
-            )
-            .await;
+        let out = remove_finalizer(&env, None, n).await;
         assert!(out.ok, "remove finalizer of {n}: {}", out.stderr);
         let out = env
             .kubectl(
