@@ -2,10 +2,13 @@
 # accessgrant-operator image: a release build on Debian bookworm, run on distroless (glibc, CA
 # roots, no shell) as the unprivileged "nonroot" user (65532), which the Helm chart's and the
 # kustomize base's securityContext expect (runAsNonRoot, read-only root filesystem).
-#   docker build -t accessgrant-operator:0.1.0 .
+#   docker build -t accessgrant-operator:0.1.0 --build-arg GIT_COMMIT=$(git rev-parse HEAD) .
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
+# The commit in accessgrant_build_info{commit} ("unknown" without it).
+ARG GIT_COMMIT=unknown
+ENV ACCESSGRANT_GIT_COMMIT=${GIT_COMMIT}
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and target dir between builds (BuildKit).

@@ -6,7 +6,7 @@
 #     Azure identity mode;
 #   - the kustomize base (deploy/) with `kubectl kustomize`;
 #   - every rendered object with `kubernetes-validate --strict` against Kubernetes
-#     $KUBERNETES_VERSION. Kinds with no upstream schema (only the ServiceMonitor CRD kind of
+#     $KUBERNETES_VERSION. Kinds with no upstream schema (the ServiceMonitor and PrometheusRule CRD kinds of
 #     prometheus-operator) are listed in SKIP_KINDS, reported as skipped, and checked by
 #     tests/e2e/packaging.rs instead; any other "couldn't find schema" fails the run.
 #
@@ -67,7 +67,8 @@ import helm_python as helm
 root, out, release, namespace, kube_version = sys.argv[1:6]
 chart_dir = os.path.join(root, "charts", "accessgrant-operator")
 venv_bin = os.path.dirname(sys.executable)
-SKIP_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+SKIP_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"),
+              ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 # Every option on: webhook, ServiceMonitor, NetworkPolicy, PDB, probes, and non-default
 # identity settings, so every template branch that a user can reach renders and validates.
@@ -85,6 +86,13 @@ FULL = {
     "webhook": {"enabled": True, "caBundle": "Y2E=",
                 "certManagerCertificate": "accessgrant-system/accessgrant-operator-webhook"},
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+    "metrics": {"bearerTokenSecret": {"name": "accessgrant-metrics-token"}},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"},
+                       "additionalRuleLabels": {"team": "platform"},
+                       "for": {"AccessGrantThrottled": "30m"},
+                       "revokingStuckMinutes": 20,
+                       "runbookBaseUrl": "https://runbooks.example.com/accessgrant/"},
+    "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Platform"}},
     "networkPolicy": {
         "enabled": True,
         "metricsFrom": [{"namespaceSelector": {"matchLabels": {

@@ -111,9 +111,17 @@ struct RunArgs {
     /// How often the Lease is renewed or retried.
     #[arg(long, env = "LEADER_RETRY_PERIOD", default_value = "PT2S", value_parser = std_duration)]
     leader_retry_period: std::time::Duration,
-    /// Admin server (`/metrics`, `/livez`, `/readyz`, `/loglevel`) listen address.
+    /// Admin server (`/metrics`, `/livez`, `/readyz`, `/readyz/admission`) listen address.
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     admin_addr: std::net::SocketAddr,
+    /// `GET`/`PUT /loglevel` listen address, or `none`. Localhost by default: reached with
+    /// `kubectl port-forward` or from inside the pod, never through the metrics Service.
+    #[arg(long, env = "LOGLEVEL_ADDR", default_value = "127.0.0.1:8082", value_parser = addr_or_none)]
+    loglevel_addr: Switch<std::net::SocketAddr>,
+    /// Require `Authorization: Bearer <token>` on `/metrics`, the token being this file's
+    /// content (a Secret mounted as a file; re-read at each scrape). Probes stay open.
+    #[arg(long, env = "METRICS_BEARER_TOKEN_FILE")]
+    metrics_bearer_token_file: Option<std::path::PathBuf>,
     /// Log format: `text` or `json` (logs go to stderr; audit lines to stdout).
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -375,9 +383,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         admin,
         metrics.clone(),
         readiness.clone(),
-        Some(log_reload),
+        accessgrant_operator::telemetry::AdminConfig {
+            log: None,
+            metrics_token_file: args.metrics_bearer_token_file.clone(),
+        },
         std::future::pending::<()>(),
     ));
+    if let Switch::On(addr) = args.loglevel_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --loglevel-addr {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "log level endpoint listening");
+        // The same routes plus /loglevel, on a listener nobody outside the pod reaches.
+        tokio::spawn(accessgrant_operator::telemetry::serve_admin(
+            listener,
+            metrics.clone(),
+            readiness.clone(),
+            accessgrant_operator::telemetry::AdminConfig {
+                log: Some(log_reload),
+                metrics_token_file: args.metrics_bearer_token_file.clone(),
+            },
+            std::future::pending::<()>(),
+        ));
+    }
     let auth = match (&args.azure_client_secret, &args.azure_federated_token_file) {
         (Some(secret), _) => AuthConfig::ClientSecret {
             tenant_id: args

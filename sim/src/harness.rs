@@ -158,6 +158,8 @@ pub fn operator_command(binary: &Path, s: &OperatorSetup<'_>) -> std::process::C
         .env("AZURE_CLIENT_SECRET", s.client_secret)
         .env("ADMIN_ADDR", s.admin.to_string())
         .env("WEBHOOK_ADDR", s.webhook)
+        // Many operators share a machine in tests: the localhost log level port is a free one.
+        .env("LOGLEVEL_ADDR", "127.0.0.1:0")
         .stdin(std::process::Stdio::null());
     cmd
 }

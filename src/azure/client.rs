@@ -520,9 +520,15 @@ impl ArmClient {
         }
     }
 
-    fn record(&self, operation: &'static str, outcome: &'static str, status: Option<u16>) {
+    fn record(
+        &self,
+        operation: &'static str,
+        outcome: &'static str,
+        status: Option<u16>,
+        elapsed: Option<Duration>,
+    ) {
         if let Some(m) = &self.metrics {
-            m.arm_call(operation, outcome, status);
+            m.arm_call(operation, outcome, status, elapsed);
         }
     }
 
@@ -642,7 +648,7 @@ impl ArmClient {
                 let token = match cred.get_token(&[ARM_SCOPE], None).await {
                     Ok(t) => t,
                     Err(e) => {
-                        self.record(operation, "Auth", None);
+                        self.record(operation, "Auth", None, None);
                         return Err(AzureError::Auth { code: "TokenRequestFailed".into(), message: redact(&e.to_string()) });
                     }
                 };
@@ -653,6 +659,7 @@ impl ArmClient {
                 if let Some(b) = body {
                     req = req.json(b);
                 }
+                let sent_at = Instant::now();
                 let sent = req.send().await;
                 // An answer seeded the bucket (see `observe_headers`); no answer lets the next
                 // call probe.
@@ -665,15 +672,15 @@ impl ArmClient {
                         let bytes = resp.bytes().await.map_err(|e| AzureError::Transient { status: Some(status), code: "BodyReadFailed".into(), message: e.to_string() })?;
                         tracing::debug!(status, attempt, "arm answer");
                         if status < 400 {
-                            self.record(operation, "ok", Some(status));
+                            self.record(operation, "ok", Some(status), Some(sent_at.elapsed()));
                             return Ok(ArmResponse { status, body: bytes });
                         }
                         let e = classify(status, &String::from_utf8_lossy(&bytes), retry_after);
-                        self.record(operation, e.category(), Some(status));
+                        self.record(operation, e.category(), Some(status), Some(sent_at.elapsed()));
                         e
                     }
                     Err(e) => {
-                        self.record(operation, "Transient", None);
+                        self.record(operation, "Transient", None, Some(sent_at.elapsed()));
                         let processed_maybe = !e.is_connect();
                         if processed_maybe && replay == Replay::Unsafe {
                             return Err(AzureError::Transient { status: None, code: "NoAnswer".into(), message: format!("no answer from Azure ({e}); not replayed because the call may have been processed") });

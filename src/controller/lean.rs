@@ -38,6 +38,13 @@ pub struct LeanGrant {
     pub unreadable: bool,
     /// `spec.suspend` is true.
     pub suspended: bool,
+    /// What the spec asks for: `JIT`, `PIM`, or `Invalid` (neither or both; the metrics label).
+    #[serde(skip)]
+    pub kind: &'static str,
+    /// Since when (Unix seconds) the grant's access is to be taken away: its deletion, or its
+    /// last move to `Revoking` (the metric of the oldest removal still waiting).
+    #[serde(skip)]
+    pub removal_since: Option<i64>,
     /// Our finalizer is missing although the phase says access may exist (someone removed
     /// it): a trigger, so that the controller puts it back at once.
     pub unguarded: bool,
@@ -109,6 +116,21 @@ impl From<DeserializeGuard<AccessGrant>> for LeanGrant {
                     .as_ref()
                     .and_then(|p| super::warm::subscription_of_scope(&p.scope)),
                 suspended: g.spec.suspend == Some(true),
+                removal_since: match (&g.metadata.deletion_timestamp, &g.status) {
+                    (Some(t), _) => Some(t.0.as_second()),
+                    (None, Some(st)) if st.phase == crate::api::Phase::Revoking => st
+                        .history
+                        .iter()
+                        .rev()
+                        .find(|h| h.event == "Revoking")
+                        .map(|h| h.time.timestamp()),
+                    _ => None,
+                },
+                kind: match (&g.spec.jit, &g.spec.pim) {
+                    (Some(_), None) => "JIT",
+                    (None, Some(_)) => "PIM",
+                    _ => "Invalid",
+                },
                 metadata: lean_meta(g.metadata),
                 unreadable: false,
             },

@@ -359,22 +359,32 @@ pub async fn run(
     {
         let store = ctx.grants.clone();
         let metrics = cfg.metrics.clone();
+        let fence = cfg.fence.clone();
         let caches = Arc::downgrade(&ctx);
         tokio::spawn(async move {
             // Grants by phase: a full recount now and then (labels are phases, never names).
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
-                let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
+                let mut counts: BTreeMap<(&'static str, &'static str), i64> = BTreeMap::new();
+                let now = crate::clock::now().timestamp();
+                let mut oldest_removal = 0;
                 for g in store.state() {
+                    if let Some(since) = g.removal_since
+                        && !g.phase.is_some_and(Phase::is_terminal)
+                    {
+                        oldest_removal = oldest_removal.max(now - since);
+                    }
                     if !g.unreadable {
                         let phase = g.phase.unwrap_or(Phase::Pending);
                         *counts
-                            .entry(crate::telemetry::phase_label(phase))
+                            .entry((g.kind, crate::telemetry::phase_label(phase)))
                             .or_default() += 1;
                     }
                 }
-                metrics.set_grants_by_phase(&counts.into_iter().collect::<Vec<_>>());
+                metrics.set_grants(&counts.into_iter().collect::<Vec<_>>());
+                metrics.set_leader(fence.as_ref().is_none_or(|f| f.may_write()));
+                metrics.set_removal_oldest_pending(oldest_removal);
                 // Azure read caches: drop what expired, so memory follows the working set.
                 match caches.upgrade() {
                     Some(ctx) => {

@@ -27,12 +27,15 @@ struct Pass<'a> {
     /// Set when a read was answered from the start-up snapshot: the next drift check then counts
     /// from when the snapshot was taken.
     from_snapshot: Option<tokio::time::Instant>,
+    /// When the pass began (the revoke lag of a suspension or a policy change counts from it).
+    started: DateTime<Utc>,
 }
 
 pub(super) async fn reconcile_grant(
     grant: AccessGrant,
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
+    let started = crate::clock::now();
     let ns = grant.namespace().unwrap_or_default();
     let labels = namespace_labels(ctx, &ns).await?;
     // Shared, not cloned: with many policies a copy per reconcile dominated at 100k grants.
@@ -48,6 +51,7 @@ pub(super) async fn reconcile_grant(
         verified,
         valid: valid.as_ref().ok().cloned(),
         from_snapshot: None,
+        started,
     };
     let judged = Judged {
         spec: valid.as_ref(),
@@ -242,11 +246,41 @@ impl AzureDoor for Pass<'_> {
             }),
         };
         invalidate_after_write(self.ctx, w);
+        if intent.is_some_and(|i| i.operation.is_removal()) {
+            self.observe_removal(outcome.is_ok());
+        }
         outcome
     }
 
     fn describe(&self, w: &AzureWrite) -> (String, String) {
         crate::azure::ops::describe(w)
+    }
+}
+
+impl Pass<'_> {
+    /// Revoke lag when Azure accepted a removal; a failure counter when it did not.
+    fn observe_removal(&self, accepted: bool) {
+        let m = &self.ctx.cfg.metrics;
+        let kind = if self.grant.spec.jit.is_some() {
+            "JIT"
+        } else {
+            "PIM"
+        };
+        if !accepted {
+            m.revocation_failure(kind);
+            return;
+        }
+        let now = crate::clock::now();
+        let (trigger, since) = match &self.grant.metadata.deletion_timestamp {
+            Some(t) => (
+                "delete",
+                DateTime::from_timestamp(t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)
+                    .unwrap_or(self.started),
+            ),
+            None if self.grant.spec.suspend == Some(true) => ("suspend", self.started),
+            None => ("policy", self.started),
+        };
+        m.revoke_lag(trigger, (now - since).num_milliseconds() as f64 / 1000.0);
     }
 }
 

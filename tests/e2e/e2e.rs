@@ -693,7 +693,12 @@ async fn metrics_health_and_no_secret_in_any_output() {
         std::time::Duration::from_millis(500),
         || async {
             let (_, text) = env.admin_get("/metrics").await;
-            if metric(&text, "accessgrant_grants", &[("phase", "Expired")]) == Some(1.0) {
+            if metric(
+                &text,
+                "accessgrant_grants",
+                &[("kind", "JIT"), ("phase", "Expired")],
+            ) == Some(1.0)
+            {
                 Ok(text)
             } else {
                 Err(text)
@@ -729,7 +734,11 @@ async fn metrics_health_and_no_secret_in_any_output() {
         "{text}"
     );
     assert_eq!(
-        metric(&text, "accessgrant_grants", &[("phase", "Active")]),
+        metric(
+            &text,
+            "accessgrant_grants",
+            &[("kind", "JIT"), ("phase", "Active")]
+        ),
         Some(0.0)
     );
     // No client secret and no token (JWTs start with "eyJ") in anything the operator printed.

@@ -1,6 +1,7 @@
 //! End to end: the operator binary against kube-sim and azure-sim, crashes, leader
 //! election, GitOps health checks and packaging.
 
+mod alerts;
 mod crash;
 mod e2e;
 mod e2e_admission;

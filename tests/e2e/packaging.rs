@@ -461,7 +461,8 @@ async fn apply_served(
         );
         let verdict = validated.get(&key).map(String::as_str);
         let ok = verdict == Some("validated")
-            || (key.1 == "ServiceMonitor" && verdict == Some("skipped"));
+            || (["ServiceMonitor", "PrometheusRule"].contains(&key.1.as_str())
+                && verdict == Some("skipped"));
         assert!(
             ok,
             "{key:?} is neither applied to kube-sim nor validated ({verdict:?})"
@@ -684,7 +685,7 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
             .map(Vec::len),
         Some(1)
     );
-    let optional = ["ServiceMonitor", "NetworkPolicy"];
+    let optional = ["ServiceMonitor", "NetworkPolicy", "PrometheusRule"];
     for kind in optional {
         assert!(
             !kinds(&default).contains(kind),
@@ -714,6 +715,7 @@ async fn helm_chart_and_kustomize_base_render_validate_and_apply() {
     }
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
     assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
+    monitoring_objects(&default, &full, sm);
     for kind in [
         "MutatingWebhookConfiguration",
         "ValidatingWebhookConfiguration",
@@ -1029,4 +1031,111 @@ async fn helm_upgrade_from_the_previous_chart_updates_the_crds() {
         );
     }
     sim.shutdown().await;
+}
+
+/// The metrics token, PrometheusRule and dashboard: off by default; with every option on, the
+/// rule is the promtool-tested file with the chart's overrides, the dashboard is the file, and
+/// the token Secret reaches both the operator and the ServiceMonitor.
+fn monitoring_objects(
+    default: &[serde_json::Value],
+    full: &[serde_json::Value],
+    sm: &serde_json::Value,
+) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/accessgrant-operator/files");
+    let dashboard_name = format!("{NAME}-dashboard");
+    assert!(
+        !default
+            .iter()
+            .any(|d| d["metadata"]["name"] == dashboard_name.as_str()),
+        "default values render the dashboard"
+    );
+    let cm = find(full, "ConfigMap", &dashboard_name);
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "Platform");
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("dashboard.json")).expect("dashboard.json"),
+    )
+    .expect("dashboard.json is JSON");
+    let rendered: serde_json::Value = serde_json::from_str(
+        cm["data"]["accessgrant-operator.json"]
+            .as_str()
+            .expect("dashboard data"),
+    )
+    .expect("the rendered dashboard is JSON");
+    assert_eq!(rendered, file, "the ConfigMap holds files/dashboard.json");
+
+    let rule = find(full, "PrometheusRule", NAME);
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let file: serde_json::Value = serde_norway::from_str(
+        &std::fs::read_to_string(root.join("prometheus-rules.yaml")).expect("rules file"),
+    )
+    .expect("rules file is YAML");
+    let want = file["groups"][0]["rules"].as_array().expect("rules");
+    let got = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .expect("rendered rules");
+    assert_eq!(got.len(), want.len(), "every alert rendered");
+    for (w, g) in want.iter().zip(got) {
+        let name = w["alert"].as_str().expect("alert name");
+        assert_eq!(g["alert"], w["alert"]);
+        assert_eq!(g["labels"]["team"], "platform", "{name}: additional label");
+        assert_eq!(
+            g["labels"]["severity"], w["labels"]["severity"],
+            "{name}: own labels kept"
+        );
+        let anchor = name.to_ascii_lowercase();
+        assert_eq!(
+            g["annotations"]["runbook_url"],
+            format!("https://runbooks.example.com/accessgrant#{anchor}").as_str(),
+            "{name}: runbook base"
+        );
+        assert_eq!(
+            g["annotations"]["description"],
+            w["annotations"]["description"]
+        );
+        match name {
+            "AccessGrantThrottled" => assert_eq!(g["for"], "30m", "for override"),
+            "AccessGrantRevokingStuck" => {
+                assert!(
+                    g["expr"].as_str().is_some_and(|e| e.ends_with("> 1200")),
+                    "threshold from revokingStuckMinutes: {}",
+                    g["expr"]
+                );
+                assert_eq!(
+                    g["annotations"]["summary"],
+                    "A grant has waited more than 20 minutes for its access to be taken away"
+                );
+            }
+            _ => {
+                assert_eq!(g["expr"], w["expr"], "{name}: expression as tested");
+                assert_eq!(g["for"], w["for"], "{name}: for as tested");
+            }
+        }
+    }
+
+    let auth = &sm["spec"]["endpoints"][0]["authorization"];
+    assert_eq!(auth["type"], "Bearer");
+    assert_eq!(auth["credentials"]["name"], "accessgrant-metrics-token");
+    assert_eq!(auth["credentials"]["key"], "token");
+    let deploy = find(full, "Deployment", NAME);
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let env = container["env"].as_array().expect("env");
+    assert!(
+        env.iter().any(|e| e["name"] == "METRICS_BEARER_TOKEN_FILE"
+            && e["value"] == "/etc/accessgrant/metrics-token/token"),
+        "the operator reads the mounted token"
+    );
+    assert!(
+        deploy["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "accessgrant-metrics-token"),
+        "the token Secret is mounted"
+    );
+    // The log level endpoint is never on a port the Service exposes.
+    assert!(
+        !env.iter().any(|e| e["name"] == "LOGLEVEL_ADDR"),
+        "LOGLEVEL_ADDR stays the binary's localhost default"
+    );
 }

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use accessgrant_operator::telemetry::{
-    LogReload, Metrics, OPENMETRICS_CONTENT_TYPE, PHASES, Readiness, reloadable_filter, serve_admin,
+    GRANT_KINDS, LogReload, Metrics, OPENMETRICS_CONTENT_TYPE, PHASES, Readiness,
+    reloadable_filter, serve_admin,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -84,18 +85,46 @@ async fn metrics_endpoint_shows_every_family_with_recorded_values() {
     metrics.reconcile(Duration::from_millis(40), true);
     metrics.reconcile(Duration::from_secs(2), false);
     metrics.failure("Throttled");
-    metrics.arm_call("RoleAssignmentScheduleRequests_Create", "ok", Some(201));
-    metrics.arm_call("RoleAssignmentScheduleRequests_Create", "ok", Some(201));
+    let ms = Duration::from_millis;
+    metrics.arm_call(
+        "RoleAssignmentScheduleRequests_Create",
+        "ok",
+        Some(201),
+        Some(ms(40)),
+    );
+    metrics.arm_call(
+        "RoleAssignmentScheduleRequests_Create",
+        "ok",
+        Some(201),
+        Some(ms(300)),
+    );
     metrics.arm_call(
         "RoleAssignmentScheduleRequests_Create",
         "Throttled",
         Some(429),
+        Some(ms(20)),
     );
-    metrics.arm_call("JitNetworkAccessPolicies_Initiate", "Transient", None);
-    metrics.arm_call("JitNetworkAccessPolicies_Initiate", "Transient", Some(503));
+    // No request sent (the token failed): counted, not timed.
+    metrics.arm_call("JitNetworkAccessPolicies_Initiate", "Auth", None, None);
+    metrics.arm_call(
+        "JitNetworkAccessPolicies_Initiate",
+        "Transient",
+        None,
+        Some(ms(30_000)),
+    );
+    metrics.arm_call(
+        "JitNetworkAccessPolicies_Initiate",
+        "Transient",
+        Some(503),
+        Some(ms(8)),
+    );
     metrics.throttle_wait(1.5);
     metrics.throttle_wait(0.25);
-    metrics.set_grants_by_phase(&[("Active", 7), ("PendingApproval", 2)]);
+    metrics.set_grants(&[(("JIT", "Active"), 7), (("PIM", "PendingApproval"), 2)]);
+    metrics.revoke_lag("delete", 1.2);
+    metrics.revoke_lag("suspend", 0.2);
+    metrics.revocation_failure("PIM");
+    metrics.set_leader(true);
     metrics.time_to_active(12.0);
     metrics.expiry_lag(0.3);
 
@@ -114,6 +143,12 @@ async fn metrics_endpoint_shows_every_family_with_recorded_values() {
         "accessgrant_grants",
         "accessgrant_time_to_active_seconds",
         "accessgrant_expiry_status_lag_seconds",
+        "accessgrant_arm_request_duration_seconds",
+        "accessgrant_revoke_lag_seconds",
+        "accessgrant_revocation_failures",
+        "accessgrant_leader",
+        "accessgrant_ready",
+        "accessgrant_build_info",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
@@ -157,18 +192,83 @@ async fn metrics_endpoint_shows_every_family_with_recorded_values() {
         &text,
         r#"accessgrant_arm_calls_total{operation="JitNetworkAccessPolicies_Initiate",outcome="Transient",status_class="5xx"} 1"#,
     );
+    has_line(
+        &text,
+        r#"accessgrant_arm_calls_total{operation="JitNetworkAccessPolicies_Initiate",outcome="Auth",status_class="none"} 1"#,
+    );
+    // Latency: 40 ms and 300 ms in the two successful creates' buckets; the untimed Auth call
+    // has no histogram; a 30 s timeout lands in the last finite bucket.
+    has_line(
+        &text,
+        r#"accessgrant_arm_request_duration_seconds_count{operation="RoleAssignmentScheduleRequests_Create",outcome="ok"} 2"#,
+    );
+    has_line(
+        &text,
+        r#"accessgrant_arm_request_duration_seconds_bucket{le="0.05",operation="RoleAssignmentScheduleRequests_Create",outcome="ok"} 1"#,
+    );
+    has_line(
+        &text,
+        r#"accessgrant_arm_request_duration_seconds_bucket{le="0.5",operation="RoleAssignmentScheduleRequests_Create",outcome="ok"} 2"#,
+    );
+    has_line(
+        &text,
+        r#"accessgrant_arm_request_duration_seconds_bucket{le="30.0",operation="JitNetworkAccessPolicies_Initiate",outcome="Transient"} 2"#,
+    );
+    assert!(
+        !text.contains(
+            r#"accessgrant_arm_request_duration_seconds_count{operation="JitNetworkAccessPolicies_Initiate",outcome="Auth"}"#
+        ),
+        "{text}"
+    );
     has_line(&text, "accessgrant_arm_throttle_wait_seconds_total 1.75");
-    for phase in PHASES {
-        let n = match phase {
-            "Active" => 7,
-            "PendingApproval" => 2,
-            _ => 0,
-        };
-        has_line(
-            &text,
-            &format!(r#"accessgrant_grants{{phase="{phase}"}} {n}"#),
-        );
+    for kind in GRANT_KINDS {
+        for phase in PHASES {
+            let n = match (kind, phase) {
+                ("JIT", "Active") => 7,
+                ("PIM", "PendingApproval") => 2,
+                _ => 0,
+            };
+            has_line(
+                &text,
+                &format!(r#"accessgrant_grants{{kind="{kind}",phase="{phase}"}} {n}"#),
+            );
+        }
     }
+    has_line(
+        &text,
+        r#"accessgrant_revoke_lag_seconds_count{trigger="delete"} 1"#,
+    );
+    has_line(
+        &text,
+        r#"accessgrant_revoke_lag_seconds_bucket{le="1.0",trigger="delete"} 0"#,
+    );
+    has_line(
+        &text,
+        r#"accessgrant_revoke_lag_seconds_bucket{le="2.5",trigger="delete"} 1"#,
+    );
+    has_line(
+        &text,
+        r#"accessgrant_revoke_lag_seconds_count{trigger="policy"} 0"#,
+    );
+    has_line(
+        &text,
+        r#"accessgrant_revocation_failures_total{kind="PIM"} 1"#,
+    );
+    has_line(
+        &text,
+        r#"accessgrant_revocation_failures_total{kind="JIT"} 0"#,
+    );
+    has_line(&text, "accessgrant_leader 1");
+    // Set at each scrape from the readiness flags (none set here).
+    has_line(&text, "accessgrant_ready 0");
+    has_line(
+        &text,
+        &format!(
+            r#"accessgrant_build_info{{version="{}",commit="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION"),
+            accessgrant_operator::telemetry::BUILD_COMMIT
+        ),
+    );
     has_line(&text, "accessgrant_time_to_active_seconds_count 1");
     has_line(&text, "accessgrant_time_to_active_seconds_sum 12.0");
     has_line(
@@ -191,11 +291,14 @@ async fn metrics_endpoint_shows_every_family_with_recorded_values() {
     assert!(text.ends_with("# EOF\n"), "{text}");
 
     // A recount replaces the previous one: a phase that emptied goes back to 0.
-    metrics.set_grants_by_phase(&[("Expired", 7)]);
+    metrics.set_grants(&[(("PIM", "Expired"), 7)]);
     let (_, _, text) = get(&client, admin.url("/metrics")).await;
-    has_line(&text, r#"accessgrant_grants{phase="Active"} 0"#);
-    has_line(&text, r#"accessgrant_grants{phase="PendingApproval"} 0"#);
-    has_line(&text, r#"accessgrant_grants{phase="Expired"} 7"#);
+    has_line(&text, r#"accessgrant_grants{kind="JIT",phase="Active"} 0"#);
+    has_line(
+        &text,
+        r#"accessgrant_grants{kind="PIM",phase="PendingApproval"} 0"#,
+    );
+    has_line(&text, r#"accessgrant_grants{kind="PIM",phase="Expired"} 7"#);
 
     // Without a LogReload there is no log level route.
     let resp = client

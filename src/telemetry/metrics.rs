@@ -1,41 +1,15 @@
-//! Telemetry: Prometheus/OpenMetrics metrics, readiness, the admin HTTP server and logging.
-//!
-//! Self-contained so `main` and the controller only hold handles:
-//! - [`Metrics`] owns a `prometheus_client` registry with every `accessgrant_*` family. Labels
-//!   are `&'static str` categories from fixed sets (outcomes, error categories, ARM operation
-//!   ids, phases), never object names or Debug strings: a label value per grant would be a new
-//!   series per grant, and we plan for 100k grants.
-//! - [`Readiness`] is three flags (CRDs established, caches synced, Azure token obtained).
-//! - [`serve_admin`] serves `/metrics`, `/livez`, `/readyz` and optionally `PUT /loglevel` on a
-//!   listener the caller binds (tests bind port 0).
-//! - [`init_logging`] installs the global tracing subscriber with a reloadable `EnvFilter`.
-//!
-//! No wall-clock reads here (`clippy.toml`): callers pass durations and seconds in.
-//!
-//! The admin port is unauthenticated: keep it inside the pod network (scraped by Prometheus,
-//! probed by the kubelet, fenced by a NetworkPolicy in production). `PUT /loglevel` is only
-//! routed when the caller hands a [`LogReload`] in, and takes at most 1 KiB.
+//! The operator's metrics: one `prometheus_client` registry with every `accessgrant_*` family.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::reload;
-use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::api::Phase;
 
@@ -44,7 +18,7 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Every grant phase, as the `phase` label of `accessgrant_grants` (the serde names of
-/// [`Phase`]). [`Metrics::set_grants_by_phase`] sets all of them so a phase that empties goes
+/// [`Phase`]). [`Metrics::set_grants`] sets all of them so a phase that empties goes
 /// to 0 instead of keeping its last value.
 pub const PHASES: [&str; 12] = [
     "Pending",
@@ -112,8 +86,55 @@ struct ArmCallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PhaseLabels {
+struct GrantLabels {
+    kind: &'static str,
     phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ArmLatencyLabels {
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    trigger: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    commit: &'static str,
+}
+
+/// The `kind` label of `accessgrant_grants`: what a grant asks for (`Invalid` when its spec
+/// names neither or both).
+pub const GRANT_KINDS: [&str; 3] = ["JIT", "PIM", "Invalid"];
+
+/// What started a removal (the `trigger` label of `accessgrant_revoke_lag_seconds`).
+pub const REVOKE_TRIGGERS: [&str; 3] = ["delete", "suspend", "policy"];
+
+/// The commit the binary was built from (`ACCESSGRANT_GIT_COMMIT` at build time, as the
+/// Dockerfile and CI set it; `unknown` otherwise).
+pub const BUILD_COMMIT: &str = match option_env!("ACCESSGRANT_GIT_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn arm_latency_histogram() -> Histogram {
+    // 5 ms .. 30 s: ARM answers in 50-500 ms; the long tail is throttling and timeouts.
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+fn revoke_lag_histogram() -> Histogram {
+    Histogram::new([
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ])
 }
 
 #[derive(Debug)]
@@ -124,7 +145,13 @@ struct MetricsInner {
     reconcile_duration: Histogram,
     arm_calls: Family<ArmCallLabels, Counter>,
     throttle_wait: Counter<f64, AtomicU64>,
-    grants: Family<PhaseLabels, Gauge>,
+    grants: Family<GrantLabels, Gauge>,
+    arm_latency: HistogramFamily<ArmLatencyLabels>,
+    revoke_lag: HistogramFamily<TriggerLabels>,
+    revocation_failures: Family<KindLabels, Counter>,
+    leader: Gauge,
+    ready: Gauge,
+    removal_oldest_pending: Gauge,
     time_to_active: Histogram,
     expiry_lag: Histogram,
     break_glass: Family<KindLabels, Counter>,
@@ -152,8 +179,20 @@ struct AdmissionLabels {
 /// - `reconcile_failures_total{category}`
 /// - `reconcile_duration_seconds` (histogram, 1 ms .. 32 s)
 /// - `arm_calls_total{operation,outcome,status_class}`
+/// - `arm_request_duration_seconds{operation,outcome}` (histogram, 5 ms .. 30 s): one ARM
+///   HTTP exchange, request sent to body read
 /// - `arm_throttle_wait_seconds_total`
-/// - `grants{phase}` (gauge)
+/// - `grants{kind,phase}` (gauge)
+/// - `revoke_lag_seconds{trigger="delete"|"suspend"|"policy"}` (histogram, 0.1 s .. 10 min):
+///   from the deletion (its `deletionTimestamp`), or from the pass that saw the suspension or
+///   the policy change, to Azure accepting the removal
+/// - `revocation_failures_total{kind}`: removals Azure did not accept (each is retried)
+/// - `removal_oldest_pending_seconds` (gauge): age of the oldest grant being deleted or in
+///   `Revoking` whose access is not yet gone
+/// - `leader` (gauge): 1 while this replica may write to Azure (holds the Lease, or runs
+///   without leader election)
+/// - `ready` (gauge): 1 while `/readyz` would answer 200
+/// - `build_info{version,commit}` (gauge, always 1)
 /// - `time_to_active_seconds` (histogram, 0.1 s .. 1 h)
 /// - `expiry_status_lag_seconds` (histogram, 0.1 s .. 10 min)
 /// - `break_glass_total{kind="JIT"|"PIM"}`: break-glass requests sent to Azure
@@ -227,15 +266,82 @@ impl Metrics {
             throttle_wait.clone(),
         );
 
-        let grants = Family::<PhaseLabels, Gauge>::default();
+        let arm_latency: HistogramFamily<ArmLatencyLabels> =
+            Family::new_with_constructor(arm_latency_histogram);
+        registry.register_with_unit(
+            "arm_request_duration",
+            "One ARM HTTP exchange (request sent to answer read), by operation id and outcome",
+            Unit::Seconds,
+            arm_latency.clone(),
+        );
+
+        let grants = Family::<GrantLabels, Gauge>::default();
         registry.register(
             "grants",
-            "AccessGrants by phase (from a full recount)",
+            "AccessGrants by kind and phase (from a full recount)",
             grants.clone(),
         );
-        for phase in PHASES {
-            grants.get_or_create(&PhaseLabels { phase }).set(0);
+        for kind in GRANT_KINDS {
+            for phase in PHASES {
+                grants.get_or_create(&GrantLabels { kind, phase }).set(0);
+            }
         }
+
+        let revoke_lag: HistogramFamily<TriggerLabels> =
+            Family::new_with_constructor(revoke_lag_histogram);
+        registry.register_with_unit(
+            "revoke_lag",
+            "Time from a grant's deletion (or the pass that saw its suspension or policy change) to Azure accepting the removal",
+            Unit::Seconds,
+            revoke_lag.clone(),
+        );
+        for trigger in REVOKE_TRIGGERS {
+            let _ = revoke_lag.get_or_create(&TriggerLabels { trigger });
+        }
+
+        let revocation_failures = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "revocation_failures",
+            "Removals of access that Azure did not accept (retried), by kind",
+            revocation_failures.clone(),
+        );
+        for kind in ["JIT", "PIM"] {
+            revocation_failures
+                .get_or_create(&KindLabels { kind })
+                .inc_by(0);
+        }
+
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica may write to Azure (holds the Lease, or runs without leader election)",
+            leader.clone(),
+        );
+        let removal_oldest_pending = Gauge::default();
+        registry.register_with_unit(
+            "removal_oldest_pending",
+            "Age of the oldest grant whose access is to be taken away (being deleted, or Revoking) and is not yet gone",
+            Unit::Seconds,
+            removal_oldest_pending.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while the operator is ready (CRDs established, caches synced, Azure token obtained)",
+            ready.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "The operator's version and the commit it was built from (always 1)",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: BUILD_COMMIT,
+            })
+            .set(1);
 
         let time_to_active = Histogram::new([
             0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
@@ -308,6 +414,12 @@ impl Metrics {
                 arm_calls,
                 throttle_wait,
                 grants,
+                arm_latency,
+                revoke_lag,
+                revocation_failures,
+                leader,
+                ready,
+                removal_oldest_pending,
                 time_to_active,
                 expiry_lag,
                 break_glass,
@@ -369,7 +481,20 @@ impl Metrics {
     /// One ARM call: `operation` is the ARM operationId (e.g.
     /// `RoleAssignmentScheduleRequests_Create`), `outcome` is `"ok"` or the error category
     /// (`AzureError::category()`), `status` the HTTP status if a response came back.
-    pub fn arm_call(&self, operation: &'static str, outcome: &'static str, status: Option<u16>) {
+    /// `elapsed` is the HTTP exchange's duration, when a request was sent.
+    pub fn arm_call(
+        &self,
+        operation: &'static str,
+        outcome: &'static str,
+        status: Option<u16>,
+        elapsed: Option<Duration>,
+    ) {
+        if let Some(d) = elapsed {
+            self.inner
+                .arm_latency
+                .get_or_create(&ArmLatencyLabels { operation, outcome })
+                .observe(d.as_secs_f64());
+        }
         self.inner
             .arm_calls
             .get_or_create(&ArmCallLabels {
@@ -388,21 +513,57 @@ impl Metrics {
         }
     }
 
-    /// Sets `accessgrant_grants` from a full recount: every phase in [`PHASES`] is set, to 0
-    /// when `counts` does not name it. Repeated phases add up; names outside [`PHASES`] are
-    /// ignored (they would be new series; use [`phase_label`] to build the keys).
-    pub fn set_grants_by_phase(&self, counts: &[(&'static str, i64)]) {
-        for phase in PHASES {
-            let n: i64 = counts
-                .iter()
-                .filter(|(p, _)| *p == phase)
-                .map(|(_, n)| *n)
-                .sum();
-            self.inner
-                .grants
-                .get_or_create(&PhaseLabels { phase })
-                .set(n);
+    /// Sets `accessgrant_grants` from a full recount: every (kind, phase) of [`GRANT_KINDS`] x
+    /// [`PHASES`] is set, to 0 when `counts` does not name it. Repeated keys add up; names
+    /// outside those lists are ignored (they would be new series; use [`phase_label`] to build
+    /// the keys).
+    pub fn set_grants(&self, counts: &[((&'static str, &'static str), i64)]) {
+        for kind in GRANT_KINDS {
+            for phase in PHASES {
+                let n: i64 = counts
+                    .iter()
+                    .filter(|((k, p), _)| *k == kind && *p == phase)
+                    .map(|(_, n)| *n)
+                    .sum();
+                self.inner
+                    .grants
+                    .get_or_create(&GrantLabels { kind, phase })
+                    .set(n);
+            }
         }
+    }
+
+    /// Azure accepted a removal `secs` after its trigger (one of [`REVOKE_TRIGGERS`]).
+    pub fn revoke_lag(&self, trigger: &'static str, secs: f64) {
+        if let Some(s) = sane_secs(secs) {
+            self.inner
+                .revoke_lag
+                .get_or_create(&TriggerLabels { trigger })
+                .observe(s);
+        }
+    }
+
+    /// Azure did not accept a removal of this kind (`JIT` or `PIM`); it will be retried.
+    pub fn revocation_failure(&self, kind: &'static str) {
+        self.inner
+            .revocation_failures
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// Whether this replica may write to Azure now.
+    pub fn set_leader(&self, leader: bool) {
+        self.inner.leader.set(i64::from(leader));
+    }
+
+    /// Age in seconds of the oldest grant waiting for its access to be taken away (0: none).
+    pub fn set_removal_oldest_pending(&self, secs: i64) {
+        self.inner.removal_oldest_pending.set(secs.max(0));
+    }
+
+    /// Whether the operator is ready (set at each scrape from [`super::Readiness`]).
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.set(i64::from(ready));
     }
 
     /// A grant reached Active this many seconds after its creation.
@@ -437,266 +598,6 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
-    }
-}
-
-#[derive(Debug, Default)]
-struct ReadinessInner {
-    crds_established: AtomicBool,
-    caches_synced: AtomicBool,
-    azure_token_obtained: AtomicBool,
-    admission_serving: AtomicBool,
-}
-
-/// Readiness: the operator is ready once its CRDs are established, its watch caches have
-/// synced, and it has obtained an Azure token. Cheap to clone; starts not ready.
-#[derive(Clone, Debug, Default)]
-pub struct Readiness {
-    inner: Arc<ReadinessInner>,
-}
-
-impl Readiness {
-    /// All three conditions false.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The AccessGrant/AccessPolicy CRDs are (or are no longer) established.
-    pub fn set_crds_established(&self, v: bool) {
-        self.inner.crds_established.store(v, Ordering::Release);
-    }
-
-    /// The controller's reflectors have (or have not) completed their initial list.
-    pub fn set_caches_synced(&self, v: bool) {
-        self.inner.caches_synced.store(v, Ordering::Release);
-    }
-
-    /// An Azure token was (or could no longer be) obtained.
-    pub fn set_azure_token_obtained(&self, v: bool) {
-        self.inner.azure_token_obtained.store(v, Ordering::Release);
-    }
-
-    /// The admission webhook is (or is no longer) serving: stamp key and certificate loaded,
-    /// AccessPolicies cached. Independent of leadership: every replica serves admission.
-    pub fn set_admission_serving(&self, v: bool) {
-        self.inner.admission_serving.store(v, Ordering::Release);
-    }
-
-    /// Whether this replica serves admission (`GET /readyz/admission`).
-    pub fn admission_serving(&self) -> bool {
-        self.inner.admission_serving.load(Ordering::Acquire)
-    }
-
-    /// Whether all three conditions hold.
-    pub fn is_ready(&self) -> bool {
-        self.reasons_not_ready().is_empty()
-    }
-
-    /// The conditions that do not hold, in a fixed order: `crds_established`,
-    /// `caches_synced`, `azure_token_obtained`.
-    pub fn reasons_not_ready(&self) -> Vec<&'static str> {
-        let i = &self.inner;
-        [
-            (&i.crds_established, "crds_established"),
-            (&i.caches_synced, "caches_synced"),
-            (&i.azure_token_obtained, "azure_token_obtained"),
-        ]
-        .into_iter()
-        .filter(|(flag, _)| !flag.load(Ordering::Acquire))
-        .map(|(_, name)| name)
-        .collect()
-    }
-}
-
-/// Handle to change the log filter of the subscriber [`init_logging`] installed (or of any
-/// subscriber built on [`reloadable_filter`]'s layer).
-#[derive(Clone, Debug)]
-pub struct LogReload {
-    handle: reload::Handle<EnvFilter, tracing_subscriber::Registry>,
-}
-
-/// Longest filter string accepted by [`LogReload::set_level`] and `PUT /loglevel`.
-pub const MAX_FILTER_LEN: usize = 1024;
-
-fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
-    if filter.len() > MAX_FILTER_LEN {
-        return Err(format!("filter longer than {MAX_FILTER_LEN} bytes"));
-    }
-    EnvFilter::try_new(filter.trim()).map_err(|e| format!("invalid filter: {e}"))
-}
-
-impl LogReload {
-    /// Replaces the filter with `filter` (`EnvFilter` syntax, e.g. `info,accessgrant_operator=debug`).
-    /// An invalid filter leaves the current one in force.
-    pub fn set_level(&self, filter: &str) -> Result<(), String> {
-        let f = parse_filter(filter)?;
-        self.handle
-            .reload(f)
-            .map_err(|e| format!("reloading the filter failed: {e}"))
-    }
-
-    /// The filter in force, in `EnvFilter` syntax.
-    pub fn current(&self) -> Result<String, String> {
-        self.handle
-            .with_current(|f| f.to_string())
-            .map_err(|e| format!("reading the filter failed: {e}"))
-    }
-}
-
-/// A reloadable `EnvFilter` layer (to put first on a `tracing_subscriber::Registry`) and its
-/// handle. [`init_logging`] uses it; tests use it on a scoped subscriber.
-pub fn reloadable_filter(
-    filter: &str,
-) -> Result<
-    (
-        reload::Layer<EnvFilter, tracing_subscriber::Registry>,
-        LogReload,
-    ),
-    String,
-> {
-    let (layer, handle) = reload::Layer::new(parse_filter(filter)?);
-    Ok((layer, LogReload { handle }))
-}
-
-/// Installs the global subscriber: logs to stderr as `text` or `json`, filtered by `RUST_LOG`
-/// when set (an invalid `RUST_LOG` is an error, not silently ignored) or else by
-/// `default_filter`. Can succeed once per process.
-pub fn init_logging(format: &str, default_filter: &str) -> Result<LogReload, String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => v,
-        _ => default_filter.to_owned(),
-    };
-    let (filter_layer, reload) = reloadable_filter(&filter)?;
-    let (text, json) = match format {
-        "text" => (
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    // Colour codes only help a terminal, not a log pipeline.
-                    .with_ansi(false),
-            ),
-            None,
-        ),
-        "json" => (
-            None,
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            ),
-        ),
-        other => return Err(format!("unknown log format {other:?}: use text or json")),
-    };
-    tracing_subscriber::registry()
-        .with(filter_layer)
-        .with(text)
-        .with(json)
-        .try_init()
-        .map_err(|e| format!("installing the log subscriber failed: {e}"))?;
-    Ok(reload)
-}
-
-#[derive(Clone)]
-struct AdminState {
-    metrics: Metrics,
-    ready: Readiness,
-    log: Option<LogReload>,
-}
-
-/// The admin routes: `GET /metrics`, `GET /livez`, `GET /readyz`, `GET /readyz/admission`, and
-/// with `log` also
-/// `GET /loglevel` (the filter in force) and `PUT /loglevel` (body: an `EnvFilter` string;
-/// 200, or 400 when it does not parse).
-pub fn admin_router(metrics: Metrics, ready: Readiness, log: Option<LogReload>) -> Router {
-    let with_log = log.is_some();
-    let mut router = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
-        .route("/readyz/admission", get(readyz_admission));
-    if with_log {
-        router = router.route("/loglevel", get(get_loglevel).put(put_loglevel));
-    }
-    router
-        // Nothing here takes a large body; the default (2 MiB) is far more than a filter.
-        .layer(DefaultBodyLimit::max(MAX_FILTER_LEN))
-        .with_state(AdminState {
-            metrics,
-            ready,
-            log,
-        })
-}
-
-/// Serves [`admin_router`] on `listener` until `shutdown` resolves, then drains connections.
-pub async fn serve_admin(
-    listener: tokio::net::TcpListener,
-    metrics: Metrics,
-    ready: Readiness,
-    log: Option<LogReload>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, admin_router(metrics, ready, log))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-async fn metrics_handler(State(s): State<AdminState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
-        s.metrics.encode(),
-    )
-        .into_response()
-}
-
-async fn livez() -> &'static str {
-    "ok"
-}
-
-async fn readyz(State(s): State<AdminState>) -> Response {
-    let missing = s.ready.reasons_not_ready();
-    if missing.is_empty() {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", missing.join(", ")),
-        )
-            .into_response()
-    }
-}
-
-/// Ready to answer admission reviews, on any replica (leader or standby): the readiness probe
-/// of a deployment with the webhook, so its Service sends admission to every serving replica.
-async fn readyz_admission(State(s): State<AdminState>) -> Response {
-    if s.ready.admission_serving() {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: admission webhook not serving\n",
-        )
-            .into_response()
-    }
-}
-
-async fn get_loglevel(State(s): State<AdminState>) -> Response {
-    match s.log.as_ref().map(LogReload::current) {
-        Some(Ok(f)) => (StatusCode::OK, f).into_response(),
-        Some(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
-}
-
-async fn put_loglevel(State(s): State<AdminState>, body: String) -> Response {
-    let Some(log) = s.log.as_ref() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    match log.set_level(&body) {
-        Ok(()) => {
-            tracing::info!(filter = %body.trim(), "log filter changed");
-            (StatusCode::OK, "ok").into_response()
-        }
-        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
     }
 }
 
@@ -740,36 +641,26 @@ mod tests {
     }
 
     #[test]
-    fn readiness_reasons_in_order() {
-        let r = Readiness::new();
-        assert_eq!(
-            r.reasons_not_ready(),
-            ["crds_established", "caches_synced", "azure_token_obtained"]
-        );
-        r.set_caches_synced(true);
-        assert_eq!(
-            r.reasons_not_ready(),
-            ["crds_established", "azure_token_obtained"]
-        );
-        r.set_crds_established(true);
-        r.set_azure_token_obtained(true);
-        assert!(r.is_ready());
-        r.set_azure_token_obtained(false);
-        assert!(!r.is_ready());
-    }
-
-    #[test]
     fn grants_recount_zeroes_missing_and_ignores_unknown_phases() {
         let m = Metrics::new();
-        m.set_grants_by_phase(&[("Active", 3), ("Pending", 1), ("Bogus", 9)]);
-        m.set_grants_by_phase(&[("Active", 2), ("Active", 1)]);
+        m.set_grants(&[
+            (("JIT", "Active"), 3),
+            (("PIM", "Pending"), 1),
+            (("JIT", "Bogus"), 9),
+            (("Bogus", "Active"), 9),
+        ]);
+        m.set_grants(&[(("JIT", "Active"), 2), (("JIT", "Active"), 1)]);
         let text = m.encode();
         assert!(
-            text.contains("accessgrant_grants{phase=\"Active\"} 3\n"),
+            text.contains("accessgrant_grants{kind=\"JIT\",phase=\"Active\"} 3\n"),
             "{text}"
         );
         assert!(
-            text.contains("accessgrant_grants{phase=\"Pending\"} 0\n"),
+            text.contains("accessgrant_grants{kind=\"PIM\",phase=\"Pending\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("accessgrant_grants{kind=\"PIM\",phase=\"Active\"} 0\n"),
             "{text}"
         );
         assert!(!text.contains("Bogus"), "{text}");
@@ -797,16 +688,5 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
-    }
-
-    #[test]
-    fn bad_filters_are_rejected() {
-        let (_layer, reload) = reloadable_filter("info").unwrap();
-        assert!(reload.set_level("foo=notalevel").is_err());
-        assert!(reload.set_level(&"a".repeat(MAX_FILTER_LEN + 1)).is_err());
-        assert_eq!(reload.current().unwrap(), "info");
-        reload.set_level("warn,accessgrant_operator=debug").unwrap();
-        // EnvFilter prints its directives most specific first.
-        assert_eq!(reload.current().unwrap(), "accessgrant_operator=debug,warn");
     }
 }
