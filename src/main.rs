@@ -623,6 +623,16 @@ mod tests {
         let a = run_args(&["--jit-early-close", "none", "--webhook-addr", "NONE"]).expect("parses");
         assert_eq!(a.jit_early_close, super::Switch::Off);
         assert_eq!(a.webhook_addr, super::Switch::Off);
+        // The log level endpoint is on localhost unless told otherwise, never on the admin port.
+        let a = run_args(&[]).expect("parses");
+        assert_eq!(
+            a.loglevel_addr,
+            super::Switch::On("127.0.0.1:8082".parse().expect("addr"))
+        );
+        assert_ne!(super::Switch::On(a.admin_addr), a.loglevel_addr);
+        let a = run_args(&["--loglevel-addr", "none"]).expect("parses");
+        assert_eq!(a.loglevel_addr, super::Switch::Off);
+        assert!(run_args(&["--loglevel-addr", "8082"]).is_err());
         let a = run_args(&["--drift-check", "PT90S"]).expect("parses");
         assert_eq!(a.drift_check, chrono::Duration::seconds(90));
         assert_eq!(

@@ -250,16 +250,20 @@ pub fn admin_router(metrics: Metrics, ready: Readiness, cfg: impl Into<AdminConf
 }
 
 /// Serves [`admin_router`] on `listener` until `shutdown` resolves, then drains connections.
-pub async fn serve_admin(
+pub fn serve_admin<S: Future<Output = ()> + Send + 'static>(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
     ready: Readiness,
     cfg: impl Into<AdminConfig>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, admin_router(metrics, ready, cfg))
-        .with_graceful_shutdown(shutdown)
-        .await
+    shutdown: S,
+) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> {
+    // The router is built here, so the future holds no `cfg` (whose type need not be Send).
+    let router = admin_router(metrics, ready, cfg);
+    Box::pin(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    })
 }
 
 /// Whether `headers` carry the bearer token in `file` (compared as SHA-256 digests, so the

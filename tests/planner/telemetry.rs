@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use accessgrant_operator::telemetry::{
-    GRANT_KINDS, LogReload, Metrics, OPENMETRICS_CONTENT_TYPE, PHASES, Readiness,
+    AdminConfig, GRANT_KINDS, Metrics, OPENMETRICS_CONTENT_TYPE, PHASES, Readiness,
     reloadable_filter, serve_admin,
 };
 use tokio::sync::oneshot;
@@ -23,11 +23,11 @@ struct Admin {
 impl Admin {
     /// The listener is bound before this returns, so requests queue in its backlog: no wait
     /// for the server to "come up".
-    async fn start(metrics: Metrics, ready: Readiness, log: Option<LogReload>) -> Admin {
+    async fn start(metrics: Metrics, ready: Readiness, cfg: impl Into<AdminConfig>) -> Admin {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_admin(listener, metrics, ready, log, async {
+        let task = tokio::spawn(serve_admin(listener, metrics, ready, cfg, async {
             let _ = stopped.await;
         }));
         Admin { base, stop, task }
@@ -419,5 +419,75 @@ async fn loglevel_endpoint_changes_the_filter_and_rejects_bad_ones() {
     assert_eq!(reload.current().unwrap(), "warn");
 
     drop(client);
+    admin.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_need_the_bearer_token_from_the_file_and_the_probes_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "s3cret-token\n").unwrap();
+    let admin = Admin::start(
+        Metrics::new(),
+        Readiness::new(),
+        AdminConfig {
+            log: None,
+            metrics_token_file: Some(file.clone()),
+        },
+    )
+    .await;
+    let client = http_client();
+    let scrape = |token: Option<&str>| {
+        let mut r = client.get(admin.url("/metrics"));
+        if let Some(t) = token {
+            r = r.header("Authorization", t);
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap())
+        }
+    };
+    assert_eq!(scrape(None).await.0, 401, "no token");
+    assert_eq!(scrape(Some("Bearer wrong")).await.0, 401, "wrong token");
+    assert_eq!(
+        scrape(Some("Basic s3cret-token")).await.0,
+        401,
+        "not a bearer"
+    );
+    assert_eq!(scrape(Some("Bearer s3cret-token")).await.0, 200);
+    let (_, body) = scrape(Some("Bearer s3cret-token")).await;
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    // The refusal names nothing of the token.
+    let (_, refused) = scrape(Some("Bearer wrong")).await;
+    assert!(!refused.contains("s3cret"), "{refused}");
+    // A rotated Secret takes effect at the next scrape; an empty one admits nobody.
+    std::fs::write(&file, "rotated").unwrap();
+    assert_eq!(scrape(Some("Bearer s3cret-token")).await.0, 401);
+    assert_eq!(scrape(Some("Bearer rotated")).await.0, 200);
+    std::fs::write(&file, "").unwrap();
+    assert_eq!(scrape(Some("Bearer ")).await.0, 401, "empty token file");
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
+        scrape(Some("Bearer rotated")).await.0,
+        401,
+        "token file gone"
+    );
+    // Probes stay open (the kubelet sends no token); no log level route on this listener.
+    let (status, _, _) = get(&client, admin.url("/livez")).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = get(&client, admin.url("/readyz")).await;
+    assert_eq!(status, 503, "not ready, but answered without a token");
+    let put = client
+        .put(admin.url("/loglevel"))
+        .body("debug")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        put.status().as_u16(),
+        404,
+        "PUT /loglevel is not routed here"
+    );
     admin.stop().await;
 }
