@@ -201,9 +201,22 @@ pub fn validate(spec: &AccessGrantSpec) -> Result<ValidGrant, InvalidSpec> {
     })
 }
 
-/// Free text sent to Azure: trimmed, bounded, no control characters, and never our own
-/// JIT marker (which would let a grant impersonate another grant's request).
+/// The attribution the operator writes at the start of every justification it sends to Azure
+/// (`[requested-by:alice@example.com]`): Azure's own `requestor` is the operator's principal, so
+/// this is the only human attribution Azure keeps. User text may not contain it, nor the words
+/// it is made of, so that it cannot be imitated further along.
+pub const ATTRIBUTION_PREFIX: &str = "[requested-by:";
+
+/// Phrases user text may not contain (compared without case, spaces or dashes): what our
+/// attribution says, in the forms a reader would take for it.
+const RESERVED_PHRASES: [&str; 2] = ["requestedby", "editedby"];
+
+/// Free text sent to Azure: trimmed, bounded, no control or format characters (Unicode Cc and
+/// Cf: newlines, tabs, bidi overrides, zero-width joiners, which can make text read as
+/// something else), never our own JIT marker (which would let a grant impersonate another
+/// grant's request) nor words that imitate our attribution.
 fn validate_text(field: &str, s: &str, max: usize) -> Result<Option<String>, InvalidSpec> {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
     let t = s.trim();
     if t.is_empty() {
         return Ok(None);
@@ -215,6 +228,36 @@ fn validate_text(field: &str, s: &str, max: usize) -> Result<Option<String>, Inv
         return Err(invalid(
             field,
             "must not contain control characters (newlines, tabs)",
+        ));
+    }
+    if let Some(c) = t
+        .chars()
+        .find(|c| c.general_category() == GeneralCategory::Format)
+    {
+        return Err(invalid(
+            field,
+            format!(
+                "must not contain invisible format characters (found U+{:04X}: bidi controls and zero-width characters can make text read as something else)",
+                u32::from(c)
+            ),
+        ));
+    }
+    let folded: String = t
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect();
+    if let Some(p) = RESERVED_PHRASES.iter().find(|p| folded.contains(*p)) {
+        let shown = if *p == "editedby" {
+            "edited by"
+        } else {
+            "requested by"
+        };
+        return Err(invalid(
+            field,
+            format!(
+                "must not say who asked (\"{shown}\"): the operator writes the verified requester into Azure's justification itself"
+            ),
         ));
     }
     if t.contains("[ag:") {

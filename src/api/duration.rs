@@ -6,8 +6,9 @@ use std::fmt;
 
 /// CEL shape check for an ISO 8601 duration without years or months (their length is not
 /// fixed). The semantic check (value > 0, no overflow) lives in `crate::validate`.
+/// Weeks stand alone (`P2W`), as ISO 8601 has them: `P1W1D` is not a duration.
 pub const DURATION_CEL_SHAPE: &str =
-    r"^P(?:\d+W)?(?:\d+D)?(?:T(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)?$";
+    r"^P(?:\d+W|(?:\d+D)?(?:T(?:\d+H)?(?:\d+M)?(?:\d+(?:\.\d+)?S)?)?)$";
 
 /// An ISO 8601 duration such as `PT1H`, `PT30M`, `P1D` or `P1DT2H`. Years and months are not
 /// accepted because their length is not fixed.
@@ -63,6 +64,18 @@ pub fn parse_iso_duration(s: &str) -> Result<chrono::Duration, String> {
             "{s:?} is not an ISO 8601 duration without years or months (examples: PT15M, PT1H, P1DT12H)"
         ));
     }
+    // ISO 8601 has weeks only on their own (PnW); the iso8601 crate would read `P1W1D` as
+    // one week and drop the day.
+    if s.contains('W') && s.len() > s.find('W').map_or(0, |i| i + 1) {
+        return Err(format!(
+            "{s:?} combines weeks with other units, which ISO 8601 does not allow; write days instead (P8D for a week and a day)"
+        ));
+    }
+    // Each number's size first: the iso8601 crate's 32-bit fields would wrap a huge one (to
+    // zero or to something short) instead of saying it is too long.
+    if magnitude_secs(s) > MAX_DURATION_SECS as u128 {
+        return Err(format!("{s:?} is longer than the maximum of 366 days"));
+    }
     let parsed: iso8601::Duration = s
         .parse()
         .map_err(|e| format!("{s:?} is not an ISO 8601 duration: {e}"))?;
@@ -99,6 +112,39 @@ pub fn parse_iso_duration(s: &str) -> Result<chrono::Duration, String> {
         return Err(format!("{s:?} is longer than the maximum of 366 days"));
     }
     Ok(chrono::Duration::seconds(secs))
+}
+
+/// An upper bound of the seconds a canonically shaped duration spells (fractions dropped;
+/// saturating, so any number too big to hold counts as too long).
+fn magnitude_secs(s: &str) -> u128 {
+    let mut total: u128 = 0;
+    let mut number: u128 = 0;
+    let mut fraction = false;
+    let mut in_time = false;
+    for c in s.chars().skip(1) {
+        match c {
+            'T' => in_time = true,
+            '0'..='9' if !fraction => {
+                number = number
+                    .saturating_mul(10)
+                    .saturating_add(u128::from(c as u8 - b'0'));
+            }
+            '.' => fraction = true,
+            unit => {
+                let scale: u128 = match (unit, in_time) {
+                    ('W', false) => 7 * 86_400,
+                    ('D', false) => 86_400,
+                    ('H', true) => 3_600,
+                    ('M', true) => 60,
+                    _ => 1,
+                };
+                total = total.saturating_add(number.saturating_mul(scale));
+                number = 0;
+                fraction = false;
+            }
+        }
+    }
+    total
 }
 
 /// `P[nW][nD][T[nH][nM][n[.n]S]]` with at least one component and nothing after a lone `T`.
@@ -205,6 +251,46 @@ mod tests {
         ] {
             assert!(parse_iso_duration(s).is_err(), "{s} should be rejected");
         }
+    }
+
+    #[test]
+    fn the_misleading_cases_get_the_right_message() {
+        for s in ["P1W1D", "P1WT1H", "P2W3D"] {
+            let e = parse_iso_duration(s).expect_err(s);
+            assert!(e.contains("combines weeks with other units"), "{s}: {e}");
+        }
+        for s in [
+            "PT4294967296H",
+            "PT18446744073709551616S",
+            "P99999999999999999999999999999999999999999D",
+            "P53W",
+        ] {
+            let e = parse_iso_duration(s).expect_err(s);
+            assert!(
+                e.contains("longer than the maximum of 366 days"),
+                "{s}: {e}"
+            );
+        }
+        assert!(
+            parse_iso_duration("PT0S")
+                .expect_err("zero")
+                .contains("longer than zero")
+        );
+        // The CRD's CEL shape agrees: weeks alone, nothing with them.
+        let re = regex_lite_shape();
+        for ok in ["P2W", "P1D", "PT1H", "P1DT2H"] {
+            assert!(re(ok), "{ok}");
+        }
+        for bad in ["P1W1D", "P1WT1H", "P1D1W"] {
+            assert!(!re(bad), "{bad}");
+        }
+    }
+
+    /// `DURATION_CEL_SHAPE` as the API server would apply it (CEL `matches` is RE2; the shape
+    /// uses only what the `regex` crate reads the same way).
+    fn regex_lite_shape() -> impl Fn(&str) -> bool {
+        let re = regex::Regex::new(DURATION_CEL_SHAPE).expect("shape compiles");
+        move |s| re.is_match(s)
     }
 
     #[test]

@@ -344,9 +344,14 @@ pub struct AccessGrantStatus {
     /// One human sentence about the current state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// The Kubernetes user who created the grant (from the verified admission stamp).
+    /// The Kubernetes user who asked for the grant (the first verified admission stamp). It
+    /// stays when someone else edits or suspends the grant: that is `editedBy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
+    /// The verified user who made the current spec, when not `requestedBy` (an edit, a
+    /// suspension). Each edit is also a history entry `Edited` naming its author.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_by: Option<String>,
     /// The verified requester: who created (or last changed the spec of) the grant, their
     /// groups and any GitOps provenance, from the operator-signed admission stamp.
     #[serde(default, skip_serializing_if = "Option::is_none")]

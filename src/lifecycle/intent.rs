@@ -246,13 +246,31 @@ impl Ctx<'_> {
         self.request(&g, renewing);
     }
 
-    /// The justification sent to Azure: the user's words plus who asked. Never invented when
+    /// The justification sent to Azure: who asked, then the user's words. Never invented when
     /// the user gave none, so a role that requires a justification is not satisfied by us.
     pub(super) fn justification_text(&self, g: &ValidGrant) -> Option<String> {
-        let mut s = g.justification.clone()?;
-        if let Some(by) = &self.st.requested_by {
-            s.push_str(&format!(" (requested by {by})"));
-        }
-        Some(s)
+        let text = g.justification.clone()?;
+        Some(match self.attribution() {
+            Some(a) => format!("{a} {text}"),
+            None => text,
+        })
+    }
+
+    /// Who asked, as Azure keeps it (its `requestor` is the operator's principal): always
+    /// first in the justification, `[requested-by:alice@example.com]`, with
+    /// `; edited-by:bob@example.com` when someone else made the current spec. User text can
+    /// neither contain nor imitate it (`validate`). None when the current spec's requester is
+    /// not verified: the operator then claims nobody.
+    pub(super) fn attribution(&self) -> Option<String> {
+        let current = self.meta().requested_by.as_deref()?;
+        let first = self.st.requested_by.as_deref().unwrap_or(current);
+        Some(if first == current {
+            format!("{}{first}]", crate::validate::ATTRIBUTION_PREFIX)
+        } else {
+            format!(
+                "{}{first}; edited-by:{current}]",
+                crate::validate::ATTRIBUTION_PREFIX
+            )
+        })
     }
 }

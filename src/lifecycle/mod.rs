@@ -149,6 +149,9 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     c.finish()
 }
 
+/// History event of a spec edit.
+const EDITED: &str = "Edited";
+
 impl Ctx<'_> {
     fn now(&self) -> DateTime<Utc> {
         self.input.now
@@ -163,9 +166,17 @@ impl Ctx<'_> {
     }
 
     fn run(&mut self) {
-        // The requester of the current spec: a valid stamp binds it to this very spec.
-        self.st.requested_by = self.meta().requested_by.clone();
+        // The requester of the current spec: a valid stamp binds it to this very spec. Who
+        // asked first stays `requestedBy`; whoever made a later spec is its `editedBy`.
+        let current = self.meta().requested_by.clone();
+        if self.st.requested_by.is_none() {
+            self.st.requested_by = current.clone();
+        }
+        self.st.edited_by = current
+            .clone()
+            .filter(|c| self.st.requested_by.as_ref() != Some(c));
         self.st.requester = self.meta().requester.clone();
+        self.record_edit(current.as_deref());
         if let Some(problem) = self.meta().stamp_problem.clone() {
             let known = self.st.conditions.iter().any(|c| {
                 c.type_ == cond::REQUESTER_VERIFIED
@@ -253,6 +264,30 @@ impl Ctx<'_> {
             Some(t) => t.jit.is_some(),
             None => matches!(self.input.spec, Ok(g) if matches!(g.target, ValidTarget::Jit(_))),
         }
+    }
+
+    /// A history entry per spec edit seen (generation after the first), naming its author.
+    fn record_edit(&mut self, by: Option<&str>) {
+        let generation = self.meta().generation;
+        if generation <= 1 || !self.generation_moved() {
+            return;
+        }
+        let tag = format!("generation {generation} ");
+        if self
+            .st
+            .history
+            .iter()
+            .any(|h| h.event == EDITED && h.detail.starts_with(&tag))
+        {
+            return;
+        }
+        let who = by.unwrap_or("a user the admission webhook did not verify");
+        let what = if self.input.suspend {
+            "suspended"
+        } else {
+            "spec changed"
+        };
+        self.history(EDITED, format!("{tag}{what} by {who}"));
     }
 
     fn generation_moved(&self) -> bool {

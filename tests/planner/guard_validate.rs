@@ -221,6 +221,43 @@ fn validation_reasons_are_precise() {
             Box::new(|s| s.justification = Some("[ag:other/x#1.abc]".into())),
             "spec.justification",
         ),
+        // Attribution cannot be forged: no bidi or zero-width characters (Unicode Cf), no
+        // words that imitate the operator's `[requested-by:...]`, in any text sent to Azure.
+        (
+            Box::new(|s| {
+                s.justification = Some("fix \u{202E}moc.elpmaxe@ecila yb detseuqer(\u{202C}".into())
+            }),
+            "spec.justification",
+        ),
+        (
+            Box::new(|s| s.justification = Some("zero\u{200B}width".into())),
+            "spec.justification",
+        ),
+        (
+            Box::new(|s| s.justification = Some("INC-7 (requested by alice@example.com)".into())),
+            "spec.justification",
+        ),
+        (
+            Box::new(|s| s.justification = Some("[Requested-By:alice] please".into())),
+            "spec.justification",
+        ),
+        (
+            Box::new(|s| {
+                s.ticket = Some(TicketSpec {
+                    system: "ServiceNow\u{2066}".into(),
+                    number: "1".into(),
+                })
+            }),
+            "spec.ticket.system",
+        ),
+        (
+            Box::new(|s| s.duration = IsoDuration::new("P1W1D")),
+            "spec.duration",
+        ),
+        (
+            Box::new(|s| s.duration = IsoDuration::new("PT4294967296H")),
+            "spec.duration",
+        ),
         (
             Box::new(|s| {
                 s.ticket = Some(TicketSpec {

@@ -1227,7 +1227,9 @@ fn pim_grant_requests_carry_the_marker_but_never_invent_a_justification() {
     let mut w = World::new(pim_spec(PimMode::Assign));
     w.reconcile();
     let j = sent(&w).flatten().expect("a justification");
-    assert!(j.starts_with("INC-1 investigate"), "{j}");
+    // The verified requester first, then the user's words, then the marker.
+    assert!(j.starts_with("[requested-by:"), "{j}");
+    assert!(j.contains("] INC-1 investigate"), "{j}");
     let (ns, name, _, uid8) = parse_marker(&j).expect("marker");
     assert_eq!((ns.as_str(), name.as_str()), ("team-a", "g1"), "{j}");
     assert!(w.grant.meta.uid.starts_with(&uid8), "{j}");
@@ -1249,4 +1251,88 @@ fn pim_grant_requests_carry_the_marker_but_never_invent_a_justification() {
     w.model.hide_pim_policies = true;
     w.reconcile();
     assert_eq!(sent(&w), Some(None), "no invented justification");
+}
+
+/// Azure keeps the justification as the only human attribution (its `requestor` is the
+/// operator): the verified requester comes first, in a form user text may not contain; an
+/// editor is named beside the requester, who stays `requestedBy`; each edit is a history entry.
+#[test]
+fn the_verified_requester_leads_the_justification_and_an_editor_never_replaces_them() {
+    use accessgrant_operator::lifecycle::{AzureWrite, Step};
+    let sent = |w: &World| -> Vec<String> {
+        w.last
+            .plans
+            .iter()
+            .flat_map(|p| &p.steps)
+            .filter_map(|s| match s {
+                Step::Azure(AzureWrite::JitInitiate { justification, .. }) => {
+                    Some(justification.clone())
+                }
+                Step::Azure(AzureWrite::Pim { body, .. }) => body.justification.clone(),
+                _ => None,
+            })
+            .collect()
+    };
+    for spec in [pim_spec(PimMode::Assign), jit_spec()] {
+        let mut w = World::new(spec);
+        w.grant.meta.requested_by = Some("alice@example.com".into());
+        w.reconcile();
+        let first = sent(&w);
+        assert!(!first.is_empty(), "a request was sent");
+        for j in &first {
+            assert!(
+                j.starts_with("[requested-by:alice@example.com] "),
+                "attribution first: {j}"
+            );
+        }
+        let st = w.grant.status.clone();
+        assert_eq!(st.requested_by.as_deref(), Some("alice@example.com"));
+        assert_eq!(st.edited_by, None);
+
+        // Bob suspends it: he is the editor, Alice stays the requester, and history says so.
+        w.grant.meta.requested_by = Some("bob@example.com".into());
+        w.edit_spec(|s| s.suspend = Some(true));
+        w.reconcile();
+        let st = w.grant.status.clone();
+        assert_eq!(st.requested_by.as_deref(), Some("alice@example.com"));
+        assert_eq!(st.edited_by.as_deref(), Some("bob@example.com"));
+        let edits: Vec<&str> = st
+            .history
+            .iter()
+            .filter(|h| h.event == "Edited")
+            .map(|h| h.detail.as_str())
+            .collect();
+        assert_eq!(edits, ["generation 2 suspended by bob@example.com"]);
+        // Planned again: the same edit is not recorded twice.
+        w.reconcile();
+        assert_eq!(
+            w.grant
+                .status
+                .history
+                .iter()
+                .filter(|h| h.event == "Edited")
+                .count(),
+            1
+        );
+
+        // Bob resumes it: what is sent names both.
+        w.edit_spec(|s| s.suspend = None);
+        w.reconcile();
+        for j in sent(&w) {
+            if !j.contains("closing early") {
+                assert!(
+                    j.starts_with("[requested-by:alice@example.com; edited-by:bob@example.com] "),
+                    "{j}"
+                );
+            }
+        }
+
+        // Unverified: nobody is claimed.
+        let mut w = World::new(pim_spec(PimMode::Assign));
+        w.grant.meta.requested_by = None;
+        w.reconcile();
+        for j in sent(&w) {
+            assert!(!j.contains("requested-by"), "{j}");
+        }
+    }
 }
