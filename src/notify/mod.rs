@@ -156,7 +156,9 @@ fn duration_field(
         .to_std()
         .map_err(|_| format!("{what} must be longer than zero"))?;
     if d.is_zero() || d > max {
-        return Err(format!("{what} must be longer than zero and at most {max:?}"));
+        return Err(format!(
+            "{what} must be longer than zero and at most {max:?}"
+        ));
     }
     Ok(d)
 }
@@ -379,7 +381,9 @@ impl Notifier {
         for q in &inner.sinks {
             let n = q.pending.load(Ordering::SeqCst);
             if n > 0 {
-                inner.metrics.notifications(&q.sink.name, "dropped", n as u64);
+                inner
+                    .metrics
+                    .notifications(&q.sink.name, "dropped", n as u64);
                 tracing::warn!(sink = %q.sink.name, undelivered = n, "stopping with notifications undelivered; those recorded in grant history are replayed by the next leader");
             }
         }
@@ -536,7 +540,10 @@ mod tests {
         );
         assert_eq!(s.timeout, Duration::from_secs(5));
         assert_eq!(s.retry_for, Duration::from_secs(3600));
-        assert!(!format!("{s:?}").contains("hooks.example.com"), "the URL is not in Debug");
+        assert!(
+            !format!("{s:?}").contains("hooks.example.com"),
+            "the URL is not in Debug"
+        );
         let c = parse(&format!("{OK}  timeout: PT2S\n  retryFor: PT10M\n")).expect("parses");
         assert_eq!(c.sinks[0].timeout, Duration::from_secs(2));
         assert_eq!(c.sinks[0].retry_for, Duration::from_secs(600));
@@ -545,21 +552,33 @@ mod tests {
     #[test]
     fn bad_files_are_refused_with_the_reason() {
         for (yaml, says) in [
-            (OK.replace("BreakGlass,", "PendingApprovals,"), "PendingApprovals"),
+            (
+                OK.replace("BreakGlass,", "PendingApprovals,"),
+                "PendingApprovals",
+            ),
             (format!("{OK}  colour: red\n"), "colour"),
             (OK.replace("format: slack", "format: xml"), "xml"),
-            (OK.replace("/keys/ok", "/keys/none"), "secretFile /keys/none"),
+            (
+                OK.replace("/keys/ok", "/keys/none"),
+                "secretFile /keys/none",
+            ),
             (OK.replace("/keys/ok", "/keys/short"), "at least 16"),
             (OK.replace("name: ops", "name: Ops Team"), "sink name"),
             (OK.replace("https://hooks", "ftp://hooks"), "http(s)"),
-            (OK.replace("[BreakGlass, RevocationFailing, BreakGlass]", "[]"), "events is empty"),
+            (
+                OK.replace("[BreakGlass, RevocationFailing, BreakGlass]", "[]"),
+                "events is empty",
+            ),
             (format!("{OK}  timeout: 5s\n"), "timeout"),
             (format!("{OK}  timeout: PT0S\n"), "longer than zero"),
             (format!("{OK}{}", &OK["sinks:\n".len()..]), "used twice"),
             ("sinks:\n- name: a\n  format: json\n".to_string(), "url"),
         ] {
             let e = parse(&yaml).expect_err(&yaml);
-            assert!(e.contains(says), "{yaml}\n=> {e}\n(expected it to mention {says:?})");
+            assert!(
+                e.contains(says),
+                "{yaml}\n=> {e}\n(expected it to mention {says:?})"
+            );
         }
     }
 }

@@ -170,7 +170,11 @@ fn facts(n: &Notification) -> Vec<(&'static str, String)> {
         f.push(("Target", t.clone()));
     }
     if let Some(p) = n.phase {
-        let reason = n.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        let reason = n
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
         f.push(("Phase", format!("{p:?}{reason}")));
     }
     if let Some(r) = &n.requested_by {
@@ -269,10 +273,8 @@ mod tests {
         // Cross-checked once with Python:
         //   hmac.new(b"notify-test-key-0123456789abcdef", b"1700000000." + body,
         //            hashlib.sha256).hexdigest()
-        let key = ring::hmac::Key::new(
-            ring::hmac::HMAC_SHA256,
-            b"notify-test-key-0123456789abcdef",
-        );
+        let key =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"notify-test-key-0123456789abcdef");
         let body = br#"{"event":"BreakGlass","name":"bg"}"#;
         assert_eq!(
             signature(&key, 1_700_000_000, body),
@@ -292,7 +294,7 @@ mod tests {
             "spec": {"justification": "db <!channel> down", "duration": "PT30M", "breakGlass": true,
                 "ticket": {"system": "ServiceNow", "number": "INC-7"},
                 "pim": {"mode": "Activate", "scope": "/subscriptions/s", "roleDefinitionId": "/subscriptions/s/providers/Microsoft.Authorization/roleDefinitions/r", "principalId": "p",
-                    "identity": {"serviceAccountName": "deployer"}}}
+                    "identity": {"serviceAccountName": "deployer", "clientId": "c1d2", "tenantId": "t9"}}}
         }))
         .expect("grant")
     }
@@ -325,7 +327,11 @@ mod tests {
         let before = status(vec![entry("Denied", 100, "PolicyDenied: no")]);
         let after = status(vec![
             entry("Denied", 100, "PolicyDenied: no"),
-            entry("BreakGlass", 200, "BREAK-GLASS selfactivate requested by alice: db down"),
+            entry(
+                "BreakGlass",
+                200,
+                "BREAK-GLASS selfactivate requested by alice: db down",
+            ),
             entry("Intent", 200, "selfactivate attempt 1 id x"),
             entry("Active", 201, "Granted: ok"),
         ]);
@@ -358,11 +364,21 @@ mod tests {
     #[test]
     fn payloads_carry_no_spec_and_slack_and_teams_have_their_shapes() {
         let g = grant();
-        let after = status(vec![entry("RevocationFailing", 300, "taking the access away failed (503); retrying")]);
+        let after = status(vec![entry(
+            "RevocationFailing",
+            300,
+            "taking the access away failed (503); retrying",
+        )]);
         let n = from_history(&g, &AccessGrantStatus::default(), &after, None).remove(0);
         for format in [Format::Json, Format::Slack, Format::Teams] {
             let text = body(&n, format).to_string();
-            for leak in ["deployer", "principalId", "roleDefinitions", "justification", "spec"] {
+            for leak in [
+                "deployer",
+                "principalId",
+                "roleDefinitions",
+                "justification",
+                "spec",
+            ] {
                 assert!(!text.contains(leak), "{format:?} carries {leak:?}: {text}");
             }
         }
@@ -373,7 +389,11 @@ mod tests {
         assert_eq!(j["requestedBy"], "alice@example.com");
         assert_eq!(j["breakGlass"], true);
         let s = body(&n, Format::Slack);
-        assert!(s["text"].as_str().is_some_and(|t| t.contains("RevocationFailing")));
+        assert!(
+            s["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("RevocationFailing"))
+        );
         assert_eq!(s["blocks"][0]["type"], "header");
         assert_eq!(s["blocks"][1]["type"], "section");
         let t = body(&n, Format::Teams);
@@ -387,7 +407,13 @@ mod tests {
 
     #[test]
     fn slack_text_cannot_mention_a_channel() {
-        let mut n = orphan_removed("ns", "g", "JIT", "x", DateTime::from_timestamp(1, 0).expect("t"));
+        let mut n = orphan_removed(
+            "ns",
+            "g",
+            "JIT",
+            "x",
+            DateTime::from_timestamp(1, 0).expect("t"),
+        );
         n.message = "ping <!channel> & <https://evil|click>".into();
         let s = body(&n, Format::Slack).to_string();
         assert!(!s.contains("<!channel>") && !s.contains("<https"), "{s}");
