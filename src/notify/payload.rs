@@ -67,8 +67,8 @@ pub fn event_of(entry: &HistoryEntry) -> Option<EventKind> {
 }
 
 /// Notifications for the history entries `after` adds to `before`. With `replay_since`, for
-/// the first status of a grant this process sees: every notify-worthy entry of `after` from
-/// then on (sent before a restart or not; the ids say which is which).
+/// the first status of a grant this process sees: also every notify-worthy entry of `after`
+/// from then on (sent before a restart or not; the ids say which is which).
 pub fn from_history(
     g: &AccessGrant,
     before: &AccessGrantStatus,
@@ -78,10 +78,7 @@ pub fn from_history(
     after
         .history
         .iter()
-        .filter(|h| match replay_since {
-            Some(since) => h.time >= since,
-            None => !before.history.contains(h),
-        })
+        .filter(|h| !before.history.contains(h) || replay_since.is_some_and(|s| h.time >= s))
         .filter_map(|h| Some((h, event_of(h)?)))
         .map(|(h, event)| of_grant(g, after, h, event))
         .collect()
@@ -341,20 +338,14 @@ mod tests {
         assert_eq!(n[0].id, "u-1.200.BreakGlass");
         assert_eq!(n[0].ticket.as_deref(), Some("ServiceNow/INC-7"));
         assert_eq!(n[0].target.as_deref(), Some("Reader@rg1"));
-        // Replay after a restart: every entry since the window's start, with the same ids.
-        let replay = from_history(
-            &g,
-            &AccessGrantStatus::default(),
-            &after,
-            DateTime::from_timestamp(150, 0),
-        );
+        // Replay after a restart (a first pass that changes nothing): every entry since the
+        // window's start, with the same ids.
+        let replay = from_history(&g, &after, &after, DateTime::from_timestamp(150, 0));
         assert_eq!(replay, n);
-        let all = from_history(
-            &g,
-            &AccessGrantStatus::default(),
-            &after,
-            DateTime::from_timestamp(0, 0),
-        );
+        // A window of zero (`--notifications-replay none`) still sends what is new.
+        let none = from_history(&g, &before, &after, DateTime::from_timestamp(10_000, 0));
+        assert_eq!(none, n);
+        let all = from_history(&g, &after, &after, DateTime::from_timestamp(0, 0));
         assert_eq!(
             all.iter().map(|n| n.event).collect::<Vec<_>>(),
             [EventKind::Denied, EventKind::BreakGlass]
