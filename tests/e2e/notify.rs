@@ -3,7 +3,7 @@
 //! signature and records it. A break-glass grant reaches a good receiver, a receiver that
 //! answers 500 twice and then 200, and not a closed port, whose retries delay nothing; a
 //! revocation that keeps failing is notified once, and again (same event id) by the operator
-//! that starts next.
+//! that starts next, whose orphan sweep notifies the access of a grant deleted meanwhile.
 
 use crate::e2e_support;
 use crate::wait;
@@ -332,7 +332,7 @@ async fn a_break_glass_grant_is_notified_signed_through_a_flaky_receiver_and_a_d
 }
 
 #[tokio::test]
-async fn a_failing_revocation_is_notified_once_and_again_by_the_next_operator() {
+async fn a_failing_revocation_is_notified_once_and_again_by_the_next_operator_and_orphans_too() {
     let receiver = Receiver::default();
     let base = receiver.start().await;
     let mut env = Env::start_bare().await;
@@ -342,7 +342,7 @@ async fn a_failing_revocation_is_notified_once_and_again_by_the_next_operator() 
             "ops",
             format!("{base}/ops"),
             "json",
-            &["RevocationFailing", "Denied"],
+            &["RevocationFailing", "Denied", "OrphanRemoved"],
         )],
     );
     let api = env.namespace("notify-rev", true).await;
@@ -371,6 +371,13 @@ async fn a_failing_revocation_is_notified_once_and_again_by_the_next_operator() 
         .await
         .expect("create");
     wait_for(&api, "held", "Active", 60, phase(Phase::Active)).await;
+    api.create(
+        &PostParams::default(),
+        &jit_grant("orphan", 1, 22, "10.0.0.7", "PT30M"),
+    )
+    .await
+    .expect("create");
+    wait_for(&api, "orphan", "Active", 60, phase(Phase::Active)).await;
     // Every PIM write now fails with a 500: the removal keeps failing.
     let r = env
         .control(
@@ -406,9 +413,22 @@ async fn a_failing_revocation_is_notified_once_and_again_by_the_next_operator() 
         .collect();
     assert_eq!(rev.len(), 1, "once per failure streak: {rev:?}");
 
-    // A crash: the next operator sends what the history holds again, with the same ids.
+    // A crash; meanwhile a grant goes without the operator (its finalizer removed), leaving
+    // its access behind. The next operator sends what the history holds again, with the same
+    // ids, and its orphan sweep notifies the access it removes.
     env.kill_operator();
-    env.start_operator_with(&[("NOTIFICATIONS", &file)]);
+    api.patch(
+        "orphan",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("remove the finalizer");
+    api.delete("orphan", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&api, "orphan", 30).await;
+    env.start_operator_with(&[("NOTIFICATIONS", &file), ("ORPHAN_SWEEP_INTERVAL", "PT2S")]);
     let again = receiver
         .wait(
             "the replayed RevocationFailing",
@@ -427,6 +447,18 @@ async fn a_failing_revocation_is_notified_once_and_again_by_the_next_operator() 
             g.len() >= 2
         })
         .await;
+    let orphan = receiver
+        .wait(
+            "an OrphanRemoved notification",
+            "ops",
+            "OrphanRemoved",
+            "orphan",
+            |g| !g.is_empty(),
+        )
+        .await;
+    assert!(orphan[0].signed, "{orphan:?}");
+    assert_eq!(orphan[0].body["kind"], "JIT");
+    assert_eq!(orphan[0].body["namespace"], "notify-rev");
 
     // Azure answers again: the access goes, and the grant with it.
     let r = env
