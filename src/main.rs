@@ -564,7 +564,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    notifier.shutdown_report();
+    // A short grace for notifications in flight (a dead sink must not hold the shutdown up).
+    notifier.shutdown(std::time::Duration::from_secs(2)).await;
     tracing::info!("controller stopped");
     Ok(())
 }

@@ -12,8 +12,8 @@
 //!   notify-worthy entries of the last `--notifications-replay` (PT1H) again: what a crash or a
 //!   restart cut off is sent by the next leader. Duplicates are therefore possible (after every
 //!   restart, within the window) and carry the same `X-AccessGrant-Event-Id`. `OrphanRemoved`
-//!   (its grant is gone) is sent from memory only; at shutdown whatever is still undelivered is
-//!   logged and counted as dropped. Only the leader runs the controller, so only it sends.
+//!   (its grant is gone) is sent from memory only; at shutdown, after a short grace, whatever
+//!   is still undelivered is logged and counted as dropped. Only the leader runs the controller, so only it sends.
 //! - **Signed.** `X-AccessGrant-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`
 //!   with `X-AccessGrant-Timestamp` (unix seconds) and `X-AccessGrant-Event-Id`, the key read
 //!   from the sink's `secretFile` (a mounted Secret) at start-up. Neither the key nor the URL
@@ -372,12 +372,24 @@ impl Notifier {
         }
     }
 
-    /// At shutdown: what is still queued or being retried is lost to this process; say so
-    /// (those from a grant's history are sent again by the next leader, see the module docs).
-    pub fn shutdown_report(&self) {
+    /// At shutdown: waits up to `grace` for what is queued or being retried, then says what is
+    /// still undelivered, which this process loses (those from a grant's history are sent
+    /// again by the next leader, see the module docs).
+    pub async fn shutdown(&self, grace: Duration) {
         let Some(inner) = &self.inner else {
             return;
         };
+        let pending = || {
+            inner
+                .sinks
+                .iter()
+                .map(|q| q.pending.load(Ordering::SeqCst))
+                .sum::<usize>()
+        };
+        let until = tokio::time::Instant::now() + grace;
+        while pending() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         for q in &inner.sinks {
             let n = q.pending.load(Ordering::SeqCst);
             if n > 0 {
