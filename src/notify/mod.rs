@@ -480,7 +480,17 @@ async fn post(sink: &Sink, http: &reqwest::Client, n: &Notification, body: &[u8]
             Try::Again(format!("HTTP {}", resp.status().as_u16()), wait)
         }
         // Without the URL: a Slack or Teams URL carries its token.
-        Err(e) => Try::Again(e.without_url().to_string(), None),
+        Err(e) => {
+            let e = e.without_url();
+            let mut why = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                why.push_str(": ");
+                why.push_str(&c.to_string());
+                cause = c.source();
+            }
+            Try::Again(why, None)
+        }
     }
 }
 

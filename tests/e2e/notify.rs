@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const KEY: &[u8] = b"e2e-notification-key-0123456789abcdef";
+/// In every sink URL, as a Slack or Teams URL carries its token.
+const URL_TOKEN: &str = "url-token-b7f3c1";
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
@@ -170,7 +172,7 @@ fn closed_port() -> String {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port");
-    format!("http://{addr}/dead")
+    format!("http://{addr}/dead?token={URL_TOKEN}")
 }
 
 async fn notifications(env: &Env, sink: &str, outcome: &str) -> f64 {
@@ -235,8 +237,18 @@ async fn a_break_glass_grant_is_notified_signed_through_a_flaky_receiver_and_a_d
     let file = config(
         &env,
         &[
-            ("good", format!("{base}/good"), "json", &["BreakGlass"]),
-            ("flaky", format!("{base}/flaky"), "json", &["BreakGlass"]),
+            (
+                "good",
+                format!("{base}/good?token={URL_TOKEN}"),
+                "json",
+                &["BreakGlass"],
+            ),
+            (
+                "flaky",
+                format!("{base}/flaky?token={URL_TOKEN}"),
+                "json",
+                &["BreakGlass"],
+            ),
             ("dead", closed_port(), "teams", &["BreakGlass"]),
         ],
     );
@@ -329,6 +341,15 @@ async fn a_break_glass_grant_is_notified_signed_through_a_flaky_receiver_and_a_d
         1,
         "sent once"
     );
+    // Neither the key nor a URL (Slack's and Teams' carry their token) is in any log line.
+    let out = env.operator_output();
+    assert!(
+        out.contains("tcp connect error"),
+        "the dead sink's retries are logged with their cause"
+    );
+    for secret in [URL_TOKEN, std::str::from_utf8(KEY).expect("utf8")] {
+        assert!(!out.contains(secret), "{secret:?} in the operator's output");
+    }
 }
 
 #[tokio::test]
