@@ -182,7 +182,7 @@ struct RunArgs {
     notifications: Option<Arc<accessgrant_operator::notify::Config>>,
     /// How far back a grant's history is notified again when the leader starts (what a restart
     /// cut off is sent again; receivers deduplicate by X-AccessGrant-Event-Id); `none`: never.
-    #[arg(long, env = "NOTIFICATIONS_REPLAY", default_value = "PT1H", value_parser = duration_or_none)]
+    #[arg(long, env = "NOTIFICATIONS_REPLAY", default_value = "PT1H", value_parser = positive_duration_or_none)]
     notifications_replay: Switch<chrono::Duration>,
 }
 
