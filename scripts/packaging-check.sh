@@ -93,6 +93,7 @@ FULL = {
                        "revokingStuckMinutes": 20,
                        "runbookBaseUrl": "https://runbooks.example.com/accessgrant/"},
     "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Platform"}},
+    "notifications": {"secretName": "accessgrant-notifications", "replay": "PT30M"},
     "networkPolicy": {
         "enabled": True,
         "metricsFrom": [{"namespaceSelector": {"matchLabels": {

@@ -97,4 +97,7 @@ pub mod reason {
     pub const FINALIZER_RESTORED: &str = "FinalizerRestored";
     /// The recorded status said no access was held, but Azure showed it in force.
     pub const STATUS_CONTRADICTED: &str = "StatusContradicted";
+    /// Taking access away failed and is being retried (a history entry, once per failure
+    /// streak: what `RevocationFailing` notifications are sent from).
+    pub const REVOCATION_FAILING: &str = "RevocationFailing";
 }

@@ -15,6 +15,7 @@ pub mod executor;
 pub mod guard;
 pub mod leader;
 pub mod lifecycle;
+pub mod notify;
 pub mod stamp;
 pub mod telemetry;
 pub mod validate;

@@ -183,6 +183,21 @@ struct RunArgs {
     /// API server (SelfSubjectReview, Kubernetes 1.28+).
     #[arg(long, env = "OPERATOR_USER")]
     operator_user: Option<String>,
+    /// YAML file of notification sinks (webhooks signed with HMAC-SHA256; see
+    /// docs/notifications.md), read with every sink's key file once at start: a bad file stops
+    /// the operator. Default: no notifications.
+    #[arg(long, env = "NOTIFICATIONS", value_parser = notifications_file)]
+    notifications: Option<Arc<accessgrant_operator::notify::Config>>,
+    /// How far back a grant's history is notified again when the leader starts (what a restart
+    /// cut off is sent again; receivers deduplicate by X-AccessGrant-Event-Id); `none`: never.
+    #[arg(long, env = "NOTIFICATIONS_REPLAY", default_value = "PT1H", value_parser = positive_duration_or_none)]
+    notifications_replay: Switch<chrono::Duration>,
+}
+
+/// The `--notifications` file, parsed and its keys read (clap value parser: before anything
+/// binds a port).
+fn notifications_file(v: &str) -> Result<Arc<accessgrant_operator::notify::Config>, String> {
+    accessgrant_operator::notify::Config::from_file(std::path::Path::new(v)).map(Arc::new)
 }
 
 /// Starts the admission webhook (TLS) and returns the stamp key it signs with.
@@ -538,6 +553,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     };
+    // Started only now that this replica leads: only the leader notifies.
+    let notifier = match &args.notifications {
+        Some(cfg) => accessgrant_operator::notify::Notifier::start(
+            cfg,
+            metrics.clone(),
+            match args.notifications_replay {
+                Switch::On(d) => d,
+                Switch::Off => chrono::Duration::zero(),
+            },
+        )
+        .map_err(|e| anyhow::anyhow!(e))?,
+        None => accessgrant_operator::notify::Notifier::off(),
+    };
     controller::run(
         client,
         arm,
@@ -554,6 +582,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Switch::Off => None,
             },
             shutdown_grace: timeouts.shutdown_grace,
+            notifier: notifier.clone(),
         },
         async move {
             tokio::select! {
@@ -563,6 +592,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    // A short grace for notifications in flight (a dead sink must not hold the shutdown up).
+    notifier.shutdown(std::time::Duration::from_secs(2)).await;
     tracing::info!("controller stopped");
     Ok(())
 }
@@ -633,6 +664,14 @@ mod tests {
         let a = run_args(&["--loglevel-addr", "none"]).expect("parses");
         assert_eq!(a.loglevel_addr, super::Switch::Off);
         assert!(run_args(&["--loglevel-addr", "8082"]).is_err());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("notifications.yaml");
+        std::fs::write(&file, "sinks:\n- name: ops\n  url: http://127.0.0.1:1/\n  format: json\n  events: [Approved]\n  secretFile: /nonexistent\n").expect("write");
+        let path = file.to_string_lossy().to_string();
+        let e = run_args(&["--notifications", &path]).expect_err("unknown event");
+        assert!(e.to_string().contains("Approved"), "{e}");
+        let e = run_args(&["--notifications", "/nonexistent.yaml"]).expect_err("no file");
+        assert!(e.to_string().contains("/nonexistent.yaml"), "{e}");
         let a = run_args(&["--drift-check", "PT90S"]).expect("parses");
         assert_eq!(a.drift_check, chrono::Duration::seconds(90));
         assert_eq!(

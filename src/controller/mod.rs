@@ -54,6 +54,8 @@ pub struct ControllerConfig {
     pub orphan_sweep: Option<Duration>,
     /// Longest wait for in-flight reconciles at shutdown (see [`Timeouts`]).
     pub shutdown_grace: Duration,
+    /// Webhook notifications (`crate::notify`; off by default).
+    pub notifier: crate::notify::Notifier,
 }
 
 /// The timeouts that must agree, derived from one value: the ARM request timeout.

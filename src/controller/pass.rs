@@ -161,6 +161,8 @@ impl GrantDoor for Pass<'_> {
         let r = stored(remove_finalizer(&self.api, &self.grant).await);
         if r.is_err() {
             self.ctx.released.take_back(&uid);
+        } else {
+            self.ctx.cfg.notifier.forget(&uid);
         }
         r
     }
@@ -182,6 +184,11 @@ impl GrantDoor for Pass<'_> {
     fn transition(&mut self, before: &AccessGrantStatus, after: &AccessGrantStatus) {
         audit(&self.grant, before, after);
         observe_transition(self.ctx, &self.grant, before, after);
+        // After the status is written: the history it records is what a restart replays.
+        self.ctx
+            .cfg
+            .notifier
+            .grant_status(&self.grant, before, after, crate::clock::now());
     }
 
     fn crashpoint(&mut self, name: &'static str) {

@@ -336,6 +336,15 @@ async fn remove(
                 "removed access that grant {ns}/{name} no longer owns (the grant is gone; it was deleted without the operator taking its access away): {what}"
             );
             tracing::warn!(namespace = ns, grant = name, kind, "{note}");
+            ctx.cfg
+                .notifier
+                .notify(crate::notify::payload::orphan_removed(
+                    ns,
+                    name,
+                    kind,
+                    what,
+                    crate::clock::now(),
+                ));
             println!(
                 "{}",
                 json!({

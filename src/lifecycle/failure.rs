@@ -52,6 +52,30 @@ impl Ctx<'_> {
         self.wake_at(not_before);
     }
 
+    /// A removal write failed: a `RevocationFailing` history entry, once per failure streak
+    /// (the notifications are sent from the history). A streak lasts while nothing but retried
+    /// intents follows the last such entry, so it is noted again after a phase change, or once
+    /// the 20-entry history has rotated it out (about every 20 attempts). Our own client-side
+    /// budget saying "not yet" reached no Azure and is no failure.
+    fn revocation_failing(&mut self, e: &AzureError) {
+        if matches!(e, AzureError::Throttled { code, .. } if code == "ClientThrottled") {
+            return;
+        }
+        let noted = self
+            .st
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.event != "Intent")
+            .is_some_and(|h| h.event == reason::REVOCATION_FAILING);
+        if !noted {
+            self.history(
+                reason::REVOCATION_FAILING,
+                format!("taking the access away failed ({e}); retrying"),
+            );
+        }
+    }
+
     pub(super) fn clear_retry(&mut self) {
         self.st.retry = None;
     }
@@ -71,6 +95,9 @@ impl Ctx<'_> {
                     Duration::zero()
                 };
                 self.retry_later_min(e, floor);
+                if removal {
+                    self.revocation_failing(e);
+                }
             }
             AzureError::RoleAssignmentExists { .. } if !removal => {
                 match &self.input.observed.pim_instance {
@@ -148,6 +175,7 @@ impl Ctx<'_> {
             _ if removal => {
                 // Never give up on taking access away: keep retrying, loudly.
                 self.retry_later(e);
+                self.revocation_failing(e);
             }
             AzureError::PolicyRules { rules, message } => {
                 self.st.intent = None;

@@ -156,6 +156,7 @@ struct MetricsInner {
     expiry_lag: Histogram,
     break_glass: Family<KindLabels, Counter>,
     orphans_removed: Family<KindLabels, Counter>,
+    notifications: Family<NotifyLabels, Counter>,
     admission: Family<AdmissionLabels, Counter>,
     heap_allocated: Gauge,
     heap_resident: Gauge,
@@ -164,6 +165,13 @@ struct MetricsInner {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
+}
+
+/// `sink` is a name from the `--notifications` file: bounded by the configuration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifyLabels {
+    sink: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -196,6 +204,7 @@ struct AdmissionLabels {
 /// - `time_to_active_seconds` (histogram, 0.1 s .. 1 h)
 /// - `expiry_status_lag_seconds` (histogram, 0.1 s .. 10 min)
 /// - `break_glass_total{kind="JIT"|"PIM"}`: break-glass requests sent to Azure
+/// - `notifications_total{sink,outcome="delivered"|"retried"|"dropped"}`
 /// - `admission_reviews_total{webhook="mutate"|"validate",allowed}`
 /// - `heap_allocated_bytes`, `heap_resident_bytes`: jemalloc's statistics at scrape time (0
 ///   when jemalloc is not the process's allocator, as in library tests)
@@ -384,6 +393,12 @@ impl Metrics {
                 .get_or_create(&KindLabels { kind })
                 .inc_by(0);
         }
+        let notifications = Family::<NotifyLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notification webhook deliveries, by sink and outcome (a retry is one failed try)",
+            notifications.clone(),
+        );
         let admission = Family::<AdmissionLabels, Counter>::default();
         registry.register(
             "admission_reviews",
@@ -424,6 +439,7 @@ impl Metrics {
                 expiry_lag,
                 break_glass,
                 orphans_removed,
+                notifications,
                 admission,
                 heap_allocated,
                 heap_resident,
@@ -457,6 +473,16 @@ impl Metrics {
             .orphans_removed
             .get_or_create(&KindLabels { kind })
             .inc();
+    }
+
+    /// `n` notifications to `sink` came to `outcome` (`delivered`, `retried`, `dropped`; 0
+    /// creates the series).
+    pub fn notifications(&self, sink: &str, outcome: &'static str, n: u64) {
+        let labels = NotifyLabels {
+            sink: sink.to_string(),
+            outcome,
+        };
+        self.inner.notifications.get_or_create(&labels).inc_by(n);
     }
 
     /// The admission webhook answered (`webhook` is `mutate` or `validate`).

@@ -13,6 +13,7 @@ mod e2e_rbac;
 mod e2e_support;
 mod gitops_health;
 mod leader;
+mod notify;
 mod packaging;
 mod sandbox;
 mod storm;

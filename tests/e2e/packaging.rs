@@ -1133,6 +1133,33 @@ fn monitoring_objects(
             .any(|v| v["secret"]["secretName"] == "accessgrant-metrics-token"),
         "the token Secret is mounted"
     );
+    // Notifications: the Secret with the file and the keys, mounted where the file says.
+    assert!(
+        env.iter().any(|e| e["name"] == "NOTIFICATIONS"
+            && e["value"] == "/etc/accessgrant/notify/notifications.yaml"),
+        "the operator reads the mounted notifications file"
+    );
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "NOTIFICATIONS_REPLAY" && e["value"] == "PT30M")
+    );
+    assert!(
+        deploy["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "accessgrant-notifications"),
+        "the notifications Secret is mounted"
+    );
+    let default_deploy = find(default, "Deployment", NAME);
+    assert!(
+        !default_deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .any(|e| e["name"] == "NOTIFICATIONS"),
+        "no notifications by default"
+    );
     // The log level endpoint is never on a port the Service exposes.
     assert!(
         !env.iter().any(|e| e["name"] == "LOGLEVEL_ADDR"),

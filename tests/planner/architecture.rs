@@ -167,6 +167,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "webhook",
             "leader",
             "telemetry",
+            "notify",
             "clock",
             "crashpoint",
             "azure_model",
