@@ -99,6 +99,20 @@ pub fn decide<P: std::borrow::Borrow<AccessPolicy>>(
     ctx: &GrantContext,
 ) -> Decision {
     let valid = crate::validate::validate(spec);
+    // A role id from another subscription than the scope is invalid, but when no policy allows
+    // the scope (or nothing else about the grant) that denial is the one to give.
+    if let Err(e) = &valid
+        && let Some(probe) = crate::validate::scope_probe(spec, e)
+        && let Ok(v) = crate::validate::validate(&probe)
+    {
+        let verdict = guard(&v, policies, ctx);
+        if matches!(&verdict, Verdict::Denied { rule, .. } if rule != "PimRoleDefinition") {
+            return Decision {
+                valid: Ok(v),
+                verdict: Some(verdict),
+            };
+        }
+    }
     let verdict = valid.as_ref().ok().map(|v| guard(v, policies, ctx));
     Decision { valid, verdict }
 }

@@ -437,6 +437,27 @@ pub fn parse_prefix(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
+const ROLE_FIELD: &str = "spec.pim.roleDefinitionId";
+const ROLE_SCOPE_MISMATCH: &str = "is defined in another subscription than spec.pim.scope; use the role definition id of the scope's subscription";
+
+/// For a grant refused only because its role definition id names another subscription than
+/// its scope: the same spec with the role's tenant-level id, so that the AccessPolicy can judge
+/// the scope first (`guard::decide`): a scope no policy allows is what the requester must hear
+/// about, whatever the role id says.
+pub fn scope_probe(spec: &AccessGrantSpec, e: &InvalidSpec) -> Option<AccessGrantSpec> {
+    if e.field != ROLE_FIELD || e.reason != ROLE_SCOPE_MISMATCH {
+        return None;
+    }
+    let mut probe = spec.clone();
+    let pim = probe.pim.as_mut()?;
+    let guid = ArmId::parse_role_definition(&pim.role_definition_id)
+        .ok()?
+        .role_guid()?
+        .to_string();
+    pim.role_definition_id = format!("/providers/Microsoft.Authorization/roleDefinitions/{guid}");
+    Some(probe)
+}
+
 fn validate_pim(p: &PimTarget) -> Result<ValidPim, InvalidSpec> {
     let scope = ArmId::parse(&p.scope).map_err(|e| invalid("spec.pim.scope", e))?;
     let role = ArmId::parse_role_definition(&p.role_definition_id)
@@ -444,10 +465,7 @@ fn validate_pim(p: &PimTarget) -> Result<ValidPim, InvalidSpec> {
     if let Some(role_sub) = role.subscription_id()
         && scope.subscription_id() != Some(role_sub)
     {
-        return Err(invalid(
-            "spec.pim.roleDefinitionId",
-            "is defined in another subscription than spec.pim.scope; use the role definition id of the scope's subscription",
-        ));
+        return Err(invalid(ROLE_FIELD, ROLE_SCOPE_MISMATCH));
     }
     if !is_guid(&p.principal_id) {
         return Err(invalid(

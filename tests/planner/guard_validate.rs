@@ -363,3 +363,45 @@ fn a_policy_being_deleted_keeps_older_grants_and_allows_no_new_one() {
     other.metadata.name = Some("other".into());
     assert!(guard(&v, &[p, other], &with_created(None)).is_allowed());
 }
+
+/// A scope no policy allows is what the requester hears about, even when the role id names
+/// another subscription than that scope (tenant root, a management group); where the policy
+/// allows the scope, the role id is still refused as invalid, and Azure is never asked.
+#[test]
+fn scope_denials_come_before_the_role_subscription_check() {
+    use accessgrant_operator::guard::decide;
+    let policies = [allow_all_policy()];
+    for scope in [
+        "/".to_string(),
+        "/providers/Microsoft.Management/managementGroups/mg-root".to_string(),
+    ] {
+        let mut s = pim_spec(PimMode::Assign);
+        s.pim.as_mut().expect("pim").scope = scope.clone();
+        let d = decide(&s, &policies, &ctx());
+        match d.verdict {
+            Some(Verdict::Denied { rule, message }) => {
+                assert_eq!(rule, "PimScope", "{scope}: {message}");
+                assert!(
+                    message.contains("is not at or beneath an allowed scope"),
+                    "{message}"
+                );
+            }
+            other => panic!(
+                "{scope}: expected the scope denial, got {other:?} / {:?}",
+                d.valid
+            ),
+        }
+    }
+    // The policy allows the management group: the mismatch itself is the answer.
+    let mut p = allow_all_policy();
+    let mg = "/providers/Microsoft.Management/managementGroups/mg-root";
+    p.spec.pim.as_mut().expect("pim").scopes.push(mg.into());
+    let mut s = pim_spec(PimMode::Assign);
+    s.pim.as_mut().expect("pim").scope = mg.into();
+    let d = decide(&s, &[p], &ctx());
+    let e = d
+        .valid
+        .expect_err("a subscription's role id at a management group is invalid");
+    assert_eq!(e.field, "spec.pim.roleDefinitionId");
+    assert!(d.verdict.is_none());
+}
