@@ -317,9 +317,19 @@ impl Ctx<'_> {
             Phase::Active | Phase::Renewing if self.fresh => self.schedule_active(&g),
             Phase::Active | Phase::Renewing => self.watch_active(&g),
             Phase::Revoking => {
-                // Was being taken away but is wanted again (e.g. unsuspended): finish the
-                // removal first; a new generation will ask again.
+                // Was being taken away but is wanted again (resumed, or allowed again by
+                // policy): finish the removal first (a JIT close cannot be called back), then
+                // ask again in this same pass, not end `Revoked` with nothing open.
                 self.take_away(Unwanted::Suspended);
+                if self.st.phase == Phase::Revoked && self.st.intent.is_none() {
+                    self.history(
+                        "WantedAgain",
+                        "the removal finished; the grant is wanted again, so it is requested again"
+                            .into(),
+                    );
+                    self.start_over();
+                    self.keep();
+                }
             }
             _ => {}
         }

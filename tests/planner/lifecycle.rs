@@ -1336,3 +1336,38 @@ fn the_verified_requester_leads_the_justification_and_an_editor_never_replaces_t
         }
     }
 }
+
+/// Resuming a JIT grant while its early close is still running re-grants once the close is
+/// done (the policy still allows it): it does not end `Revoked` with nothing open.
+#[test]
+fn resuming_a_jit_grant_in_its_closing_window_grants_it_again() {
+    let mut w = World::new(jit_spec());
+    w.reconcile();
+    for _ in 0..5 {
+        if w.phase() == Phase::Active {
+            break;
+        }
+        w.wake(Duration::seconds(30));
+    }
+    assert_eq!(w.phase(), Phase::Active);
+    w.edit_spec(|s| s.suspend = Some(true));
+    w.reconcile();
+    let trace = |w: &World| format!("{:?} {} {:?}", w.phase(), w.reason(), w.writes());
+    assert_eq!(w.phase(), Phase::Revoking, "{}", trace(&w));
+    w.edit_spec(|s| s.suspend = None);
+    for _ in 0..20 {
+        w.wake(Duration::seconds(30));
+        if w.phase() == Phase::Active {
+            break;
+        }
+    }
+    assert_eq!(w.phase(), Phase::Active, "{}", trace(&w));
+    assert!(
+        w.model
+            .open_jit_ports()
+            .iter()
+            .any(|p| p.2.contains("[ag:")),
+        "a port is open again: {}",
+        trace(&w)
+    );
+}
