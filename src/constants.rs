@@ -29,6 +29,9 @@ pub mod condition {
     /// kstatus: the grant cannot reach its goal without a change (Denied, Failed; present
     /// only then).
     pub const STALLED: &str = "Stalled";
+    /// A longer `spec.duration` could not be applied (Azure cannot extend a PIM activation);
+    /// present only then.
+    pub const EXTENDED: &str = "Extended";
 }
 
 /// Reasons (PascalCase) used in status, conditions and events.
@@ -97,6 +100,8 @@ pub mod reason {
     pub const FINALIZER_RESTORED: &str = "FinalizerRestored";
     /// The recorded status said no access was held, but Azure showed it in force.
     pub const STATUS_CONTRADICTED: &str = "StatusContradicted";
+    /// `spec.duration` was shortened: access taken away at the new end.
+    pub const SHORTENED: &str = "Shortened";
     /// Taking access away failed and is being retried (a history entry, once per failure
     /// streak: what `RevocationFailing` notifications are sent from).
     pub const REVOCATION_FAILING: &str = "RevocationFailing";

@@ -121,6 +121,9 @@ struct Ctx<'a> {
     wake: Option<DateTime<Utc>>,
     needs: Vec<Need>,
     dry_run_write: Option<AzureWrite>,
+    /// The end a request of this pass asks for instead of `now + duration`: a longer
+    /// `spec.duration` on a granted grant (see `follow_duration_edit`).
+    extend_to: Option<DateTime<Utc>>,
 }
 
 /// Why access is not wanted any more.
@@ -131,6 +134,8 @@ enum Unwanted {
     Invalid,
     Denied,
     DryRun,
+    /// `spec.duration` was shortened and its end has passed.
+    Shortened,
 }
 
 /// Decides what to do now. Pure.
@@ -144,6 +149,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         wake: None,
         needs: vec![],
         dry_run_write: None,
+        extend_to: None,
     };
     c.run();
     c.finish()
@@ -151,6 +157,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
 
 /// History event of a spec edit.
 const EDITED: &str = "Edited";
+
+/// How far Azure's end may lie from the spec's (start + duration) before an edit is assumed:
+/// Azure's JIT start comes a moment after the request, and it keeps whole seconds.
+const EDIT_TOLERANCE: Duration = Duration::seconds(30);
 
 impl Ctx<'_> {
     fn now(&self) -> DateTime<Utc> {
@@ -251,7 +261,94 @@ impl Ctx<'_> {
             // A dry run never holds access: switching an active grant to dry run revokes it.
             return Some(Unwanted::DryRun);
         }
+        if self.shortened() {
+            return Some(Unwanted::Shortened);
+        }
         None
+    }
+
+    /// The end the current spec asks for, for a granted grant whose end is not governed by
+    /// renewal: its start plus `spec.duration`, within its window.
+    fn spec_end(&self, g: &ValidGrant) -> Option<DateTime<Utc>> {
+        if g.renewal.is_some() {
+            return None;
+        }
+        let mut end = self.st.start_time? + g.duration;
+        if let Some(w) = self.window_end(g) {
+            end = end.min(w);
+        }
+        Some(end)
+    }
+
+    /// `spec.duration` was made shorter and the shorter end has passed while Azure's is later
+    /// (or the removal that follows from it is under way).
+    fn shortened(&self) -> bool {
+        if self.st.phase == Phase::Revoking {
+            return self.st.reason.as_deref() == Some(reason::SHORTENED);
+        }
+        let Ok(g) = self.input.spec else { return false };
+        matches!(self.st.phase, Phase::Active | Phase::Renewing)
+            && self.st.intent.is_none()
+            && self.spec_end(g).is_some_and(|want| {
+                want <= self.now()
+                    && self
+                        .st
+                        .end_time
+                        .is_some_and(|end| end > want + EDIT_TOLERANCE)
+            })
+    }
+
+    /// An edited `spec.duration` of granted access takes effect: a later end extends it (JIT:
+    /// a new request with the new end; PIM Assign: AdminExtend), an earlier one closes it then
+    /// (`shortened`). Azure cannot extend a PIM activation: a condition says so. Returns
+    /// whether this pass acts on it.
+    fn follow_duration_edit(&mut self, g: &ValidGrant, end: DateTime<Utc>) -> bool {
+        let Some(want) = self.spec_end(g) else {
+            return false;
+        };
+        let now = self.now();
+        let activation = self
+            .st
+            .target
+            .as_ref()
+            .and_then(|t| t.pim.as_ref())
+            .is_some_and(|p| p.mode == crate::api::PimMode::Activate);
+        let generation = self.meta().generation;
+        if want > end + EDIT_TOLERANCE && want > now && self.st.intent.is_none() {
+            if activation {
+                set_condition(
+                    &mut self.st.conditions,
+                    cond::EXTENDED,
+                    false,
+                    "ActivationCannotBeExtended",
+                    &format!(
+                        "Azure cannot extend a PIM activation: it ends at {}, not at {} as spec.duration now asks; add spec.renewal to activate again at its end",
+                        end.to_rfc3339(),
+                        want.to_rfc3339()
+                    ),
+                    now,
+                    generation,
+                );
+                return false;
+            }
+            self.history(
+                "Extending",
+                format!(
+                    "spec.duration now ends at {}; extending from {}",
+                    want.to_rfc3339(),
+                    end.to_rfc3339()
+                ),
+            );
+            self.extend_to = Some(want);
+            self.renew(g);
+            return true;
+        }
+        if want + EDIT_TOLERANCE < end {
+            // Shortened: `shortened` takes it away when `want` comes.
+            self.wake_at(want.max(now + Duration::seconds(1)));
+        }
+        self.st.conditions.retain(|c| c.type_ != cond::EXTENDED);
+        false
     }
 
     /// Whether Azure access may exist for this grant (or a request is in flight).
@@ -380,8 +477,9 @@ impl Ctx<'_> {
                 return;
             }
         }
-        // End of this request: duration from now, within the window and the renewal limit.
-        let mut end = now + g.duration;
+        // End of this request: duration from now (or the edited end), within the window and
+        // the renewal limit.
+        let mut end = self.extend_to.unwrap_or(now + g.duration);
         if !renewing && let Some(w) = self.window_end(g) {
             end = end.min(w);
         }
@@ -401,6 +499,9 @@ impl Ctx<'_> {
             self.wake_at(now + self.cfg().drift_check);
             return;
         };
+        if self.follow_duration_edit(g, end) {
+            return;
+        }
         let can_renew = g
             .renewal
             .as_ref()

@@ -87,7 +87,7 @@ impl Ctx<'_> {
                     self.transition(Phase::Denied, reason::POLICY_DENIED, message.clone());
                 }
             }
-            Unwanted::DryRun => {}
+            Unwanted::DryRun | Unwanted::Shortened => {}
         }
         self.access_gone_done();
     }

@@ -109,6 +109,7 @@ impl Ctx<'_> {
             Some(Unwanted::Deleted) => reason::DELETED,
             Some(Unwanted::Suspended) => reason::SUSPENDED,
             Some(Unwanted::DryRun) => reason::DRY_RUN,
+            Some(Unwanted::Shortened) => reason::SHORTENED,
             Some(_) => reason::WITHDRAWN,
             None => reason::WITHDRAWN,
         }

@@ -1371,3 +1371,109 @@ fn resuming_a_jit_grant_in_its_closing_window_grants_it_again() {
         trace(&w)
     );
 }
+
+fn until_active(w: &mut World) {
+    w.reconcile();
+    for _ in 0..10 {
+        if w.phase() == Phase::Active {
+            return;
+        }
+        w.wake(Duration::seconds(30));
+    }
+    assert_eq!(w.phase(), Phase::Active, "{:?}", w.writes());
+}
+
+/// Editing `spec.duration` of granted access does what it says: longer extends it in Azure
+/// (JIT: a new request with the later end; PIM Assign: AdminExtend), shorter closes it at the
+/// new end and never asks again; a PIM activation, which Azure cannot extend, says so.
+#[test]
+fn an_edited_duration_extends_or_shortens_granted_access() {
+    // Longer, JIT and PIM Assign: Azure's end moves to start + the new duration.
+    for spec in [jit_spec(), pim_spec(PimMode::Assign)] {
+        let mut w = World::new(spec);
+        until_active(&mut w);
+        let start = w.grant.status.start_time.expect("start");
+        let before = w.writes().len();
+        w.advance(Duration::minutes(10));
+        w.edit_spec(|s| s.duration = IsoDuration::new("PT2H"));
+        for _ in 0..5 {
+            w.wake(Duration::seconds(30));
+        }
+        let st = &w.grant.status;
+        assert_eq!(st.phase, Phase::Active, "{:?}", w.writes());
+        let end = st.end_time.expect("end");
+        assert!(
+            (end - (start + Duration::hours(2))).num_seconds().abs() <= 30,
+            "end {end} is not start {start} + PT2H: {:?}",
+            w.writes()
+        );
+        let extra: Vec<String> = w.writes()[before..].to_vec();
+        assert_eq!(extra.len(), 1, "one write extends it: {extra:?}");
+        assert!(
+            st.history.iter().any(|h| h.event == "Extending"),
+            "{:?}",
+            st.history
+        );
+        // Still open in the model at the old end + a minute: no gap, nothing closed.
+        w.advance(Duration::minutes(55));
+        assert_eq!(w.phase(), Phase::Active, "{:?}", w.writes());
+    }
+
+    // Longer, PIM activation: not possible in Azure; a condition says so, nothing is sent.
+    let mut w = World::new(pim_spec(PimMode::Activate));
+    until_active(&mut w);
+    let before = w.writes().len();
+    w.edit_spec(|s| s.duration = IsoDuration::new("PT2H"));
+    w.advance(Duration::minutes(1));
+    assert_eq!(w.writes().len(), before, "{:?}", w.writes());
+    let c = w
+        .grant
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Extended")
+        .expect("an Extended condition");
+    assert_eq!(c.status, "False");
+    assert_eq!(c.reason, "ActivationCannotBeExtended");
+
+    // Shorter, JIT and both PIM modes: closed at the new end, Revoked/Shortened, not asked again.
+    for spec in [
+        jit_spec(),
+        pim_spec(PimMode::Assign),
+        pim_spec(PimMode::Activate),
+    ] {
+        let mut w = World::new(spec);
+        until_active(&mut w);
+        let start = w.grant.status.start_time.expect("start");
+        w.advance(Duration::minutes(10));
+        w.edit_spec(|s| s.duration = IsoDuration::new("PT20M"));
+        w.reconcile();
+        assert_eq!(w.phase(), Phase::Active, "not before the new end");
+        let wake = w.last.wake_at.expect("a wake-up");
+        assert!(
+            wake <= start + Duration::minutes(20) + Duration::seconds(1),
+            "{wake}"
+        );
+        for _ in 0..20 {
+            w.wake(Duration::minutes(5));
+            if w.phase() == Phase::Revoked {
+                break;
+            }
+        }
+        assert_eq!(
+            (w.phase(), w.reason().as_str()),
+            (Phase::Revoked, "Shortened"),
+            "{:?}",
+            w.writes()
+        );
+        assert!(
+            w.now <= start + Duration::minutes(25),
+            "closed at the new end (+ the close window), not later: {}",
+            w.now
+        );
+        let n = w.writes().len();
+        w.advance(Duration::hours(2));
+        assert_eq!(w.writes().len(), n, "nothing asked again");
+        assert_eq!(w.phase(), Phase::Revoked);
+    }
+}
