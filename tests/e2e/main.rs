@@ -5,6 +5,7 @@ mod alerts;
 mod crash;
 mod e2e;
 mod e2e_admission;
+mod e2e_edits;
 mod e2e_ha;
 mod e2e_ledger;
 mod e2e_policy_guard;
