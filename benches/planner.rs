@@ -158,6 +158,7 @@ fn main() {
             verdict: verdict.as_ref(),
             observed: o,
             covered_by_other: false,
+            port_holder: None,
             now: now + Duration::seconds(10),
             config: &config,
         };
@@ -187,6 +188,7 @@ fn main() {
             verdict: verdict.as_ref(),
             observed: o,
             covered_by_other: false,
+            port_holder: None,
             now: now + Duration::seconds(10),
             config: &config,
         };

@@ -100,6 +100,8 @@ pub mod reason {
     pub const FINALIZER_RESTORED: &str = "FinalizerRestored";
     /// The recorded status said no access was held, but Azure showed it in force.
     pub const STATUS_CONTRADICTED: &str = "StatusContradicted";
+    /// Another grant of ours holds the JIT VM port: this one waits for it.
+    pub const PORT_HELD: &str = "PortHeld";
     /// `spec.duration` was shortened: access taken away at the new end.
     pub const SHORTENED: &str = "Shortened";
     /// Taking access away failed and is being retried (a history entry, once per failure

@@ -114,6 +114,8 @@ pub struct Judged<'a> {
     pub verdict: Option<&'a Verdict>,
     /// Another live grant covers the same access.
     pub covered_by_other: bool,
+    /// Another grant of ours holds a JIT VM port this one asks for.
+    pub port_holder: Option<&'a crate::lifecycle::PortHolder>,
     /// Planner settings.
     pub config: &'a PlannerConfig,
 }
@@ -164,6 +166,7 @@ where
             verdict: judged.verdict,
             observed: &observed,
             covered_by_other: judged.covered_by_other,
+            port_holder: judged.port_holder,
             now,
             config: judged.config,
         };

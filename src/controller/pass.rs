@@ -43,6 +43,7 @@ pub(super) async fn reconcile_grant(
     let (decision, verified) = judge(&grant, &policies, labels, ctx.cfg.stamp_key.as_ref());
     let Decision { valid, verdict } = decision;
     let covered = ctx.coverage.covered_by_other(&grant);
+    let port_holder = ctx.coverage.jit_port_holder(&grant);
     let suspend = grant.spec.suspend.unwrap_or(false);
     let mut pass = Pass {
         ctx,
@@ -58,6 +59,7 @@ pub(super) async fn reconcile_grant(
         suspend,
         verdict: verdict.as_ref(),
         covered_by_other: covered,
+        port_holder: port_holder.as_ref(),
         config: &ctx.cfg.planner,
     };
     let outcome = execute(&mut pass, &judged).await.map_err(|e| match e {

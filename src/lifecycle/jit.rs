@@ -157,6 +157,25 @@ impl Ctx<'_> {
         renewing: bool,
     ) {
         let now = self.now();
+        if !renewing && let Some(h) = self.input.port_holder {
+            // Azure keeps one JIT request per VM port: asking now would close the other
+            // grant's access. Wait for it (before any read or write).
+            let until = h
+                .until
+                .map(|t| format!(" until {}", t.to_rfc3339()))
+                .unwrap_or_default();
+            self.transition(
+                Phase::Pending,
+                reason::PORT_HELD,
+                format!(
+                    "{} is held by AccessGrant {}{until}: Azure keeps one JIT request per VM port and a second one would close it; this grant asks once that one is done (its duration counts from then)",
+                    h.port, h.grant
+                ),
+            );
+            let poll = now + self.cfg().confirm_poll.max(Duration::seconds(5));
+            self.wake_at(h.until.map_or(poll, |t| poll.min(t + Duration::seconds(1))));
+            return;
+        }
         let pol = match &self.input.observed.jit_policy {
             Read::NotRead => return self.need(Need::JitPolicy),
             Read::Missing => {

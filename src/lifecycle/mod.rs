@@ -106,6 +106,8 @@ pub struct PlanInput<'a> {
     pub observed: &'a Observed,
     /// Another live grant covers the same access (overlap-aware revocation).
     pub covered_by_other: bool,
+    /// Another grant of ours holds (or goes first on) a JIT VM port this grant asks for.
+    pub port_holder: Option<&'a PortHolder>,
     pub now: DateTime<Utc>,
     /// Settings.
     pub config: &'a PlannerConfig,
@@ -136,6 +138,18 @@ enum Unwanted {
     DryRun,
     /// `spec.duration` was shortened and its end has passed.
     Shortened,
+}
+
+/// Another grant of ours on a JIT VM port this one asks for: Azure keeps one request per VM
+/// port (a newer one closes the older), so this grant waits for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortHolder {
+    /// `namespace/name` of the other grant.
+    pub grant: String,
+    /// The VM port, `vm-name:port`.
+    pub port: String,
+    /// Its end, when it holds access with one.
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// Decides what to do now. Pure.

@@ -859,6 +859,7 @@ pub fn reconcile(
         suspend: g.spec.suspend.unwrap_or(false),
         verdict: verdict.as_ref(),
         covered_by_other,
+        port_holder: None,
         config,
     };
     let mut pass = ModelPass {

@@ -277,3 +277,90 @@ async fn forged_attribution_and_the_misleading_inputs_are_refused_with_the_right
         "an Azure write was made"
     );
 }
+
+/// Two users' JIT grants on one VM port (different prefixes): Azure keeps one request per VM
+/// port, so the second waits, saying for whom and until when, instead of closing the first;
+/// once the first is revoked its prefix is closed and the second opens.
+#[tokio::test]
+async fn a_second_grant_on_a_held_jit_port_waits_instead_of_closing_the_first() {
+    let mut env = Env::start_bare().await;
+    with_webhook(&mut env).await;
+    let api: Api<AccessGrant> = Api::namespaced(env.client.clone(), NS);
+    let alice = Some((ALICE, &[][..]));
+    let bob = Some((BOB, &[][..]));
+    let out = env
+        .kubectl(
+            alice,
+            &["apply", "-f", "-"],
+            Some(&manifest(&jit_grant(
+                "alice-ssh",
+                1,
+                22,
+                "10.1.1.1",
+                "PT1H",
+            ))),
+        )
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    wait_for(&api, "alice-ssh", "Active", 60, phase(Phase::Active)).await;
+    let out = env
+        .kubectl(
+            bob,
+            &["apply", "-f", "-"],
+            Some(&manifest(&jit_grant("bob-ssh", 1, 22, "10.2.2.2", "PT1H"))),
+        )
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    let waiting = wait_for(&api, "bob-ssh", "waiting for the port", 60, |s| {
+        s.reason.as_deref() == Some("PortHeld")
+    })
+    .await;
+    let msg = waiting.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(
+        msg.contains(&format!(
+            "vm-sandbox-1:22 is held by AccessGrant {NS}/alice-ssh until "
+        )),
+        "{msg}"
+    );
+    let open = |st: &accessgrant_sim::azure::view::SimState, prefix: &str| {
+        st.jit_requests()
+            .flat_map(|(_, r)| r.virtual_machines.iter().flat_map(|v| v.ports.iter()))
+            .any(|p| {
+                p.open()
+                    && p.number == 22
+                    && (p.allowed_source_address_prefix.as_deref() == Some(prefix)
+                        || p.allowed_source_address_prefixes
+                            .iter()
+                            .any(|x| x == prefix))
+            })
+    };
+    // Some passes later, alice's access is still open and bob's was never asked for.
+    let st = env.state().await;
+    assert!(open(&st, "10.1.1.1/32"), "alice's port was closed");
+    assert!(!open(&st, "10.2.2.2/32"));
+    let g = api.get("alice-ssh").await.expect("alice");
+    assert_eq!(g.status.map(|s| s.phase), Some(Phase::Active));
+
+    // Alice revokes hers: her prefix closes, then bob's grant opens.
+    let out = env
+        .kubectl(
+            alice,
+            &["delete", "accessgrant/alice-ssh", "-n", NS, "--wait=false"],
+            None,
+        )
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    wait_for(&api, "bob-ssh", "Active", 90, phase(Phase::Active)).await;
+    let st = env.state().await;
+    assert!(!open(&st, "10.1.1.1/32"), "alice's prefix still open");
+    assert!(open(&st, "10.2.2.2/32"), "bob's prefix not open");
+    let g = api.get("bob-ssh").await.expect("bob");
+    assert!(
+        g.status
+            .expect("status")
+            .history
+            .iter()
+            .any(|h| h.event == "Pending" && h.detail.starts_with("PortHeld")),
+        "the wait is in bob's history"
+    );
+}

@@ -968,6 +968,7 @@ fn replica_plan(
         verdict: verdict.as_ref(),
         observed,
         covered_by_other: false,
+        port_holder: None,
         now,
         config: &w.config,
     })

@@ -259,6 +259,7 @@ fn pim_extend_too_late_expires_instead_of_failing() {
             verdict: verdict.as_ref(),
             observed,
             covered_by_other: false,
+            port_holder: None,
             now: w.now,
             config: &w.config,
         })
