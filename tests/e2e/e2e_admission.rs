@@ -191,12 +191,14 @@ async fn escalations_are_refused_at_admission_and_the_requester_is_verified() {
             "PimScope",
             "not at or beneath",
         ),
+        // A management group above the allowed scope, with a subscription's role id: the
+        // scope denial is what the requester must hear (issue 23), not the role id mismatch.
         (
             pim("parent-mg", |p| {
                 p.scope = "/providers/Microsoft.Management/managementGroups/root".into()
             }),
-            "InvalidSpec",
-            "spec.pim",
+            "PimScope",
+            "is not at or beneath an allowed scope",
         ),
         // Roles and principals.
         (

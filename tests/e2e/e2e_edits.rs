@@ -77,24 +77,7 @@ async fn with_webhook(env: &mut Env) {
     env.bind(ALICE, "accessgrant-requester").await;
     env.bind(BOB, "accessgrant-requester").await;
     env.start_operator_with(&[("WEBHOOK_ADDR", &addr.to_string())]);
-    // The webhook answers once a server-side dry run passes admission.
-    wait::eventually(
-        "the webhook to answer",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async {
-            let probe = jit_grant("probe", 1, 22, "10.0.0.9", "PT1H");
-            let out = env
-                .kubectl(
-                    Some((ALICE, &[][..])),
-                    &["apply", "--dry-run=server", "-f", "-"],
-                    Some(&manifest(&probe)),
-                )
-                .await;
-            if out.ok { Ok(()) } else { Err(out.stderr) }
-        },
-    )
-    .await;
+    env.webhook_serving(NS, ALICE, &[]).await;
 }
 
 #[tokio::test]

@@ -122,31 +122,6 @@ async fn wait_no_access(env: &Env, what: &str, tracked: &Tracked, pim: Option<(&
     .await;
 }
 
-/// Waits until the validating webhook answers (a dry-run create passes admission).
-async fn webhook_serving(env: &Env, probe: &AccessGrant) {
-    let api: Api<AccessGrant> = Api::namespaced(env.client_as(ALICE, &["oncall"]).await, NS);
-    wait::eventually(
-        "the webhook to answer",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || {
-            let api = api.clone();
-            let probe = probe.clone();
-            async move {
-                let pp = PostParams {
-                    dry_run: true,
-                    ..Default::default()
-                };
-                api.create(&pp, &probe)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        },
-    )
-    .await;
-}
-
 fn policy_spec() -> serde_json::Value {
     json!({
         "jit": {"virtualMachines": [format!("{}/providers/Microsoft.Compute/virtualMachines/*", rg())], "ports": [22, 3389], "sourcePrefixes": ["10.0.0.0/8"]},
@@ -171,7 +146,7 @@ async fn the_webhook_refuses_finalizer_removal_and_status_writes_and_a_replayed_
     status_writer(&env, MALLORY).await;
     env.bind(ALICE, "accessgrant-requester").await;
     env.start_operator_with(&[("WEBHOOK_ADDR", &addr.to_string())]);
-    webhook_serving(&env, &jit_grant("probe", 1, 22, "10.0.0.9", "PT1H")).await;
+    env.webhook_serving(NS, ALICE, &["oncall"]).await;
     let api: Api<AccessGrant> = Api::namespaced(env.client.clone(), NS);
     let alice = Some((ALICE, &["oncall"][..]));
     let mallory = Some((MALLORY, &[][..]));

@@ -202,32 +202,6 @@ async fn metric_reaches(env: &Env, sink: &str, outcome: &str, at_least: f64) {
     .await;
 }
 
-async fn webhook_serving(env: &Env, ns: &str) {
-    let api: Api<AccessGrant> =
-        Api::namespaced(env.client_as("alice@example.com", &["oncall"]).await, ns);
-    let probe = jit_grant("probe", 1, 22, "10.0.0.9", "PT1H");
-    wait::eventually(
-        "the webhook to answer",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || {
-            let api = api.clone();
-            let probe = probe.clone();
-            async move {
-                let pp = PostParams {
-                    dry_run: true,
-                    ..Default::default()
-                };
-                api.create(&pp, &probe)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn a_break_glass_grant_is_notified_signed_through_a_flaky_receiver_and_a_dead_one_delays_nothing()
  {
@@ -266,7 +240,8 @@ async fn a_break_glass_grant_is_notified_signed_through_a_flaky_receiver_and_a_d
         ("WEBHOOK_ADDR", &addr.to_string()),
         ("NOTIFICATIONS", &file),
     ]);
-    webhook_serving(&env, "notify-bg").await;
+    env.webhook_serving("notify-bg", "alice@example.com", &["oncall"])
+        .await;
     let alice: Api<AccessGrant> = Api::namespaced(
         env.client_as("alice@example.com", &["oncall"]).await,
         "notify-bg",

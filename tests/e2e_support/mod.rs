@@ -518,6 +518,35 @@ impl Env {
     }
 }
 
+impl Env {
+    /// Waits until the admission webhook answers: a dry-run create by `user` (in `groups`) of
+    /// a JIT grant in `ns` passes admission (the namespace needs a policy that allows it).
+    pub async fn webhook_serving(&self, ns: &str, user: &str, groups: &[&str]) {
+        let api: Api<AccessGrant> = Api::namespaced(self.client_as(user, groups).await, ns);
+        let probe = jit_grant("probe", 1, 22, "10.0.0.9", "PT1H");
+        crate::wait::eventually(
+            "the webhook to answer",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || {
+                let api = api.clone();
+                let probe = probe.clone();
+                async move {
+                    let pp = kube::api::PostParams {
+                        dry_run: true,
+                        ..Default::default()
+                    };
+                    api.create(&pp, &probe)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            },
+        )
+        .await;
+    }
+}
+
 // ----- Crash-injection and storm helpers (tests/crash.rs, benches/crash_soak.rs) -----
 
 impl Env {
