@@ -343,3 +343,95 @@ impl Coverage {
         candidates.is_some_and(|c| !c.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::JitVirtualMachine;
+    use crate::api::{AccessGrantSpec, AccessGrantStatus, IsoDuration, JitPort, JitTarget};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    const VM: &str =
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm-1";
+
+    fn jit(name: &str, created: i64, port: i32, phase: Option<Phase>) -> AccessGrant {
+        let mut g = AccessGrant::new(
+            name,
+            AccessGrantSpec {
+                duration: IsoDuration::new("PT1H"),
+                jit: Some(JitTarget {
+                    subscription_id: "s".into(),
+                    resource_group: "rg".into(),
+                    location: "westeurope".into(),
+                    policy_name: "default".into(),
+                    virtual_machines: vec![JitVirtualMachine {
+                        id: VM.into(),
+                        ports: vec![JitPort {
+                            number: port,
+                            allowed_source_address_prefix: Some(format!("10.0.0.{created}")),
+                            allowed_source_address_prefixes: None,
+                        }],
+                    }],
+                }),
+                ..Default::default()
+            },
+        );
+        g.metadata.namespace = Some("team".into());
+        g.metadata.uid = Some(format!("uid-{name}"));
+        g.metadata.creation_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + created).expect("time"),
+        ));
+        g.status = phase.map(|phase| AccessGrantStatus {
+            phase,
+            end_time: chrono::DateTime::from_timestamp(1_800_003_600, 0),
+            ..Default::default()
+        });
+        g
+    }
+
+    fn apply(c: &Coverage, g: &AccessGrant) {
+        c.observe(&watcher::Event::Apply(DeserializeGuard(Ok(g.clone()))));
+    }
+
+    #[test]
+    fn a_grant_waits_for_the_holder_of_its_jit_port_or_the_one_that_asked_first() {
+        let c = Coverage::default();
+        let alice = jit("alice", 1, 22, Some(Phase::Active));
+        let bob = jit("bob", 2, 22, None);
+        let carol = jit("carol", 3, 22, Some(Phase::Pending));
+        let other_port = jit("dave", 4, 3389, None);
+        for g in [&alice, &bob, &carol, &other_port] {
+            apply(&c, g);
+        }
+        // The holder never waits; the others wait for it (named, with its end).
+        assert_eq!(c.jit_port_holder(&alice), None);
+        let h = c.jit_port_holder(&bob).expect("bob waits");
+        assert_eq!(h.grant, "team/alice");
+        assert_eq!(h.port, "vm-1:22");
+        assert!(h.until.is_some());
+        assert_eq!(
+            c.jit_port_holder(&carol).map(|h| h.grant),
+            Some("team/alice".into())
+        );
+        assert_eq!(c.jit_port_holder(&other_port), None, "another port");
+        // Alice's access is gone: bob asked first, carol waits for him (without an end).
+        let mut gone = alice.clone();
+        gone.status.as_mut().expect("status").phase = Phase::Revoked;
+        apply(&c, &gone);
+        assert_eq!(c.jit_port_holder(&bob), None);
+        let h = c.jit_port_holder(&carol).expect("carol waits");
+        assert_eq!((h.grant.as_str(), h.until), ("team/bob", None));
+        // A deleted holder stays one until its access is gone.
+        let mut leaving = jit("erin", 0, 3389, Some(Phase::Revoking));
+        leaving.metadata.deletion_timestamp = Some(Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_800_000_100).expect("time"),
+        ));
+        apply(&c, &leaving);
+        assert_eq!(
+            c.jit_port_holder(&other_port).map(|h| h.grant),
+            Some("team/erin".into())
+        );
+        c.observe(&watcher::Event::Delete(DeserializeGuard(Ok(leaving))));
+        assert_eq!(c.jit_port_holder(&other_port), None);
+    }
+}
