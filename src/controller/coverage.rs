@@ -7,6 +7,7 @@
 //! grant's own target.
 
 use crate::api::{AccessGrant, Phase, RecordedTarget};
+use crate::lifecycle::PortClaim;
 use kube::ResourceExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher;
@@ -95,63 +96,26 @@ pub fn pim_target_key(principal: &str, role: &str, scope: &str) -> AccessKey {
 }
 
 /// The key of a JIT VM port for [`spec_targets`].
-pub fn jit_port_key(vm: &str, port: impl std::fmt::Display) -> AccessKey {
-    format!("jitport\u{0}{}\u{0}{port}", vm.to_ascii_lowercase())
-}
+pub use crate::lifecycle::jit_port_key;
 
-/// A JIT grant of ours on its VM ports: one that may hold access there (until Azure shows it
-/// gone, being deleted or suspended included), or one still to ask (Pending, Requesting).
-#[derive(Clone, Debug)]
-struct Contender {
-    grant: String,
-    created: Option<i64>,
-    holds: bool,
-    until: Option<chrono::DateTime<chrono::Utc>>,
-    /// `vm-name:port` by port key.
-    ports: HashMap<AccessKey, String>,
-}
-
-fn contender(g: &AccessGrant) -> Option<Contender> {
-    let j = g.spec.jit.as_ref()?;
-    let st = g.status.as_ref();
-    let holds = st.is_some_and(crate::api::AccessGrantStatus::may_hold_access);
-    let live = g.metadata.deletion_timestamp.is_none() && g.spec.suspend != Some(true);
-    let asking = live && st.is_none_or(|s| matches!(s.phase, Phase::Pending | Phase::Requesting));
-    if !holds && !asking {
-        return None;
-    }
-    let ports = j
-        .virtual_machines
-        .iter()
-        .flat_map(|vm| {
-            let short = vm.id.rsplit('/').next().unwrap_or(&vm.id).to_string();
-            vm.ports.iter().map(move |p| {
-                (
-                    jit_port_key(&vm.id, p.number),
-                    format!("{short}:{}", p.number),
-                )
-            })
-        })
-        .collect();
-    Some(Contender {
-        grant: format!("{}/{}", g.namespace().unwrap_or_default(), g.name_any()),
-        created: g
-            .metadata
+fn claim(g: &AccessGrant) -> Option<PortClaim> {
+    PortClaim::of(
+        format!("{}/{}", g.namespace().unwrap_or_default(), g.name_any()),
+        g.uid().unwrap_or_default(),
+        g.metadata
             .creation_timestamp
             .as_ref()
             .map(|t| t.0.as_second()),
-        holds,
-        until: st.and_then(|s| s.end_time),
-        ports,
-    })
+        &g.spec,
+        g.status.as_ref(),
+        g.metadata.deletion_timestamp.is_some(),
+    )
 }
 
-fn contender_ports(g: &AccessGrant) -> Vec<AccessKey> {
-    let mut keys: Vec<AccessKey> = contender(g)
-        .map(|c| c.ports.into_keys().collect())
-        .unwrap_or_default();
-    keys.sort();
-    keys
+fn claimed_ports(g: &AccessGrant) -> Vec<AccessKey> {
+    claim(g)
+        .map(|c| c.ports.into_iter().map(|(k, _)| k).collect())
+        .unwrap_or_default()
 }
 
 #[derive(Default)]
@@ -202,11 +166,10 @@ pub struct Coverage {
     /// Every live grant's [`spec_targets`].
     asked: Mutex<Maps>,
     next_asked: Mutex<Option<Maps>>,
-    /// JIT grants by the VM ports they hold or ask for ([`contender`]); their details by uid
-    /// are read from the grant cache's last event, kept here.
+    /// JIT grants by the VM ports they hold or ask for, and their claims by uid.
     ports: Mutex<Maps>,
     next_ports: Mutex<Option<Maps>>,
-    contenders: Mutex<HashMap<String, Contender>>,
+    claims: Mutex<HashMap<String, PortClaim>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -221,13 +184,13 @@ impl Coverage {
     pub fn observe(&self, ev: &watcher::Event<DeserializeGuard<AccessGrant>>) {
         Self::observe_into(ev, &self.live, &self.next, held);
         Self::observe_into(ev, &self.asked, &self.next_asked, spec_targets);
-        Self::observe_into(ev, &self.ports, &self.next_ports, contender_ports);
-        let mut c = lock(&self.contenders);
+        Self::observe_into(ev, &self.ports, &self.next_ports, claimed_ports);
+        let mut c = lock(&self.claims);
         match ev {
             watcher::Event::Apply(DeserializeGuard(Ok(g)))
             | watcher::Event::InitApply(DeserializeGuard(Ok(g))) => {
                 if let Some(uid) = g.uid() {
-                    match contender(g) {
+                    match claim(g) {
                         Some(x) => {
                             c.insert(uid, x);
                         }
@@ -246,38 +209,27 @@ impl Coverage {
         }
     }
 
-    /// Another JIT grant of ours that `me` must wait for on one of its VM ports: one that may
-    /// hold access there, or one created earlier that is still to ask (so two new grants never
-    /// both ask). None when `me` may hold access itself (it is the holder) or shares no port.
+    /// Another JIT grant of ours that `me` must wait for on one of its VM ports
+    /// ([`crate::lifecycle::port_holder`]).
     pub fn jit_port_holder(&self, me: &AccessGrant) -> Option<crate::lifecycle::PortHolder> {
-        let mine = contender(me)?;
-        if mine.holds {
-            return None;
-        }
-        let my_uid = me.uid().unwrap_or_default();
+        let mine = PortClaim::mine(
+            String::new(),
+            me.uid().unwrap_or_default(),
+            me.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
+            &me.spec,
+            me.status.as_ref(),
+        )?;
         let ports = lock(&self.ports);
-        let info = lock(&self.contenders);
-        let mut best: Option<(&Contender, &str)> = None;
-        for (key, label) in &mine.ports {
-            for uid in ports.by_key.get(key).into_iter().flatten() {
-                if *uid == my_uid {
-                    continue;
-                }
-                let Some(o) = info.get(uid) else { continue };
-                let first = (o.created, uid.as_str()) < (mine.created, my_uid.as_str());
-                if !(o.holds || first) {
-                    continue;
-                }
-                if best.is_none_or(|(b, _)| o.holds && !b.holds) {
-                    best = Some((o, label));
-                }
-            }
-        }
-        best.map(|(o, port)| crate::lifecycle::PortHolder {
-            grant: o.grant.clone(),
-            port: port.to_string(),
-            until: o.until.filter(|_| o.holds),
-        })
+        let claims = lock(&self.claims);
+        let others = mine
+            .ports
+            .iter()
+            .flat_map(|(k, _)| ports.by_key.get(k).into_iter().flatten())
+            .filter_map(|uid| claims.get(uid));
+        crate::lifecycle::port_holder(&mine, others)
     }
 
     fn observe_into(

@@ -10,6 +10,7 @@ mod intent;
 mod jit;
 mod names;
 mod pim;
+mod ports;
 mod removal;
 mod renewal;
 mod status;
@@ -17,6 +18,7 @@ mod types;
 
 pub use error::AzureError;
 pub use names::{jit_marker, parse_marker, request_name};
+pub use ports::{PortClaim, jit_port_key, port_holder};
 pub use status::{kstatus_conditions, set_condition};
 pub use types::*;
 

@@ -836,6 +836,33 @@ pub fn reconcile(
     config: &PlannerConfig,
     crash_after: Option<usize>,
 ) -> ReconcileReport {
+    reconcile_sharing(
+        g,
+        model,
+        policies,
+        ns_labels,
+        covered_by_other,
+        None,
+        now,
+        config,
+        crash_after,
+    )
+}
+
+/// [`reconcile`] of a grant that shares JIT VM ports with others: `port_holder` is what the
+/// controller's coverage index would say ([`accessgrant_operator::lifecycle::port_holder`]).
+#[allow(clippy::too_many_arguments)] // mirrors what the controller passes; a test driver
+pub fn reconcile_sharing(
+    g: &mut ModelGrant,
+    model: &mut AzureModel,
+    policies: &[AccessPolicy],
+    ns_labels: &BTreeMap<String, String>,
+    covered_by_other: bool,
+    port_holder: Option<&accessgrant_operator::lifecycle::PortHolder>,
+    now: DateTime<Utc>,
+    config: &PlannerConfig,
+    crash_after: Option<usize>,
+) -> ReconcileReport {
     let mut rep = ReconcileReport::default();
     if g.gone {
         return rep;
@@ -859,7 +886,7 @@ pub fn reconcile(
         suspend: g.spec.suspend.unwrap_or(false),
         verdict: verdict.as_ref(),
         covered_by_other,
-        port_holder: None,
+        port_holder,
         config,
     };
     let mut pass = ModelPass {

@@ -11,6 +11,7 @@ mod guard_validate;
 mod lifecycle;
 mod lifecycle_crash;
 mod lifecycle_props;
+mod ports_props;
 #[path = "../support/mod.rs"]
 mod support;
 mod telemetry;
