@@ -1478,3 +1478,35 @@ fn an_edited_duration_extends_or_shortens_granted_access() {
         assert_eq!(w.phase(), Phase::Revoked);
     }
 }
+
+/// A later `renewal.until` on a renewing grant keeps it renewed past the old limit (the
+/// renewal rules read the current spec).
+#[test]
+fn a_later_renewal_until_keeps_a_grant_renewed_past_the_old_limit() {
+    for spec in [jit_spec(), pim_spec(PimMode::Assign)] {
+        let mut spec = spec;
+        spec.duration = IsoDuration::new("PT30M");
+        spec.renewal = Some(RenewalSpec {
+            until: t0() + Duration::hours(1),
+            before: Some(IsoDuration::new("PT5M")),
+        });
+        let mut w = World::new(spec);
+        until_active(&mut w);
+        w.edit_spec(|s| s.renewal.as_mut().expect("renewal").until = t0() + Duration::hours(3));
+        // Past the old limit (t0 + 1h), the grant is still renewed and in force.
+        for _ in 0..200 {
+            if w.now >= t0() + Duration::minutes(100) {
+                break;
+            }
+            w.wake(Duration::minutes(5));
+        }
+        assert!(w.now >= t0() + Duration::minutes(100), "{}", w.now);
+        assert_eq!(w.phase(), Phase::Active, "{} {:?}", w.reason(), w.writes());
+        let end = w.grant.status.end_time.expect("end");
+        assert!(
+            end > t0() + Duration::hours(1) + Duration::minutes(30),
+            "{end}"
+        );
+        assert!(w.grant.status.renewals >= 2, "{}", w.grant.status.renewals);
+    }
+}
