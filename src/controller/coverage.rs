@@ -98,18 +98,26 @@ pub fn pim_target_key(principal: &str, role: &str, scope: &str) -> AccessKey {
 /// The key of a JIT VM port for [`spec_targets`].
 pub use crate::lifecycle::jit_port_key;
 
+/// The claim of a grant on its JIT VM ports: of another grant ([`PortClaim::of`]), or of the
+/// one being planned (`mine`: [`PortClaim::mine`], whatever its phase).
+fn port_claim(g: &AccessGrant, mine: bool) -> Option<PortClaim> {
+    let name = format!("{}/{}", g.namespace().unwrap_or_default(), g.name_any());
+    let uid = g.uid().unwrap_or_default();
+    let created = g
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second());
+    if mine {
+        PortClaim::mine(name, uid, created, &g.spec, g.status.as_ref())
+    } else {
+        let deleting = g.metadata.deletion_timestamp.is_some();
+        PortClaim::of(name, uid, created, &g.spec, g.status.as_ref(), deleting)
+    }
+}
+
 fn claim(g: &AccessGrant) -> Option<PortClaim> {
-    PortClaim::of(
-        format!("{}/{}", g.namespace().unwrap_or_default(), g.name_any()),
-        g.uid().unwrap_or_default(),
-        g.metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second()),
-        &g.spec,
-        g.status.as_ref(),
-        g.metadata.deletion_timestamp.is_some(),
-    )
+    port_claim(g, false)
 }
 
 fn claimed_ports(g: &AccessGrant) -> Vec<AccessKey> {
@@ -185,6 +193,13 @@ impl Coverage {
         Self::observe_into(ev, &self.live, &self.next, held);
         Self::observe_into(ev, &self.asked, &self.next_asked, spec_targets);
         Self::observe_into(ev, &self.ports, &self.next_ports, claimed_ports);
+        if let watcher::Event::InitDone = ev {
+            // A re-list replaced the port index: claims of grants that went in the gap go too.
+            // (One lock at a time: `jit_port_holder` takes the port index first.)
+            let listed: HashSet<String> = lock(&self.ports).by_uid.keys().cloned().collect();
+            lock(&self.claims).retain(|uid, _| listed.contains(uid));
+            return;
+        }
         let mut c = lock(&self.claims);
         match ev {
             watcher::Event::Apply(DeserializeGuard(Ok(g)))
@@ -212,16 +227,7 @@ impl Coverage {
     /// Another JIT grant of ours that `me` must wait for on one of its VM ports
     /// ([`crate::lifecycle::port_holder`]).
     pub fn jit_port_holder(&self, me: &AccessGrant) -> Option<crate::lifecycle::PortHolder> {
-        let mine = PortClaim::mine(
-            String::new(),
-            me.uid().unwrap_or_default(),
-            me.metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.as_second()),
-            &me.spec,
-            me.status.as_ref(),
-        )?;
+        let mine = port_claim(me, true)?;
         let ports = lock(&self.ports);
         let claims = lock(&self.claims);
         let others = mine
@@ -385,5 +391,15 @@ mod tests {
         );
         c.observe(&watcher::Event::Delete(DeserializeGuard(Ok(leaving))));
         assert_eq!(c.jit_port_holder(&other_port), None);
+        // A re-list without bob (deleted in a watch gap): his claim goes with it.
+        c.observe(&watcher::Event::Init);
+        for g in [&gone, &carol, &other_port] {
+            c.observe(&watcher::Event::InitApply(DeserializeGuard(Ok(
+                (*g).clone()
+            ))));
+        }
+        c.observe(&watcher::Event::InitDone);
+        assert_eq!(c.jit_port_holder(&carol), None, "bob is gone");
+        assert!(!lock(&c.claims).contains_key("uid-bob"));
     }
 }

@@ -249,11 +249,15 @@ impl Ctx<'_> {
     /// The justification sent to Azure: who asked, then the user's words. Never invented when
     /// the user gave none, so a role that requires a justification is not satisfied by us.
     pub(super) fn justification_text(&self, g: &ValidGrant) -> Option<String> {
-        let text = g.justification.clone()?;
-        Some(match self.attribution() {
+        Some(self.attributed(g.justification.clone()?))
+    }
+
+    /// `text` after the [`attribution`](Self::attribution), when there is one.
+    pub(super) fn attributed(&self, text: String) -> String {
+        match self.attribution() {
             Some(a) => format!("{a} {text}"),
             None => text,
-        })
+        }
     }
 
     /// Who asked, as Azure keeps it (its `requestor` is the operator's principal): always

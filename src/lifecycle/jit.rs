@@ -278,11 +278,11 @@ impl Ctx<'_> {
             return;
         }
         let mut justification = self.justification_text(g).unwrap_or_else(|| {
-            let own = format!("accessgrant {}/{}", self.meta().namespace, self.meta().name);
-            match self.attribution() {
-                Some(a) => format!("{a} {own}"),
-                None => own,
-            }
+            self.attributed(format!(
+                "accessgrant {}/{}",
+                self.meta().namespace,
+                self.meta().name
+            ))
         });
         if let Some(tk) = &g.ticket {
             justification.push_str(&format!(" ticket {} {}", tk.system, tk.number));

@@ -125,9 +125,6 @@ struct Ctx<'a> {
     wake: Option<DateTime<Utc>>,
     needs: Vec<Need>,
     dry_run_write: Option<AzureWrite>,
-    /// The end a request of this pass asks for instead of `now + duration`: a longer
-    /// `spec.duration` on a granted grant (see `follow_duration_edit`).
-    extend_to: Option<DateTime<Utc>>,
 }
 
 /// Why access is not wanted any more.
@@ -165,7 +162,6 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         wake: None,
         needs: vec![],
         dry_run_write: None,
-        extend_to: None,
     };
     c.run();
     c.finish()
@@ -355,7 +351,6 @@ impl Ctx<'_> {
                     end.to_rfc3339()
                 ),
             );
-            self.extend_to = Some(want);
             self.renew(g);
             return true;
         }
@@ -493,9 +488,14 @@ impl Ctx<'_> {
                 return;
             }
         }
-        // End of this request: duration from now (or the edited end), within the window and
-        // the renewal limit.
-        let mut end = self.extend_to.unwrap_or(now + g.duration);
+        // End of this request: duration from now, within the window and the renewal limit. A
+        // renewal of a grant without `spec.renewal` is the extension of an edited duration
+        // (`follow_duration_edit`; also when its intent is sent again after a crash): it ends
+        // where the spec does, start + duration.
+        let mut end = match (renewing, self.spec_end(g)) {
+            (true, Some(spec_end)) => spec_end,
+            _ => now + g.duration,
+        };
         if !renewing && let Some(w) = self.window_end(g) {
             end = end.min(w);
         }

@@ -418,10 +418,12 @@ impl Ctx<'_> {
             justification: match self.justification_text(g) {
                 Some(text) => Some(format!("{text} {}", jit_marker(self.meta(), attempt))),
                 None if justification_optional => Some(format!(
-                    "{}accessgrant {}/{} {}",
-                    self.attribution().map(|a| a + " ").unwrap_or_default(),
-                    self.meta().namespace,
-                    self.meta().name,
+                    "{} {}",
+                    self.attributed(format!(
+                        "accessgrant {}/{}",
+                        self.meta().namespace,
+                        self.meta().name
+                    )),
                     jit_marker(self.meta(), attempt)
                 )),
                 None => None,
